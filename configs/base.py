@@ -1,0 +1,129 @@
+"""The one config tree every preset starts from.
+
+Sections (each function takes only the sub-config it needs):
+  model    decoder-only transformer (see jax_vlm/models/config.py for field meanings)
+  vqgan    image tokenizer (taming VQGAN as shipped with Chameleon)
+  vocab    where the text tokenizer lives and how image codes map to token ids
+  data     data sets and input pipeline
+  objectives / train / lora / mesh   the training loop (train.py)
+  sampler / verifier / bootstrap     test-time search and IDP bootstrapping
+  eval     evaluation (eval.py)
+"""
+
+import ml_collections
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.family = 'chameleon'  # 'chameleon' (Chameleon/Anole) or 'gemma' (Liquid).
+  c.vocab_size = 65536
+  c.d_model = 4096
+  c.num_layers = 32
+  c.num_heads = 32
+  c.num_kv_heads = 32
+  c.head_dim = 128
+  c.mlp_dim = 11008
+  c.max_positions = 4096
+  c.rope_theta = 10000.0
+  c.norm_eps = 1e-5
+  c.qk_norm = True  # Chameleon's per-head QK LayerNorm.
+  c.swin_norm = False  # Chameleon-30B style post-norm inside the residual branch.
+  c.tie_embeddings = False
+  c.dtype = 'bfloat16'  # compute dtype
+  c.param_dtype = 'float32'
+  c.scan_layers = True
+  c.remat_policy = 'nothing_saveable'  # 'none' | 'nothing_saveable' | 'dots' | 'dots_no_batch' | ...
+  c.attention_impl = 'xla'  # 'xla' (einsum) | 'cudnn' | 'auto' (jax.nn.dot_product_attention)
+  # LoRA adapters live inside the projection layers; rank 0 means none.
+  c.lora_rank = 0
+  c.lora_alpha = 32.0
+  c.lora_dropout = 0.0
+  c.lora_targets = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj')
+  c.update(overrides)
+  return c
+
+
+def vqgan_config(**overrides) -> ml_collections.ConfigDict:
+  """Chameleon's vqgan.yaml; Anole and Liquid use it unchanged."""
+  c = ml_collections.ConfigDict()
+  c.resolution = 512
+  c.in_channels = 3
+  c.out_channels = 3
+  c.base_channels = 128
+  c.channel_multiplier = (1, 1, 2, 2, 4)
+  c.num_res_blocks = 2
+  c.attn_resolutions = ()
+  c.z_channels = 256
+  c.embed_dim = 256
+  c.num_embeddings = 8192
+  c.double_z = False
+  c.dropout = 0.0
+  c.dtype = 'float32'
+  c.param_dtype = 'float32'
+  c.update(overrides)
+  return c
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = model_config()
+  config.vqgan = vqgan_config()
+
+  config.vocab = ml_collections.ConfigDict()
+  config.vocab.tokenizer_dir = ''  # a local directory transformers' AutoTokenizer loads
+  config.vocab.image_token_scheme = 'chameleon'  # 'chameleon' (IMGIMG names) | 'offset'
+  config.vocab.image_token_offset = -1  # 'offset': first image token id; -1 = text vocab size
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.model_dir = ''  # transformers directory or Orbax params to start from
+  config.checkpoint.vqgan_dir = ''  # directory with Flax VQGAN params (or vqgan.ckpt + yaml)
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'action_world'
+  config.data.dir = ''
+  config.data.max_seq_len = 2100
+  config.data.action_max_tokens = 48
+  config.data.recognition_weights = True
+  config.data.shuffle_buffer = 0
+  config.data.num_workers = 0
+
+  config.objectives = ml_collections.ConfigDict()
+  config.objectives.schedule = 'alternate'  # 'alternate' | 'mixed'
+  config.objectives.idp_share = 1
+  config.objectives.fdp_share = 1
+
+  config.train = ml_collections.ConfigDict()
+  config.train.mode = 'full'  # 'full' | 'lora'
+  config.train.global_batch_size = 96
+  config.train.num_steps = 1000
+  config.train.learning_rate = 1e-4
+  config.train.warmup_steps = 50
+  config.train.end_lr_ratio = 0.1
+  config.train.weight_decay = 0.0
+  config.train.b1 = 0.9
+  config.train.b2 = 0.95
+  config.train.grad_clip_norm = 1.0
+  config.train.grad_accum_steps = 1
+  config.train.log_every = 10
+  config.train.checkpoint_every = 500
+  config.train.keep_checkpoints = 3
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = 1
+  config.mesh.fsdp = -1  # -1 fills the rest of the devices
+  config.mesh.tensor = 1
+  config.mesh.rules = 'fsdp'  # name of a logical-axis rule preset, see jax_vlm/sharding.py
+
+  config.sampler = ml_collections.ConfigDict()
+  config.sampler.num_candidates = 8
+  config.sampler.temperature = 1.0
+  config.sampler.top_k = 0
+  config.sampler.top_p = 1.0
+  config.sampler.cfg_text_scale = 0.0  # 0 disables classifier-free guidance
+  config.sampler.cfg_image_scale = 0.0
+  config.sampler.max_action_tokens = 48
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.model = ''
+  return config

@@ -1,0 +1,14 @@
+"""Test set-up: eight simulated CPU devices (for the sharding tests), fp32 matmuls, no network."""
+
+import os
+
+# Must be set before jax is imported anywhere in the test process.
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+
+import jax  # noqa: E402
+
+jax.config.update('jax_default_matmul_precision', 'highest')
