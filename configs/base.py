@@ -74,6 +74,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.vocab.tokenizer_dir = ''  # a local directory transformers' AutoTokenizer loads
   config.vocab.image_token_scheme = 'chameleon'  # 'chameleon' (IMGIMG names) | 'offset'
   config.vocab.image_token_offset = -1  # 'offset': first image token id; -1 = text vocab size
+  config.vocab.num_image_codes = 8192
+  # Special tokens are looked up by these names in the tokenizer at load time (ids never hard-coded).
+  config.vocab.bos_token = '<s>'
+  config.vocab.eos_token = '</s>'
+  config.vocab.pad_token = '<pad>'
+  config.vocab.boi_token = '<racm3:break>'  # Chameleon's begin-of-image
+  config.vocab.eoi_token = '<eoss>'  # Chameleon's end-of-image
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.model_dir = ''  # transformers directory or Orbax params to start from
