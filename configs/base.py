@@ -99,6 +99,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.objectives.schedule = 'alternate'  # 'alternate' | 'mixed'
   config.objectives.idp_share = 1
   config.objectives.fdp_share = 1
+  config.objectives.idp_loss_weight = 1.0  # 'mixed': per-objective weight on the summed token loss
+  config.objectives.fdp_loss_weight = 1.0
 
   config.train = ml_collections.ConfigDict()
   config.train.mode = 'full'  # 'full' | 'lora'
@@ -115,12 +117,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.log_every = 10
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 3
+  config.train.lr_schedule = 'cosine'  # 'cosine' (warmup + cosine decay) | 'constant' (warmup only)
+  config.train.data_source = 'dataset'  # 'dataset' (jax_vlm.input_pipeline) | 'synthetic' (tests, benchmarks)
+  config.train.init_from = ''  # Orbax params dir or stage name to start from ('' = checkpoint.model_dir)
+  config.train.peak_flops = 0.0  # peak FLOP/s per device for MFU; 0 = MFU not reported
+  config.train.progress_bar = True
+  config.train.save_on_preemption = True  # SIGTERM: finish the step, save, exit cleanly
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = 1
   config.mesh.fsdp = -1  # -1 fills the rest of the devices
   config.mesh.tensor = 1
   config.mesh.rules = 'fsdp'  # name of a logical-axis rule preset, see jax_vlm/sharding.py
+  config.mesh.rule_overrides = ''  # e.g. 'mlp=tensor,vocab=' : logical=mesh axes ('+' joins), replaces the preset's
 
   config.sampler = ml_collections.ConfigDict()
   config.sampler.num_candidates = 8
