@@ -118,8 +118,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 3
   config.train.lr_schedule = 'cosine'  # 'cosine' (warmup + cosine decay) | 'constant' (warmup only)
-  config.train.data_source = 'dataset'  # 'dataset' (jax_vlm.input_pipeline) | 'synthetic' (tests, benchmarks)
-  config.train.init_from = ''  # Orbax params dir or stage name to start from ('' = checkpoint.model_dir)
+  # 'dataset' (jax_vlm.input_pipeline) | 'synthetic' (random batches: tests, benchmarks)
+  config.train.data_source = 'dataset'
+  # Params to start from: an Orbax params dir or an earlier stage's name ('' = checkpoint.model_dir).
+  config.train.init_from = ''
   config.train.peak_flops = 0.0  # peak FLOP/s per device for MFU; 0 = MFU not reported
   config.train.progress_bar = True
   config.train.save_on_preemption = True  # SIGTERM: finish the step, save, exit cleanly
@@ -129,7 +131,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.mesh.fsdp = -1  # -1 fills the rest of the devices
   config.mesh.tensor = 1
   config.mesh.rules = 'fsdp'  # name of a logical-axis rule preset, see jax_vlm/sharding.py
-  config.mesh.rule_overrides = ''  # e.g. 'mlp=tensor,vocab=' : logical=mesh axes ('+' joins), replaces the preset's
+  # Replaces single rules of the preset: 'mlp=tensor,vocab=' (logical=mesh axes, '+' joins two).
+  config.mesh.rule_overrides = ''
 
   config.sampler = ml_collections.ConfigDict()
   config.sampler.num_candidates = 8
