@@ -1,0 +1,269 @@
+"""Building blocks of the decoder: embedding, RMSNorm, per-head QK LayerNorm, RoPE, attention, the
+gated MLP, and the linear projection that can carry a LoRA adapter.
+
+Every parameter has logical axis names (`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`;
+the LoRA rank axis is left unnamed, i.e. replicated). Projections keep heads as their own axes
+(`q_proj.kernel [embed, heads, head_dim]`, `o_proj.kernel [heads, head_dim, embed]`) so that heads
+and head_dim can be sharded separately; convert/hf.py reshapes transformers' `[out, in]` matrices
+into this layout.
+"""
+
+import functools
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jax_vlm.models.config import TransformerConfig
+
+Array = jax.Array
+default_init = nn.initializers.normal(stddev=0.02)  # transformers' initializer_range
+QK_NORM_EPS = 1e-5  # fixed in Chameleon's ChameleonLayerNorm, not a config value
+
+
+def _contract(x: Array, kernel: Array, n_in: int, out_dtype=None) -> Array:
+  """x [..., *in] . kernel [*in, *out] -> [..., *out], contracting the trailing n_in dims of x."""
+  x_axes = tuple(range(x.ndim - n_in, x.ndim))
+  return lax.dot_general(x, kernel, ((x_axes, tuple(range(n_in))), ((), ())),
+                         preferred_element_type=out_dtype)
+
+
+def _lora_a_init(n_in: int):
+  """Kaiming-uniform over the input dims (as peft does), so the adapter starts as a random map."""
+  def init(key, shape, dtype=jnp.float32):
+    bound = 1.0 / math.sqrt(math.prod(shape[-1 - n_in:-1]))
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+class Projection(nn.Module):
+  """A bias-free linear map over the trailing `len(in_axes)` dims of its input, optionally with LoRA.
+
+  Params: `kernel [*in, *features]`; with `lora_rank > 0` also `lora_a [*in, rank]` (random) and
+  `lora_b [rank, *features]` (zeros), so y = x.W + lora_scale * dropout(x).A.B and the adapter
+  starts as the identity change.
+  """
+  features: tuple[int, ...]
+  in_axes: tuple[str, ...]
+  out_axes: tuple[str, ...]
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  out_dtype: Optional[Any] = None  # e.g. float32 logits from bfloat16 activations
+  lora_rank: int = 0
+  lora_scale: float = 1.0
+  lora_dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    n_in = len(self.in_axes)
+    in_shape = x.shape[x.ndim - n_in:]
+    kernel = self.param('kernel', nn.with_logical_partitioning(default_init, self.in_axes + self.out_axes),
+                        in_shape + tuple(self.features), self.param_dtype)
+    out_dtype = self.out_dtype or self.dtype
+    y = _contract(x.astype(self.dtype), kernel.astype(self.dtype), n_in, out_dtype)
+    if self.lora_rank:
+      lora_a = self.param('lora_a', nn.with_logical_partitioning(_lora_a_init(n_in), self.in_axes + (None,)),
+                          in_shape + (self.lora_rank,), self.param_dtype)
+      lora_b = self.param('lora_b', nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                 (None,) + self.out_axes),
+                          (self.lora_rank,) + tuple(self.features), self.param_dtype)
+      h = x
+      if self.lora_dropout > 0:
+        h = nn.Dropout(self.lora_dropout)(h, deterministic=deterministic)
+      h = _contract(h.astype(self.dtype), lora_a.astype(self.dtype), n_in)
+      y = y + (_contract(h, lora_b.astype(self.dtype), 1, out_dtype) * self.lora_scale).astype(out_dtype)
+    return y.astype(out_dtype)
+
+
+class Embed(nn.Module):
+  """Token embedding `embedding [vocab, embed]`; `attend` is the tied LM head."""
+  num_embeddings: int
+  features: int
+  scale_by_sqrt_dim: bool = False  # Gemma
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param('embedding', nn.with_logical_partitioning(default_init, ('vocab', 'embed')),
+                                (self.num_embeddings, self.features), self.param_dtype)
+
+  def __call__(self, token_ids: Array) -> Array:
+    """token_ids [batch, seq] -> [batch, seq, embed]."""
+    x = jnp.take(self.embedding, token_ids, axis=0).astype(self.dtype)
+    if self.scale_by_sqrt_dim:
+      # In the compute dtype, as transformers does (sqrt(3072) becomes 55.5 in bfloat16).
+      x = x * jnp.asarray(math.sqrt(self.features), self.dtype)
+    return x
+
+  def attend(self, x: Array) -> Array:
+    """x [batch, seq, embed] -> float32 logits [batch, seq, vocab]."""
+    return _contract(x.astype(self.dtype), self.embedding.T.astype(self.dtype), 1, jnp.float32)
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm over the last dim with statistics in float32.
+
+  plus_one=False (Chameleon): w * x_normed (w initialised at 1), the product in the compute dtype.
+  plus_one=True (Gemma): x_normed * (1 + w) (w initialised at 0), the product in float32.
+  """
+  eps: float = 1e-5
+  plus_one: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+    scale = self.param('scale', nn.with_logical_partitioning(init, ('embed',)), (x.shape[-1],),
+                       self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    if self.plus_one:
+      return (normed * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
+    return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+class HeadLayerNorm(nn.Module):
+  """Chameleon's QK norm: LayerNorm statistics over head_dim only, then each head's own scale and
+  bias (`scale`, `bias` [heads, head_dim]), i.e. transformers' ChameleonLayerNorm."""
+  axes: tuple[str, str] = ('heads', 'head_dim')
+  eps: float = QK_NORM_EPS
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x [batch, seq, heads, head_dim] -> same shape."""
+    shape = x.shape[-2:]
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, self.axes), shape,
+                       self.param_dtype)
+    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, self.axes), shape,
+                      self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    normed = ((x32 - mean) * lax.rsqrt(var + self.eps)).astype(self.dtype)
+    return normed * scale.astype(self.dtype) + bias.astype(self.dtype)
+
+
+def rope_sin_cos(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
+  """positions [batch, seq] -> (sin, cos) [batch, seq, head_dim] float32, in the rotate-half layout
+  of transformers' checkpoints (the frequencies repeated over the two halves)."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.sin(emb), jnp.cos(emb)
+
+
+def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
+  """x [batch, seq, heads, head_dim], sin/cos [batch, seq, head_dim] -> x rotated (rotate-half)."""
+  x32 = x.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
+
+
+def attention_mask(q_segment_ids: Array, q_slots: Array, kv_segment_ids: Array, kv_slots: Array) -> Array:
+  """Who attends to whom: a query sees keys at earlier or equal slots of its own (non-zero) segment.
+
+  q_segment_ids [batch, q], q_slots [q], kv_segment_ids [batch, kv], kv_slots [kv] -> bool
+  [batch, 1, q, kv]. Slots are indices in the key array (the cache), so causality is by write order.
+  """
+  causal = kv_slots[None, None, :] <= q_slots[None, :, None]
+  same = kv_segment_ids[:, None, :] == q_segment_ids[:, :, None]
+  real = (q_segment_ids != 0)[:, :, None]
+  return (causal & same & real)[:, None]
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, impl: str = 'xla',
+                          is_causal: bool = False) -> Array:
+  """Grouped-query attention.
+
+  q [batch, q, heads, head_dim], k/v [batch, kv, kv_heads, head_dim], mask bool [batch, 1, q, kv]
+  -> [batch, q, heads, head_dim]. Query head h uses kv head h // (heads // kv_heads), as in
+  transformers' repeat_kv. `impl`: 'xla' = einsum with a float32 softmax; 'cudnn' / 'auto' =
+  jax.nn.dot_product_attention (cuDNN flash attention; 'auto' picks it only on GPU in 16-bit).
+  `is_causal` promises the mask is (at most) causal with aligned slots, letting cuDNN skip blocks.
+  Fully masked query rows (padding) get a uniform softmax, never NaN.
+  """
+  batch, q_len, heads, head_dim = q.shape
+  kv_heads = k.shape[2]
+  if impl == 'xla':
+    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+    logits = jnp.einsum('bskgd,btkd->bkgst', q, k, preferred_element_type=jnp.float32)
+    logits = logits * (head_dim ** -0.5)
+    logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum('bkgst,btkd->bskgd', probs, v)
+    return out.reshape(batch, q_len, heads, head_dim)
+  implementation = None
+  if impl == 'cudnn':
+    implementation = 'cudnn'
+  elif impl == 'auto' and jax.default_backend() == 'gpu' and q.dtype in (jnp.bfloat16, jnp.float16):
+    implementation = 'cudnn'
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                      implementation=implementation)
+
+
+class Attention(nn.Module):
+  """Self-attention with optional QK norm, RoPE, GQA and a KV-cache slot update."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: Array, sin: Array, cos: Array, mask: Array,
+               cache_kv: Optional[tuple[Array, Array]], cache_index: Optional[Array],
+               deterministic: bool = True):
+    """x [batch, seq, embed]; cache_kv ([batch, max_len, kv_heads, head_dim] x 2) or None;
+    cache_index [] the slot of x's first token. Returns (out [batch, seq, embed], new cache_kv)."""
+    c = self.config
+    proj = functools.partial(Projection, dtype=c.dtype, param_dtype=c.param_dtype,
+                             lora_scale=c.lora_scale, lora_dropout=c.lora_dropout)
+    rank = lambda name: c.lora_rank if name in c.lora_targets else 0  # noqa: E731
+    heads, kv = (c.num_heads, c.head_dim), (c.num_kv_heads, c.head_dim)
+    q = proj(heads, ('embed',), ('heads', 'head_dim'), lora_rank=rank('q_proj'), name='q_proj')(x, deterministic)
+    k = proj(kv, ('embed',), ('kv_heads', 'head_dim'), lora_rank=rank('k_proj'), name='k_proj')(x, deterministic)
+    v = proj(kv, ('embed',), ('kv_heads', 'head_dim'), lora_rank=rank('v_proj'), name='v_proj')(x, deterministic)
+    if c.qk_norm:
+      q = HeadLayerNorm(('heads', 'head_dim'), dtype=c.dtype, param_dtype=c.param_dtype, name='q_norm')(q)
+      k = HeadLayerNorm(('kv_heads', 'head_dim'), dtype=c.dtype, param_dtype=c.param_dtype, name='k_norm')(k)
+    q = nn.with_logical_constraint(apply_rope(q, sin, cos), ('batch', 'length', 'heads', 'head_dim'))
+    k = nn.with_logical_constraint(apply_rope(k, sin, cos), ('batch', 'length', 'kv_heads', 'head_dim'))
+    v = nn.with_logical_constraint(v, ('batch', 'length', 'kv_heads', 'head_dim'))
+
+    new_cache_kv = None
+    if cache_kv is not None:
+      k_cache, v_cache = cache_kv
+      start = (0, cache_index, 0, 0)
+      k_cache = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
+      v_cache = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
+      new_cache_kv = (k_cache, v_cache)
+      k, v = k_cache.astype(c.dtype), v_cache.astype(c.dtype)
+
+    out = dot_product_attention(q, k, v, mask, c.attention_impl, is_causal=cache_kv is None)
+    out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'head_dim'))
+    out = proj((c.d_model,), ('heads', 'head_dim'), ('embed',), lora_rank=rank('o_proj'),
+               name='o_proj')(out, deterministic)
+    return out, new_cache_kv
+
+
+class MLP(nn.Module):
+  """Gated MLP: down(act(gate(x)) * up(x)); SwiGLU for Chameleon, GeGLU (tanh gelu) for Gemma."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    c = self.config
+    proj = functools.partial(Projection, dtype=c.dtype, param_dtype=c.param_dtype,
+                             lora_scale=c.lora_scale, lora_dropout=c.lora_dropout)
+    rank = lambda name: c.lora_rank if name in c.lora_targets else 0  # noqa: E731
+    gate = proj((c.mlp_dim,), ('embed',), ('mlp',), lora_rank=rank('gate_proj'), name='gate_proj')(x, deterministic)
+    up = proj((c.mlp_dim,), ('embed',), ('mlp',), lora_rank=rank('up_proj'), name='up_proj')(x, deterministic)
+    if c.mlp_activation == 'gelu_tanh':
+      gate = jax.nn.gelu(gate, approximate=True)
+    else:
+      gate = jax.nn.silu(gate)
+    h = nn.with_logical_constraint(gate * up, ('batch', 'length', 'mlp'))
+    return proj((c.d_model,), ('mlp',), ('embed',), lora_rank=rank('down_proj'), name='down_proj')(h, deterministic)
