@@ -31,7 +31,8 @@ def to_dtype(name: Any) -> jnp.dtype:
   try:
     return jnp.dtype(name)
   except TypeError:
-    raise UserError(f'dtype {name!r} is not a dtype name; use e.g. "bfloat16" or "float32".') from None
+    raise UserError(
+        f'dtype {name!r} is not a dtype name; use e.g. "bfloat16" or "float32".') from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,7 +40,7 @@ def _lora_a_init(n_in: int):
 
 
 class Projection(nn.Module):
-  """A bias-free linear map over the trailing `len(in_axes)` dims of its input, optionally with LoRA.
+  """A bias-free linear map over the trailing `len(in_axes)` input dims, optionally with LoRA.
 
   Params: `kernel [*in, *features]`; with `lora_rank > 0` also `lora_a [*in, rank]` (random) and
   `lora_b [rank, *features]` (zeros), so y = x.W + lora_scale * dropout(x).A.B and the adapter
@@ -60,21 +60,23 @@ class Projection(nn.Module):
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     n_in = len(self.in_axes)
     in_shape = x.shape[x.ndim - n_in:]
-    kernel = self.param('kernel', nn.with_logical_partitioning(default_init, self.in_axes + self.out_axes),
+    kernel_axes = self.in_axes + self.out_axes
+    kernel = self.param('kernel', nn.with_logical_partitioning(default_init, kernel_axes),
                         in_shape + tuple(self.features), self.param_dtype)
     out_dtype = self.out_dtype or self.dtype
     y = _contract(x.astype(self.dtype), kernel.astype(self.dtype), n_in, out_dtype)
     if self.lora_rank:
-      lora_a = self.param('lora_a', nn.with_logical_partitioning(_lora_a_init(n_in), self.in_axes + (None,)),
-                          in_shape + (self.lora_rank,), self.param_dtype)
-      lora_b = self.param('lora_b', nn.with_logical_partitioning(nn.initializers.zeros,
-                                                                 (None,) + self.out_axes),
-                          (self.lora_rank,) + tuple(self.features), self.param_dtype)
+      a_init = nn.with_logical_partitioning(_lora_a_init(n_in), self.in_axes + (None,))
+      b_init = nn.with_logical_partitioning(nn.initializers.zeros, (None,) + self.out_axes)
+      lora_a = self.param('lora_a', a_init, in_shape + (self.lora_rank,), self.param_dtype)
+      lora_b = self.param('lora_b', b_init, (self.lora_rank,) + tuple(self.features),
+                          self.param_dtype)
       h = x
       if self.lora_dropout > 0:
         h = nn.Dropout(self.lora_dropout)(h, deterministic=deterministic)
       h = _contract(h.astype(self.dtype), lora_a.astype(self.dtype), n_in)
-      y = y + (_contract(h, lora_b.astype(self.dtype), 1, out_dtype) * self.lora_scale).astype(out_dtype)
+      delta = _contract(h, lora_b.astype(self.dtype), 1, out_dtype) * self.lora_scale
+      y = y + delta.astype(out_dtype)
     return y.astype(out_dtype)
 
 
@@ -87,8 +89,9 @@ class Embed(nn.Module):
   param_dtype: Any = jnp.float32
 
   def setup(self):
-    self.embedding = self.param('embedding', nn.with_logical_partitioning(default_init, ('vocab', 'embed')),
-                                (self.num_embeddings, self.features), self.param_dtype)
+    init = nn.with_logical_partitioning(default_init, ('vocab', 'embed'))
+    self.embedding = self.param('embedding', init, (self.num_embeddings, self.features),
+                                self.param_dtype)
 
   def __call__(self, token_ids: Array) -> Array:
     """token_ids [batch, seq] -> [batch, seq, embed]."""
@@ -100,7 +103,8 @@ class Embed(nn.Module):
 
   def attend(self, x: Array) -> Array:
     """x [batch, seq, embed] -> float32 logits [batch, seq, vocab]."""
-    return _contract(x.astype(self.dtype), self.embedding.T.astype(self.dtype), 1, jnp.float32)
+    embedding = self.embedding.T.astype(self.dtype)
+    return _contract(x.astype(self.dtype), embedding, 1, jnp.float32)
 
 
 class RMSNorm(nn.Module):
@@ -138,10 +142,10 @@ class HeadLayerNorm(nn.Module):
   def __call__(self, x: Array) -> Array:
     """x [batch, seq, heads, head_dim] -> same shape."""
     shape = x.shape[-2:]
-    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, self.axes), shape,
-                       self.param_dtype)
-    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, self.axes), shape,
-                      self.param_dtype)
+    ones = nn.with_logical_partitioning(nn.initializers.ones, self.axes)
+    zeros = nn.with_logical_partitioning(nn.initializers.zeros, self.axes)
+    scale = self.param('scale', ones, shape, self.param_dtype)
+    bias = self.param('bias', zeros, shape, self.param_dtype)
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
@@ -166,7 +170,8 @@ def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
   return (x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
 
 
-def attention_mask(q_segment_ids: Array, q_slots: Array, kv_segment_ids: Array, kv_slots: Array) -> Array:
+def attention_mask(q_segment_ids: Array, q_slots: Array, kv_segment_ids: Array,
+                   kv_slots: Array) -> Array:
   """Who attends to whom: a query sees keys at earlier or equal slots of its own (non-zero) segment.
 
   q_segment_ids [batch, q], q_slots [q], kv_segment_ids [batch, kv], kv_slots [kv] -> bool
@@ -208,6 +213,15 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, impl: str =
                                       implementation=implementation)
 
 
+def _projection(config: TransformerConfig, name: str, x: Array, features, in_axes, out_axes,
+                deterministic: bool) -> Array:
+  """Applies the named projection (with LoRA if it is one of config.lora_targets)."""
+  rank = config.lora_rank if name in config.lora_targets else 0
+  return Projection(tuple(features), in_axes, out_axes, dtype=config.dtype,
+                    param_dtype=config.param_dtype, lora_rank=rank, lora_scale=config.lora_scale,
+                    lora_dropout=config.lora_dropout, name=name)(x, deterministic)
+
+
 class Attention(nn.Module):
   """Self-attention with optional QK norm, RoPE, GQA and a KV-cache slot update."""
   config: TransformerConfig
@@ -219,19 +233,19 @@ class Attention(nn.Module):
     """x [batch, seq, embed]; cache_kv ([batch, max_len, kv_heads, head_dim] x 2) or None;
     cache_index [] the slot of x's first token. Returns (out [batch, seq, embed], new cache_kv)."""
     c = self.config
-    proj = functools.partial(Projection, dtype=c.dtype, param_dtype=c.param_dtype,
-                             lora_scale=c.lora_scale, lora_dropout=c.lora_dropout)
-    rank = lambda name: c.lora_rank if name in c.lora_targets else 0  # noqa: E731
-    heads, kv = (c.num_heads, c.head_dim), (c.num_kv_heads, c.head_dim)
-    q = proj(heads, ('embed',), ('heads', 'head_dim'), lora_rank=rank('q_proj'), name='q_proj')(x, deterministic)
-    k = proj(kv, ('embed',), ('kv_heads', 'head_dim'), lora_rank=rank('k_proj'), name='k_proj')(x, deterministic)
-    v = proj(kv, ('embed',), ('kv_heads', 'head_dim'), lora_rank=rank('v_proj'), name='v_proj')(x, deterministic)
+    proj = functools.partial(_projection, c, deterministic=deterministic)
+    q = proj('q_proj', x, (c.num_heads, c.head_dim), ('embed',), ('heads', 'head_dim'))
+    k = proj('k_proj', x, (c.num_kv_heads, c.head_dim), ('embed',), ('kv_heads', 'head_dim'))
+    v = proj('v_proj', x, (c.num_kv_heads, c.head_dim), ('embed',), ('kv_heads', 'head_dim'))
     if c.qk_norm:
-      q = HeadLayerNorm(('heads', 'head_dim'), dtype=c.dtype, param_dtype=c.param_dtype, name='q_norm')(q)
-      k = HeadLayerNorm(('kv_heads', 'head_dim'), dtype=c.dtype, param_dtype=c.param_dtype, name='k_norm')(k)
-    q = nn.with_logical_constraint(apply_rope(q, sin, cos), ('batch', 'length', 'heads', 'head_dim'))
-    k = nn.with_logical_constraint(apply_rope(k, sin, cos), ('batch', 'length', 'kv_heads', 'head_dim'))
-    v = nn.with_logical_constraint(v, ('batch', 'length', 'kv_heads', 'head_dim'))
+      norm = functools.partial(HeadLayerNorm, dtype=c.dtype, param_dtype=c.param_dtype)
+      q = norm(('heads', 'head_dim'), name='q_norm')(q)
+      k = norm(('kv_heads', 'head_dim'), name='k_norm')(k)
+    q_axes = ('batch', 'length', 'heads', 'head_dim')
+    kv_axes = ('batch', 'length', 'kv_heads', 'head_dim')
+    q = nn.with_logical_constraint(apply_rope(q, sin, cos), q_axes)
+    k = nn.with_logical_constraint(apply_rope(k, sin, cos), kv_axes)
+    v = nn.with_logical_constraint(v, kv_axes)
 
     new_cache_kv = None
     if cache_kv is not None:
@@ -243,9 +257,8 @@ class Attention(nn.Module):
       k, v = k_cache.astype(c.dtype), v_cache.astype(c.dtype)
 
     out = dot_product_attention(q, k, v, mask, c.attention_impl, is_causal=cache_kv is None)
-    out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'head_dim'))
-    out = proj((c.d_model,), ('heads', 'head_dim'), ('embed',), lora_rank=rank('o_proj'),
-               name='o_proj')(out, deterministic)
+    out = nn.with_logical_constraint(out, q_axes)
+    out = proj('o_proj', out, (c.d_model,), ('heads', 'head_dim'), ('embed',))
     return out, new_cache_kv
 
 
@@ -256,14 +269,12 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     c = self.config
-    proj = functools.partial(Projection, dtype=c.dtype, param_dtype=c.param_dtype,
-                             lora_scale=c.lora_scale, lora_dropout=c.lora_dropout)
-    rank = lambda name: c.lora_rank if name in c.lora_targets else 0  # noqa: E731
-    gate = proj((c.mlp_dim,), ('embed',), ('mlp',), lora_rank=rank('gate_proj'), name='gate_proj')(x, deterministic)
-    up = proj((c.mlp_dim,), ('embed',), ('mlp',), lora_rank=rank('up_proj'), name='up_proj')(x, deterministic)
+    proj = functools.partial(_projection, c, deterministic=deterministic)
+    gate = proj('gate_proj', x, (c.mlp_dim,), ('embed',), ('mlp',))
+    up = proj('up_proj', x, (c.mlp_dim,), ('embed',), ('mlp',))
     if c.mlp_activation == 'gelu_tanh':
       gate = jax.nn.gelu(gate, approximate=True)
     else:
       gate = jax.nn.silu(gate)
     h = nn.with_logical_constraint(gate * up, ('batch', 'length', 'mlp'))
-    return proj((c.d_model,), ('mlp',), ('embed',), lora_rank=rank('down_proj'), name='down_proj')(h, deterministic)
+    return proj('down_proj', h, (c.d_model,), ('mlp',), ('embed',))

@@ -24,9 +24,9 @@ returns `(logits, new_cache)`; each query attends to earlier-or-equal slots with
 Typical use:
 
     cache = init_cache(config, batch, max_len)
-    logits, cache = module.apply(v, prompt_ids, segment_ids=prompt_segments, cache=cache)   # prefill
-    for _ in range(n):                                                                     # decode
-      logits, cache = module.apply(v, next_ids[:, None], cache=cache)
+    logits, cache = module.apply(v, prompt_ids, segment_ids=prompt_segments, cache=cache)  # prefill
+    for _ in range(n):
+      logits, cache = module.apply(v, next_ids[:, None], cache=cache)  # one token a step
 
 Prompts may be left- or right-padded (segment 0 on the padding): padded slots are never attended.
 With `cache=` and `positions=None`, positions continue each row's own count of real tokens
@@ -43,7 +43,15 @@ import jax
 import jax.numpy as jnp
 
 from jax_vlm.models.config import TransformerConfig, remat_policy_fn
-from jax_vlm.models.layers import MLP, Attention, Embed, Projection, RMSNorm, attention_mask, rope_sin_cos
+from jax_vlm.models.layers import (
+  MLP,
+  Attention,
+  Embed,
+  Projection,
+  RMSNorm,
+  attention_mask,
+  rope_sin_cos,
+)
 
 Array = jax.Array
 
@@ -96,7 +104,7 @@ class DecoderLayer(nn.Module):
   def __call__(self, x, sin, cos, mask, cache_kv, cache_index, deterministic=True):
     """x [batch, seq, embed] -> (x, new cache_kv); see Attention for the other arguments."""
     c = self.config
-    norm = lambda name: RMSNorm(c.norm_eps, c.norm_plus_one, c.dtype, c.param_dtype, name=name)  # noqa: E731
+    norm = lambda name: RMSNorm(c.norm_eps, c.norm_plus_one, c.dtype, c.param_dtype, name=name)
     attn = Attention(c, name='self_attn')
     mlp = MLP(c, name='mlp')
     if c.swin_norm:
@@ -105,7 +113,8 @@ class DecoderLayer(nn.Module):
       x = x + norm('input_layernorm')(h)
       x = x + norm('post_attention_layernorm')(mlp(x, deterministic))
     else:
-      h, new_kv = attn(norm('input_layernorm')(x), sin, cos, mask, cache_kv, cache_index, deterministic)
+      h = norm('input_layernorm')(x)
+      h, new_kv = attn(h, sin, cos, mask, cache_kv, cache_index, deterministic)
       x = x + h
       x = x + mlp(norm('post_attention_layernorm')(x), deterministic)
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed')), new_kv
