@@ -1,0 +1,68 @@
+"""Evaluates a model (or a baseline) on a benchmark and writes metrics, per-item records, a report.
+
+  python eval.py --config configs/NAME.py[:ARG] --workdir DIR [--config.key=value ...]
+
+The benchmark is `config.eval.benchmark`. Short flag names: `--config.model=NAME` and
+`--config.bench_root=DIR` mean `--config.eval.model` and `--config.eval.bench_root` (the
+top-level `config.model` is the transformer's config and cannot hold a name).
+A problem with the user's input stops the run with one sentence (exit code 1); results already
+written to the workdir are kept and a rerun continues from them.
+"""
+
+import importlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jax_vlm.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, configs/NAME.py[:ARG].')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (metrics, records, report).')
+
+# benchmark name -> 'module:function' taking (config, workdir) and returning the metrics.
+BENCHMARKS = {
+    'aurora_bench': 'jax_vlm.evaluation.aurora:run',
+}
+
+_FLAG_ALIASES = {'--config.model': '--config.eval.model',
+                 '--config.bench_root': '--config.eval.bench_root'}
+
+
+def rewrite_aliases(argv: list[str]) -> list[str]:
+  """Maps the short flag names onto their eval.* fields (`--a=b` and `--a b` forms)."""
+  out = []
+  for arg in argv:
+    name, sep, value = arg.partition('=')
+    out.append(_FLAG_ALIASES[name] + sep + value if name in _FLAG_ALIASES else arg)
+  return out
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  try:
+    if config is None:
+      raise UserError('No config given; pass --config configs/NAME.py.')
+    if not _WORKDIR.value:
+      raise UserError('No workdir given; pass --workdir DIR for the outputs.')
+    benchmark = config.eval.get('benchmark', '')
+    if benchmark not in BENCHMARKS:
+      raise UserError(f'Unknown eval.benchmark {benchmark!r}; use one of {sorted(BENCHMARKS)}.')
+    module, function = BENCHMARKS[benchmark].split(':')
+    run = getattr(importlib.import_module(module), function)
+    metrics = run(config, _WORKDIR.value)
+  except UserError as e:
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  overall = metrics.get('all', {}) if isinstance(metrics, dict) else {}
+  print(' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
+                 for k, v in overall.items() if not isinstance(v, list)))
+
+
+if __name__ == '__main__':
+  logging.set_verbosity(logging.INFO)
+  # config_flags reads the overrides from sys.argv itself, so the aliases are rewritten there.
+  sys.argv = rewrite_aliases(sys.argv)
+  app.run(main)
