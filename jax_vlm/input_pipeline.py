@@ -127,7 +127,9 @@ def schedule_plan(objectives_cfg, batch_size: int):
     return lambda step: [(pattern[step % len(pattern)], batch_size)]
   if schedule == 'mixed':
     num_idp = int(round(batch_size * idp_share / (idp_share + fdp_share)))
-    if idp_share and fdp_share and batch_size >= 2:
+    if idp_share and fdp_share:
+      require(batch_size >= 2, "objectives.schedule='mixed' needs at least 2 rows per process to "
+              "hold both tasks; use schedule='alternate' or a larger train.global_batch_size.")
       num_idp = min(max(num_idp, 1), batch_size - 1)  # both tasks in every batch
     plan = [(t, n) for t, n in ((seqs.IDP, num_idp), (seqs.FDP, batch_size - num_idp)) if n]
     return lambda step: plan

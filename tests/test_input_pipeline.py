@@ -145,6 +145,13 @@ def test_mixed_batches(idp, fdp, expected):
       assert last == (V.eos_id if t == seqs.IDP else V.eoi_id)
 
 
+def test_mixed_needs_room_for_both_tasks():
+  with pytest.raises(UserError, match='at least 2 rows'):
+    make_it(make_source(), schedule='mixed', batch=2, pi=0, pc=2)
+  # A small share still gets one row rather than rounding to none.
+  assert next(make_it(make_source(), schedule='mixed', batch=5, idp=1, fdp=100))['task'][0] == 0
+
+
 def test_packed_pipeline_pads_little_and_reads_every_example():
   src = make_source(40)
   it = make_it(src, seed=2, packing=True, max_seq_len=96, fdp=0, batch=2)
@@ -206,3 +213,27 @@ def test_eval_pass_is_ordered_sharded_and_padded():
     shards.append(set(valid.tolist()))
     assert same(list(ds), batches)  # re-iterable, same batches
   assert shards[0] | shards[1] == {i for i in range(25) if i % 10} and not shards[0] & shards[1]
+
+
+def test_reads_array_records_with_features(tmp_path):
+  """data/records.py examples (VQ features, no stored weights) through the pipeline."""
+  from data.records import RecordSource, write_records
+  rng = np.random.default_rng(5)
+  examples = []
+  for i in range(6):
+    src_f = rng.normal(size=(2, 2, 3)).astype(np.float32)
+    examples.append(dict(src_codes=np.array([i, 1, 2, 3], np.int32),
+                         tgt_codes=np.array([4, 5, 6, 7], np.int32), action='push the block',
+                         action_type='push', example_id=f'ex{i}', split='train',
+                         src_features=src_f, tgt_features=src_f + (i % 2)))
+  write_records(tmp_path / 'train', examples, num_shards=2)
+  source = RecordSource.from_prefix(tmp_path / 'train')
+  it = make_it(source, idp=0, fdp=1, batch=6)
+  b = next(it)
+  for r, i in enumerate(example_indices(b)):
+    expected = seqs.build_fdp(examples[i], V, 5, use_recognition_weights=True)
+    n = len(expected)
+    np.testing.assert_array_equal(b['token_ids'][r, :n], expected.token_ids)
+    np.testing.assert_allclose(b['loss_weights'][r, :n], expected.loss_weights, rtol=1e-6)
+    if i % 2:  # every feature moved by the same amount: all target weights 1
+      np.testing.assert_allclose(b['loss_weights'][r, n - 5:n - 1], np.ones(4), rtol=1e-6)
