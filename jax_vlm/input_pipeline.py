@@ -13,7 +13,8 @@ packed); `task_ids [b, s]` is there too.
 Row layout (data config):
   data.packing=False (default): one example per row, padded to the smallest of
     `data.length_buckets` that fits the batch's longest example, else `data.max_seq_len`
-    (buckets bound the number of shapes jit compiles).
+    (buckets bound the number of shapes jit compiles; single-process runs only, since every
+    process must give the same shape).
   data.packing=True: rows of `data.max_seq_len` filled first-fit. Examples that don't fit wait for
     the next batch (at the front), so nothing is dropped; `data.pack_lookahead` extra examples are
     read beyond a full batch's worth of tokens to fill gaps.
@@ -95,6 +96,15 @@ def _shard(source, process_index: int, process_count: int) -> grain.MapDataset:
   require(len(shard) > 0, f'The data source has {len(source)} examples, fewer than the '
           f'{process_count} processes; use more data or fewer processes.')
   return shard
+
+
+def _length_buckets(data_cfg, process_count: int) -> tuple[int, ...]:
+  buckets = tuple(int(b) for b in _opt(data_cfg, 'length_buckets', ()))
+  # Each process picks its bucket from its own rows; the global batch needs one shape.
+  require(not buckets or process_count == 1,
+          f'data.length_buckets={buckets} works on one process only (processes would pick '
+          'different lengths); set data.length_buckets=() for multi-process runs.')
+  return buckets
 
 
 def _read_options(data_cfg) -> grain.ReadOptions:
@@ -333,7 +343,7 @@ def make_dynamics_dataset(source, vocab, *, data_cfg, objectives_cfg, global_bat
   return _DynamicsDataset(
       streams, plan=plan, batch_size=batch_size, pad_id=int(vocab.pad_id),
       max_seq_len=int(data_cfg.max_seq_len), packing=bool(_opt(data_cfg, 'packing', False)),
-      length_buckets=tuple(_opt(data_cfg, 'length_buckets', ())),
+      length_buckets=_length_buckets(data_cfg, process_count),
       pack_lookahead=int(_opt(data_cfg, 'pack_lookahead', 8)))
 
 
@@ -373,14 +383,14 @@ class _EvalBatch:
   """Indices of one eval batch -> padded batch with `example_index [b]` (-1: padding row)."""
 
   def __init__(self, source, task: int, vocab, data_cfg, shard_indices: np.ndarray,
-               batch_size: int):
+               batch_size: int, buckets: tuple[int, ...]):
     self.source = source
     self.build = _BuildSequence(task, vocab, int(data_cfg.action_max_tokens),
                                 bool(_opt(data_cfg, 'recognition_weights', True)))
     self.task = task
     self.pad_id = int(vocab.pad_id)
     self.max_seq_len = int(data_cfg.max_seq_len)
-    self.buckets = tuple(_opt(data_cfg, 'length_buckets', ()))
+    self.buckets = buckets
     self.shard_indices = shard_indices
     self.batch_size = batch_size
 
@@ -421,4 +431,5 @@ def make_eval_dataset(source, vocab, *, data_cfg, task, batch_size: int,
   shard_indices = np.arange(process_index, n, process_count)
   num_batches = math.ceil(math.ceil(n / process_count) / batch_size)
   return grain.MapDataset.range(num_batches).map(
-      _EvalBatch(source, task, vocab, data_cfg, shard_indices, batch_size))
+      _EvalBatch(source, task, vocab, data_cfg, shard_indices, batch_size,
+                 _length_buckets(data_cfg, process_count)))

@@ -89,6 +89,8 @@ def test_process_shards_are_disjoint_and_cover_the_data_each_epoch():
   assert per_process[0] | per_process[1] == set(range(24))
   with pytest.raises(UserError, match='multiple'):
     make_it(src, batch=5, pi=0, pc=2)
+  with pytest.raises(UserError, match='length_buckets'):
+    make_it(src, pi=0, pc=2, buckets=(16,))
 
 
 @pytest.mark.parametrize('kw', [
