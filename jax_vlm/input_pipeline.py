@@ -160,8 +160,6 @@ class _StreamReader:
     self._stats = stats
     self._pending: list[tuple[int, Any, seqs.Sequence]] = []  # (read index, state before, seq)
     self._num_read = 0
-    self._anchor_state = None  # state before the oldest pending example
-    self._anchor_read = 0
 
   def _read(self):
     before = copy.deepcopy(self._it.get_state())
@@ -226,10 +224,8 @@ class _StreamReader:
     self._num_read = 0
     pending = set(int(i) for i in state['pending'])
     self._pending = []
-    for offset in range(int(state['read'])):
-      before = copy.deepcopy(self._it.get_state())
-      item = next(self._it)
-      self._num_read += 1
+    for _ in range(int(state['read'])):
+      offset, before, item = self._read()
       if offset in pending:
         self._pending.append((offset, before, item))
 
