@@ -342,9 +342,9 @@ def sample_action(scene: Scene, kind: str, rng: np.random.Generator,
 # ---------------------------------------------------------------------------------------------
 # Phrasings: templates of words and slots, each slot a table phrase -> value.
 
-_MOVE = ('move {obj} {dir}', 'move {obj} one cell {dir}', 'push {obj} one cell {dir}',
-         'shift {obj} {dir_adv}', 'move {obj} one step {dir}', 'slide {obj} {dir} by one cell',
-         'nudge {obj} {dir_adv}')
+_MOVE = ('move {obj} {dir}', 'move {obj} {dir_adv}', 'move {obj} one cell {dir}',
+         'push {obj} one cell {dir}', 'shift {obj} {dir_adv}', 'move {obj} one step {dir}',
+         'slide {obj} {dir} by one cell', 'nudge {obj} {dir_adv}')
 _MOVE_REL = ('move {obj} {rel} {ref}', 'put {obj} {rel} {ref}', 'place {obj} {rel} {ref}',
              'move {obj} so that it is {rel} {ref}')
 _REMOVE = ('remove {obj}', 'delete {obj}', 'take away {obj}', 'get rid of {obj}', 'erase {obj}')
@@ -550,6 +550,8 @@ def score_prediction(src_scene: Scene, action: 'str | Action', true_tgt_scene: S
   exact_match: the predicted scene equals the true target scene.
   """
   a = parse_canonical(action)
+  if try_apply(src_scene, a, config) is None:
+    raise ValueError(f'action {a.canonical!r} does not apply to the source scene')
   src, pred = src_scene.cells(), predicted_scene.cells()
   region = changed_cells(src_scene, true_tgt_scene)
 
