@@ -11,7 +11,7 @@ import pytest
 from data.action_world import __main__ as cli
 from data.action_world import actions as A
 from data.action_world import splits as S
-from data.action_world.parser import parse_frame
+from data.action_world.parser import parse_frame, parse_frames
 from data.action_world.tokenizer import SPECIAL_TOKENS, write_tokenizer
 from data.action_world.world import (
   BACKGROUND,
@@ -102,6 +102,8 @@ def test_parse_frame_round_trip_is_exact():
     s = random_scene(rng, big)
     assert parse_frame(render(s, big), big) == s
   assert parse_frame(render(Scene(), CFG), CFG) == Scene()
+  src, tgt = S.example_frames(dict(src=s.to_json(), tgt=[]), big)
+  assert parse_frames(np.stack([src, tgt]), big) == [s, Scene()]
 
 
 def test_parse_frame_is_robust_to_small_decoding_errors():

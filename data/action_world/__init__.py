@@ -31,11 +31,12 @@ from data.action_world.actions import (
   valid_actions,
   vocabulary_words,
 )
-from data.action_world.parser import parse_frame
+from data.action_world.parser import parse_frame, parse_frames
 from data.action_world.splits import (
   SPLITS,
   build_splits,
   example_action,
+  example_frames,
   held_out_combos,
   load_split,
   load_world_config,
@@ -58,8 +59,9 @@ __all__ = [
   'ACTION_TYPES', 'Action', 'InvalidAction', 'action_combos', 'action_type', 'all_phrasings',
   'apply_action', 'describe', 'parse_action', 'parse_action_struct', 'parse_canonical',
   'sample_action', 'score_action_text', 'score_prediction', 'try_apply', 'valid_actions',
-  'vocabulary_words', 'parse_frame', 'SPLITS', 'build_splits', 'example_action',
-  'held_out_combos', 'load_split', 'load_world_config', 'split_statistics', 'write_world',
+  'vocabulary_words', 'parse_frame', 'parse_frames', 'SPLITS', 'build_splits', 'example_action',
+  'example_frames', 'held_out_combos', 'load_split', 'load_world_config', 'split_statistics',
+  'write_world',
   'SPECIAL_TOKENS', 'TOKEN_NAMES', 'write_tokenizer', 'DEFAULT_CONFIG', 'PALETTE', 'Scene',
   'WorldConfig', 'WorldObject', 'changed_cells', 'random_scene', 'render',
 ]

@@ -101,3 +101,8 @@ def parse_frame(frame: np.ndarray, config: WorldConfig = DEFAULT_CONFIG) -> Scen
       seen.add(key)
       objects.append(WorldObject(r, col, key[1], key[0]))
   return Scene(tuple(objects))
+
+
+def parse_frames(frames: np.ndarray, config: WorldConfig = DEFAULT_CONFIG) -> list[Scene]:
+  """parse_frame over a batch `[batch, H, W, 3]`."""
+  return [parse_frame(f, config) for f in np.asarray(frames)]

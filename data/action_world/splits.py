@@ -38,7 +38,14 @@ import time
 import numpy as np
 
 from data.action_world import actions as A
-from data.action_world.world import DEFAULT_CONFIG, Scene, WorldConfig, changed_cells, random_scene
+from data.action_world.world import (
+  DEFAULT_CONFIG,
+  Scene,
+  WorldConfig,
+  changed_cells,
+  random_scene,
+  render,
+)
 from jax_vlm.errors import require
 
 SPLITS = ('labelled', 'unlabelled', 'test', 'test_compositional')
@@ -161,6 +168,13 @@ def example_action(example: dict) -> dict:
   """{action, canonical, action_type} of a triplet, or the hidden one of an unlabelled pair."""
   src = example.get('hidden', example)
   return {k: src[k] for k in ('action', 'canonical', 'action_type')}
+
+
+def example_frames(example: dict, config: WorldConfig = DEFAULT_CONFIG
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """(src_frame, tgt_frame), each uint8 `[H, W, 3]`, rendered from the example's scenes."""
+  return (render(Scene.from_json(example['src']), config),
+          render(Scene.from_json(example['tgt']), config))
 
 
 def split_statistics(splits: dict[str, list[dict]]) -> dict:
