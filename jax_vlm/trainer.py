@@ -1,0 +1,477 @@
+"""The training loop: mesh, sharded state, batches, checkpoints, preemption, metrics.
+
+`Trainer(config, workdir).run()` trains `config.train.num_steps` optimizer updates of the IDP/FDP
+objectives on the data set the config names, writing into `workdir`:
+
+  workdir/checkpoints/<step>/   Orbax: train state (params, optimizer state, step, RNG) + data state
+  workdir/metrics.jsonl         every logged metric, one JSON object per line
+  workdir/tensorboard/          the same as TensorBoard events
+  workdir/params/               final params (Orbax, LoRA adapters merged), what later stages read
+
+A restarted run continues from the newest readable checkpoint with the same data order, so it ends
+with the same params and logged losses as an uninterrupted one. SIGTERM (preemption) finishes the
+current step, saves, and returns with status 'preempted'. A non-finite loss stops the run with a
+UserError naming the step before anything is saved, so the last good checkpoint stays intact.
+Config mistakes (unknown keys, impossible meshes, batch sizes) are reported before compilation.
+
+`train_dynamics_stage` / `train_fdp_stage` are the stage-runner entry points (jax_vlm/stages.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from jax_vlm import checkpointing, optim, sharding, stages
+from jax_vlm import train_step as ts
+from jax_vlm.errors import UserError, require
+from jax_vlm.metrics_writer import MetricsWriter
+from jax_vlm.models.config import TransformerConfig
+
+# Sections whose keys this module owns; an unknown key there is a typo, not an extension.
+CHECKED_SECTIONS = ('train', 'mesh', 'objectives')
+DATA_SOURCES = ('dataset', 'synthetic')
+SCHEDULES = ('alternate', 'mixed')
+
+
+class NonFiniteLoss(UserError):
+  """The loss became NaN or infinite; nothing after the last good checkpoint was saved."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Config checks (before anything compiles).
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises UserError (one sentence) for unknown keys in train/mesh/objectives and for values the
+  trainer cannot run with: modes, schedules, shares, mesh sizes and batch divisibility."""
+  from configs import base
+  reference = base.get_base_config()
+  for section in CHECKED_SECTIONS:
+    require(section in config, f'config has no {section!r} section; start the config from '
+            'configs/base.py:get_base_config().')
+    unknown = sorted(set(config[section].keys()) - set(reference[section].keys()))
+    require(not unknown, f'config.{section} has unknown key(s) {", ".join(unknown)}; check the '
+            f'spelling against configs/base.py ({", ".join(sorted(reference[section].keys()))}).')
+  t, o = config.train, config.objectives
+  require(t.mode in optim.TRAIN_MODES,
+          f'train.mode={t.mode!r} is unknown; use one of {optim.TRAIN_MODES}.')
+  require(t.mode != 'lora' or int(config.model.lora_rank) > 0,
+          "train.mode='lora' needs model.lora_rank > 0 (the paper uses 16).")
+  require(t.data_source in DATA_SOURCES,
+          f'train.data_source={t.data_source!r} is unknown; use one of {DATA_SOURCES}.')
+  require(o.schedule in SCHEDULES,
+          f'objectives.schedule={o.schedule!r} is unknown; use one of {SCHEDULES}.')
+  require(int(o.idp_share) >= 0 and int(o.fdp_share) >= 0 and int(o.idp_share + o.fdp_share) > 0,
+          f'objectives.idp_share={o.idp_share} and fdp_share={o.fdp_share} must be >= 0 and not '
+          'both 0.')
+  require(int(t.num_steps) > 0, f'train.num_steps={t.num_steps} must be positive.')
+  require(int(t.grad_accum_steps) >= 1,
+          f'train.grad_accum_steps={t.grad_accum_steps} must be >= 1.')
+  require(int(t.log_every) >= 1 and int(t.checkpoint_every) >= 1,
+          'train.log_every and train.checkpoint_every must be >= 1.')
+  optim.learning_rate_schedule(t)  # checks lr_schedule
+  sharding.logical_rules(config.mesh)  # checks the preset and overrides
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, num_devices)))
+  dp = shape['data'] * shape['fsdp']
+  per_update = int(t.global_batch_size)
+  require(per_update % (dp * int(t.grad_accum_steps)) == 0,
+          f'train.global_batch_size={per_update} must be a multiple of data*fsdp ({dp}) times '
+          f'train.grad_accum_steps ({t.grad_accum_steps}); change one of them.')
+  require(per_update % jax.process_count() == 0,
+          f'train.global_batch_size={per_update} must be a multiple of the '
+          f'{jax.process_count()} processes.')
+
+
+# ------------------------------------------------------------------------------------------------
+# Batch sources: `next()` gives this process's rows as numpy; `get_state`/`set_state` are JSON-able.
+
+
+class SyntheticSource:
+  """Deterministic random IDP/FDP batches laid out like real ones, for tests and benchmarks.
+
+  Rows come from a fixed pool of `pool_size` sequences (so a model can fit them); batch k depends
+  only on (seed, k, process), which makes a restored run see the same batches. The objective
+  schedule is the config's: 'alternate' gives one task per batch by the shares, 'mixed' both.
+  """
+
+  def __init__(self, config, local_batch_size: int, process_index: int = 0, pool_size: int = 16):
+    self.vocab_size = int(config.model.vocab_size)
+    self.seq_len = int(min(config.data.max_seq_len, config.model.max_positions))
+    self.batch = local_batch_size
+    self.seed = int(config.seed)
+    self.process_index = process_index
+    self.objectives = config.objectives
+    self.pool_size = pool_size
+    self.step = 0
+
+  def _task_pattern(self) -> list[int]:
+    o = self.objectives
+    return [0] * int(o.idp_share) + [1] * int(o.fdp_share)
+
+  def _row(self, index: int, task: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([self.seed, index % self.pool_size, task])
+    s = self.seq_len
+    tokens = rng.integers(1, self.vocab_size, size=s, dtype=np.int32)
+    length = int(rng.integers(s * 3 // 4, s + 1))
+    weights = np.zeros(s, np.float32)
+    if task == 0:  # IDP: a short action at the end
+      n = max(2, s // 8)
+      weights[length - n:length] = 1.0
+    else:  # FDP: the target image in the second half, with recognition-like weights
+      start = s // 2
+      weights[start:length] = rng.uniform(0.5, 1.5, size=length - start).astype(np.float32)
+    segment_ids = (np.arange(s) < length).astype(np.int32)
+    tokens = np.where(segment_ids > 0, tokens, 0).astype(np.int32)
+    return {'token_ids': tokens, 'positions': np.arange(s, dtype=np.int32),
+            'segment_ids': segment_ids, 'loss_weights': weights}
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    pattern = self._task_pattern()
+    if self.objectives.schedule == 'alternate':
+      tasks = [pattern[self.step % len(pattern)]] * self.batch
+    else:
+      tasks = [pattern[i % len(pattern)] for i in range(self.batch)]
+    rows = []
+    for i, task in enumerate(tasks):
+      index = (self.step * self.batch + i) * 7919 + self.process_index * 104729
+      rows.append(self._row(index, task))
+    self.step += 1
+    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    batch['task'] = np.asarray(tasks, np.int32)
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return {'step': self.step}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self.step = int(state['step'])
+
+
+class PipelineSource:
+  """Wraps jax_vlm.input_pipeline's DynamicsIterator (JSON state via its get/set_state)."""
+
+  def __init__(self, iterator):
+    from jax_vlm import input_pipeline
+    self._ip = input_pipeline
+    self.iterator = iterator
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self.iterator)
+    return {k: batch[k] for k in ('token_ids', 'positions', 'segment_ids', 'loss_weights', 'task')}
+
+  def get_state(self) -> dict[str, Any]:
+    return self._ip.get_state(self.iterator)
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._ip.set_state(self.iterator, state)
+
+
+def make_batch_source(config, local_batch_size: int):
+  """The batch source named by `train.data_source` for this process."""
+  if config.train.data_source == 'synthetic':
+    return SyntheticSource(config, local_batch_size, jax.process_index())
+  from jax_vlm import input_pipeline
+  source, vocab = _open_dataset(config)
+  it = input_pipeline.make_dynamics_iterator(
+      source, vocab, data_cfg=config.data, objectives_cfg=config.objectives,
+      global_batch_size=int(config.train.global_batch_size), seed=int(config.seed))
+  return PipelineSource(it)
+
+
+def _open_dataset(config):
+  """(training records, vocabulary) for `config.data` / `config.vocab`."""
+  require(bool(config.data.dir), 'config.data.dir is empty; point it at a prepared data set (run '
+          'the build_data/tokenize stages) or set train.data_source=synthetic.')
+  require(os.path.isdir(config.data.dir),
+          f'data set directory {config.data.dir} does not exist; run the data stages first.')
+  from jax_vlm import datasets  # written by the data engineers: opens a prepared split
+  from jax_vlm.vocab import UnifiedVocab
+  vocab = UnifiedVocab.from_config(config.vocab)
+  return datasets.open_split(config.data, 'train'), vocab
+
+
+# ------------------------------------------------------------------------------------------------
+# The trainer.
+
+
+def _merge_loaded(fresh: Any, loaded: Any) -> Any:
+  """`fresh` with every leaf that `loaded` (a nested dict) also has replaced by the loaded one."""
+  if isinstance(fresh, dict):
+    return {k: _merge_loaded(v, loaded[k]) if isinstance(loaded, dict) and k in loaded else v
+            for k, v in fresh.items()}
+  return loaded
+
+
+class Trainer:
+  """Owns the mesh, the compiled step and the loop; see the module docstring."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, batch_source=None,
+               devices=None):
+    validate_config(config, None if devices is None else len(devices))
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    self.mesh = sharding.make_mesh(config.mesh, devices)
+    self.rules = sharding.logical_rules(config.mesh)
+    self.model_config = TransformerConfig.from_config(config.model)
+    from jax_vlm.models.transformer import DecoderLM
+    self.model = DecoderLM(self.model_config)
+    self.accum_steps = int(config.train.grad_accum_steps)
+    self.local_batch_size = int(config.train.global_batch_size) // jax.process_count()
+    self.batch_source = batch_source
+
+    mode = config.train.mode
+    self.tx, self.schedule = optim.make_optimizer(
+        config.train, lambda p: optim.trainable_mask(p, mode))
+    init = lambda rng: ts.init_train_state(rng, self.model, self.tx)  # noqa: E731
+    with self._context():
+      abstract_boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+      self.state_shardings = sharding.state_shardings(abstract_boxed, self.mesh, self.rules)
+    self.abstract_state = nn.unbox(abstract_boxed)
+    sharding.check_divisible(self.abstract_state, self.state_shardings)
+    self.mask = optim.trainable_mask(self.abstract_state.params, mode)
+    self._init_fn = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=self.state_shardings)
+    step = lambda state, batch: ts.train_step(  # noqa: E731
+        state, batch, model=self.model, tx=self.tx, mask=self.mask, accum_steps=self.accum_steps,
+        objective_weights=(float(config.objectives.idp_loss_weight),
+                           float(config.objectives.fdp_loss_weight)),
+        schedule=self.schedule)
+    self.batch_sharding = sharding.batch_sharding(self.mesh)
+    self._step_fn = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
+                            out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+                            donate_argnums=(0,))
+    self._preempted = False
+
+  @contextlib.contextmanager
+  def _context(self):
+    """Mesh + logical rules, so the model's activation constraints resolve while tracing."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
+
+  # --- state ---------------------------------------------------------------------------------
+  def init_state(self) -> ts.TrainState:
+    """Fresh state, created already sharded; params from `train.init_from` / model_dir if set."""
+    with self._context():
+      state = self._init_fn(jax.random.PRNGKey(int(self.config.seed)))
+    source = self._initial_params_path()
+    if source:
+      state = state.replace(params=self._load_params(source, state.params))
+    return state
+
+  def _initial_params_path(self) -> str:
+    init_from = self.config.train.init_from
+    if init_from:
+      stage_params = os.path.join(os.path.dirname(self.workdir), init_from, 'params')
+      if os.path.isdir(stage_params):
+        return stage_params
+      require(os.path.isdir(init_from), f'train.init_from={init_from!r} is neither a stage with '
+              'saved params nor a directory; run that stage first or fix the path.')
+      return init_from
+    return self.config.checkpoint.model_dir
+
+  def _load_params(self, path: str, fresh: Any) -> Any:
+    """Loads base weights (transformers dir or Orbax params); LoRA adapters stay freshly made."""
+    shardings = self.state_shardings.params
+    if os.path.exists(os.path.join(path, 'config.json')):
+      import jax_vlm
+      _, loaded = jax_vlm.from_pretrained(path, scan_layers=self.model_config.scan_layers)
+    else:
+      loaded = checkpointing.load_params(path)
+    merged = _merge_loaded(fresh, loaded)
+    flat_fresh, _ = jax.tree_util.tree_flatten_with_path(fresh)
+    for (path_, a), b in zip(flat_fresh, jax.tree.leaves(merged)):
+      require(tuple(a.shape) == tuple(np.shape(b)),
+              f'params in {path} have shape {np.shape(b)} at {jax.tree_util.keystr(path_)} but the '
+              f'model config needs {tuple(a.shape)}; set config.model to the checkpoint\'s sizes.')
+    # One leaf at a time, straight onto its sharding: no full copy of the model on one device.
+    return jax.tree.map(lambda x, f, sh: jax.device_put(np.asarray(x).astype(f.dtype), sh),
+                        merged, fresh, shardings)
+
+  def restore_params(self) -> tuple[int, Any]:
+    """(step, params) of the newest readable training checkpoint in this workdir, sharded."""
+    ckpts = checkpointing.TrainCheckpoints(os.path.join(self.workdir, 'checkpoints'),
+                                           keep=int(self.config.train.keep_checkpoints))
+    try:
+      abstract = checkpointing.abstract_with_shardings(self.abstract_state, self.state_shardings)
+      restored = ckpts.restore(abstract)
+    finally:
+      ckpts.close()
+    require(restored is not None, f'no training checkpoint in {ckpts.directory}; train first or '
+            'pass the stage folder that has one.')
+    return restored[0], restored[1].params
+
+  # --- loop ----------------------------------------------------------------------------------
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    self._preempted = True
+
+  def _should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      # All processes must agree on the step to stop at.
+      from jax.experimental import multihost_utils
+      return self._preempted or multihost_utils.reached_preemption_sync_point(step)
+    return self._preempted
+
+  def run(self) -> dict[str, Any]:
+    """Trains to `num_steps`; returns {'status': 'done' | 'preempted', 'step', 'metrics'}."""
+    cfg = self.config.train
+    num_steps = int(cfg.num_steps)
+    os.makedirs(self.workdir, exist_ok=True)
+    ckpts = checkpointing.TrainCheckpoints(os.path.join(self.workdir, 'checkpoints'),
+                                           keep=int(cfg.keep_checkpoints))
+    source = self.batch_source or make_batch_source(self.config, self.local_batch_size)
+    abstract = checkpointing.abstract_with_shardings(self.abstract_state, self.state_shardings)
+    restored = ckpts.restore(abstract)
+    if restored is None:
+      state, start = self.init_state(), 0
+    else:
+      start, state, data_state = restored
+      source.set_state(data_state)
+      logging.info('Restored step %d from %s.', start, ckpts.directory)
+    last_saved = start if restored is not None else None
+
+    writer = MetricsWriter(self.workdir, num_steps, start, progress_bar=bool(cfg.progress_bar))
+    if restored is not None:
+      writer.message(f'Resuming from step {start} ({ckpts.directory}).')
+    old_handler = None
+    if cfg.save_on_preemption:
+      with contextlib.suppress(ValueError):  # not the main thread: no signal handling
+        old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    seq_len = None
+    pending: list[tuple[int, dict]] = []
+    last_metrics: dict[str, Any] = {}
+    timer = (time.perf_counter(), start)
+    status = 'done'
+    step = start
+    try:
+      while step < num_steps:
+        batch = sharding.global_batch(next(source), self.mesh)
+        seq_len = batch['token_ids'].shape[1]
+        with self._context():
+          state, metrics = self._step_fn(state, batch)
+        step += 1
+        pending.append((step, metrics))
+        if step == start + 1:
+          jax.block_until_ready(metrics)  # keep compilation out of the throughput numbers
+          timer = (time.perf_counter(), step)
+        stop = self._should_stop(step)
+        save = step % int(cfg.checkpoint_every) == 0 or step == num_steps or stop
+        if save or step % int(cfg.log_every) == 0:
+          last_metrics = self._flush(pending, writer, timer, seq_len, last_saved, ckpts)
+          if step % int(cfg.log_every) == 0:
+            timer = (time.perf_counter(), step)
+          pending = []
+        writer.advance()
+        if save:
+          ckpts.save(step, state, source.get_state())
+          last_saved = step
+        if stop:
+          status = 'preempted'
+          writer.message(f'Preempted: saved step {step} in {ckpts.directory}; rerun to continue.')
+          break
+      ckpts.wait()
+      if status == 'done':
+        self.final_params = state.params
+    finally:
+      ckpts.close()
+      writer.close()
+      if old_handler is not None:
+        signal.signal(signal.SIGTERM, old_handler)
+    self.final_state = state
+    return {'status': status, 'step': step, 'metrics': last_metrics}
+
+  def _flush(self, pending, writer, timer, seq_len, last_saved, ckpts) -> dict[str, Any]:
+    """Fetches pending metrics, stops on a non-finite loss, logs the last one."""
+    fetched = [(s, jax.device_get(m)) for s, m in pending]
+    for s, m in fetched:
+      if not math.isfinite(float(m['loss'])):
+        kept = (f'the last good checkpoint is step {last_saved} in {ckpts.directory}'
+                if last_saved is not None else 'no checkpoint was written')
+        raise NonFiniteLoss(f'The loss became non-finite ({float(m["loss"])}) at step {s}; '
+                            f'{kept}; lower train.learning_rate or check the data.')
+    step, m = fetched[-1]
+    out = {}
+    for k, v in m.items():
+      v = float(v)
+      if k.endswith('_tokens'):
+        continue
+      task = k.split('_')[0]
+      if task in ts.OBJECTIVES and float(m[f'{task}_tokens']) == 0:
+        continue  # this objective had no tokens in the step: nothing to report
+      out[k] = v
+    elapsed = time.perf_counter() - timer[0]
+    steps_done = step - timer[1]
+    if steps_done > 0 and elapsed > 0:
+      tokens = steps_done * int(self.config.train.global_batch_size) * seq_len
+      out['tokens_per_s'] = tokens / elapsed
+      out['steps_per_s'] = steps_done / elapsed
+      peak = float(self.config.train.peak_flops)
+      if peak > 0:
+        flops = self.model_config.flops_per_token(seq_len) * out['tokens_per_s']
+        out['mfu'] = flops / (peak * jax.device_count())
+    writer.write(step, out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage entry points.
+
+
+@stages.register('train_dynamics')
+def train_dynamics_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
+  """Trains IDP + FDP as the config says, then writes `stage_dir/params` (LoRA merged).
+
+  Raises stages.StageInterrupted when preempted, so the stage is not marked done.
+  """
+  trainer = Trainer(config, stage_dir)
+  result = trainer.run()
+  if result['status'] != 'done':
+    raise stages.StageInterrupted(f'training stopped at step {result["step"]}')
+  params = trainer.final_params
+  if config.train.mode == 'lora':
+    params = merge_lora_params(params, trainer.model_config)
+  # Every process takes part (Orbax writes collectively; the primary process writes metadata).
+  checkpointing.save_params(os.path.join(stage_dir, 'params'), params)
+
+
+# What train_fdp changes unless config.stage_overrides.train_fdp says otherwise.
+TRAIN_FDP_DEFAULTS = {'objectives.idp_share': 0, 'objectives.fdp_share': 1}
+
+
+@stages.register('train_fdp')
+def train_fdp_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
+  """FDP-only training (e.g. on IDP-bootstrapped data): train_dynamics with FDP objective settings.
+
+  The data set and other settings come from `config.stage_overrides.train_fdp`.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  given = dict(config.get('stage_overrides', {}).get('train_fdp', {}) or {})
+  for key, value in TRAIN_FDP_DEFAULTS.items():
+    if key not in given:
+      section, leaf = key.split('.')
+      config[section][leaf] = value
+  train_dynamics_stage(config, stage_dir)
+
+
+def merge_lora_params(params: Any, model_config: TransformerConfig) -> Any:
+  """Base weights with the adapters folded in (see jax_vlm/models/lora.py)."""
+  from jax_vlm.models import lora
+  return lora.merge_lora(params, model_config)

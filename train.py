@@ -1,0 +1,68 @@
+"""Runs a training pipeline: the stages listed in the config, each under WORKDIR/<stage>/.
+
+  python train.py --config configs/NAME.py[:ARG] --workdir DIR [--config.key=value ...]
+
+Stages (`config.stages`, default ['train_dynamics']) run in order; a stage with a DONE marker is
+skipped, so rerunning the same command after a crash or preemption continues where it stopped
+(training itself resumes from its last checkpoint). On a cluster every process runs this same
+command; JAX's multi-host runtime is started from the environment (JAX_COORDINATOR_ADDRESS, SLURM,
+Cloud TPU). A problem with the user's input stops the run with one sentence (exit code 1).
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jax_vlm.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, configs/NAME.py[:ARG].')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder; one sub-folder per stage.')
+_STAGES = flags.DEFINE_list('stages', None, 'Run only these stages (default: config.stages).')
+
+
+def _fail(message: str) -> None:
+  logging.error('%s', message)
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing, with config-override mistakes (unknown keys, bad values) as one sentence."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    bad = ', '.join(a for a in argv[1:] if a.startswith('--config.')) or 'the flags'
+    if isinstance(e, (KeyError, AttributeError)):
+      _fail(f'{bad} names a config key that does not exist ({text}); check the spelling against '
+            'configs/base.py.')
+    _fail(f'{bad} could not be applied to the config ({text}); check the key names against '
+          'configs/base.py and the value types.')
+
+
+def main(argv):
+  del argv
+  from jax_vlm import sharding
+  # Before anything touches a device.
+  sharding.maybe_initialize_distributed()
+  from jax_vlm import stages, trainer
+
+  try:
+    config = _CONFIG.value
+    if config is None:
+      raise UserError('No config given; pass --config configs/NAME.py.')
+    if not _WORKDIR.value:
+      raise UserError('No workdir given; pass --workdir DIR for the outputs.')
+    names = _STAGES.value or list(config.get('stages', ('train_dynamics',)))
+    if any(n in ('train_dynamics', 'train_fdp') for n in names):
+      trainer.validate_config(config)  # before any stage compiles anything
+    done = stages.run_stages(config, _WORKDIR.value, names, is_main=sharding.is_main_process())
+  except UserError as e:
+    _fail(str(e))
+  if not done:
+    print('Stopped early (preempted); rerun the same command to continue.', file=sys.stderr)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)
