@@ -117,7 +117,7 @@ def test_parse_frame_is_robust_to_small_decoding_errors():
     idx = rng.choice(40 * 40, 8, replace=False)
     flipped.reshape(-1, 3)[idx] = rng.integers(0, 256, (8, 3))
     noisy = lambda x, sd: np.clip(x + rng.normal(0, sd, x.shape), 0, 255)
-    for name, frame in (('noise', noisy(f, 20)), ('flips', flipped), ('blur', _blur(f)),
+    for name, frame in (('noise', noisy(f, 30)), ('flips', flipped), ('blur', _blur(f, 0.25)),
                         ('all', noisy(_blur(flipped), 10))):
       errors[name] += parse_frame(frame, CFG) != s
   assert errors == {'noise': 0, 'flips': 0, 'blur': 0, 'all': 0}
