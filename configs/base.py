@@ -124,6 +124,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.init_from = ''
   config.train.peak_flops = 0.0  # peak FLOP/s per device for MFU; 0 = MFU not reported
   config.train.progress_bar = True
+  config.train.tensorboard = True  # event files next to metrics.jsonl (tensorboardX)
   config.train.save_on_preemption = True  # SIGTERM: finish the step, save, exit cleanly
 
   config.mesh = ml_collections.ConfigDict()
