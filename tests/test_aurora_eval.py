@@ -268,3 +268,29 @@ def test_eval_py_entry_point(bench, tmp_path):
   assert 'Traceback' not in bad.stderr
   missing = _eval_py('--config', 'configs/aurora_bench.py', f'--workdir={tmp_path / "bad"}')
   assert missing.returncode == 1 and 'No AURORA-BENCH root given' in missing.stderr
+
+
+def test_real_judge_client_against_a_local_server(bench, tmp_path):
+  from jax_vlm.judge import JudgeClient
+  from tests.test_judge import _reply, _Server
+  _, items, _, _ = bench
+  server = _Server()
+  try:
+    server.script = [
+        _reply('{"score": [9, 3], "reasoning": "a"}'),  # item 0: 3
+        _reply('```json\n{"score":[4,8],"reasoning":"b"}\n```'),  # item 1: 4
+        _reply("I'm sorry, I can't help."), _reply("I'm sorry, I can't help."),  # item 2: invalid
+        (500, {'error': 'x'}), _reply('{\u201cscore\u201d: [10, 10]}'),  # item 3: 10 on retry
+    ]
+    client = JudgeClient(server.url, 'gpt-4o', max_retries=1, backoff_s=0.01, timeout_s=5.0)
+    metrics = aurora.evaluate_aurora_bench(items, aurora.copy_predictor, str(tmp_path / 'run'),
+                                           aurora.Scorers(judge=client), model_name='copy',
+                                           progress=False)
+  finally:
+    server.close()
+  assert metrics['ag']['GPT4o'] == 3.5 and metrics['ag']['#gpt4o_valid'] == 2
+  assert metrics['kubric']['GPT4o'] == 10 and metrics['kubric']['#gpt4o_invalid'] == 1
+  assert metrics['all']['GPT4o'] == pytest.approx(17 / 3) and metrics['all']['#gpt4o_valid'] == 3
+  record = _lines(str(tmp_path / 'run'))[2]
+  assert record['judge']['valid'] is False and record['judge']['attempts'] == 2
+  assert "can't help" in record['judge']['response']

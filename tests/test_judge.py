@@ -55,19 +55,28 @@ def test_parse_scores(reply, expected):
 def test_recorded_replies_reproduce_the_published_scores(name):
   with open(os.path.join(JUDGE_OUTPUTS, name)) as f:
     recorded = json.load(f)
+  image_metrics = ('L1', 'CLIP_I', 'CLIP_T', 'DINO')
   records = []
   for task, entry in recorded.items():
     if task == 'all':
       continue
+    # Each item carries its task's published image metrics, so task means equal them and `all`
+    # checks our #sample weighting; items the judge did not score carry no verdict.
+    task_metrics = {name: entry[name] for name in image_metrics}
     for prediction in entry['GPT4o_all_predictions']:
       scores = judge.parse_scores(prediction['response'])
       assert scores is not None, prediction['response']
       assert min(scores) == prediction['final_score'], prediction['response']
-      records.append({'task': task, 'L1': 0.0, 'judge': {
+      records.append({'task': task, **task_metrics, 'judge': {
           'valid': True, 'final_score': min(scores), 'response': prediction['response']}})
+    unjudged = entry['#sample'] - len(entry['GPT4o_all_predictions'])
+    records += [{'task': task, **task_metrics}] * unjudged
   ours = summarize(records)
   for task, entry in recorded.items():
     assert ours[task]['GPT4o'] == pytest.approx(entry['GPT4o'], abs=1e-12), task
+    assert ours[task]['#sample'] == entry['#sample']
+    for name in image_metrics:
+      assert ours[task][name] == pytest.approx(entry[name], abs=1e-12), (task, name)
     if task != 'all':
       assert ours[task]['#gpt4o_valid'] == entry['#gpt4o_valid']
 

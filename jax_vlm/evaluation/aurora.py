@@ -315,7 +315,8 @@ def evaluate_aurora_bench(items: Sequence[Any], predictor: Predictor, workdir: s
     workdir: output folder; results already there for the same model are kept and reused.
     scorers: CLIP / DINO / judge; None or a None field skips that metric with a note.
     model_name: recorded in run_info.json; a workdir of another model is refused.
-    save_predictions: write predicted frames (and candidates) as PNG under predictions/.
+    save_predictions: write predicted frames (and candidates) as PNG under predictions/; without
+      them a rerun that fills in a metric has to predict again (a sampler may then differ).
     notes: extra sentences for metrics.json and the report.
     report_items_per_task: items per task shown in the report (-1: all).
     progress: show a tqdm progress bar.
