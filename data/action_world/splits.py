@@ -18,8 +18,10 @@ scene). A training or test action acts on no held-out combination; a composition
 only on held-out ones. So every colour, shape and type is seen in training, only not together.
 
 Action types are balanced within each triplet split (round robin, then shuffled) and drawn
-uniformly at each rollout step. Splits are disjoint: no (src scene, tgt scene) pair occurs twice
-in or across splits (stronger than (src, action, tgt): two phrasings of one change are one pair).
+uniformly at each rollout step (redrawn when the type has no valid action, e.g. add at
+max_objects, so add and remove are a little rarer there: ~14% each against ~18% for the others).
+Splits are disjoint: no (src scene, tgt scene) pair occurs twice in or across splits (stronger
+than (src, action, tgt): two phrasings of one change are one pair).
 Scenes always hold min_objects..max_objects objects (remove and add respect the bounds).
 
 Example records (one JSON object a line in DIR/<split>.jsonl; scenes as Scene.to_json lists):
