@@ -53,7 +53,6 @@ def main(argv):
     run = getattr(importlib.import_module(module), function)
     metrics = run(config, _WORKDIR.value)
   except UserError as e:
-    logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   overall = metrics.get('all', {}) if isinstance(metrics, dict) else {}
