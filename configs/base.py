@@ -94,6 +94,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.recognition_weights = True
   config.data.shuffle_buffer = 0
   config.data.num_workers = 0
+  config.data.packing = False  # first-fit packing into rows of max_seq_len (segment_ids)
+  config.data.length_buckets = ()  # pad to the smallest bucket that fits (single-process only)
+  config.data.pack_lookahead = 8
 
   config.objectives = ml_collections.ConfigDict()
   config.objectives.schedule = 'alternate'  # 'alternate' | 'mixed'
