@@ -1,0 +1,96 @@
+"""Frames in and out of the VQGAN: Chameleon's image pre- and post-processing.
+
+`preprocess` follows chameleon/inference/image_tokenizer.py so that our image codes match the
+reference tokenizer's: transparency composited on white, shorter side resized to the target
+resolution with Lanczos, centre crop, pixels scaled to [-1, 1]. We also accept grayscale and
+16-bit images (converted to 8-bit RGB first), which the reference does not handle.
+`postprocess` maps decoder output back to uint8 RGB.
+"""
+
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from jax_vlm.errors import UserError
+
+_SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')
+
+
+def load_image(path: str) -> Image.Image:
+  """Opens and fully decodes an image file (so a corrupt file fails here, not later)."""
+  if not os.path.isfile(path):
+    raise UserError(f'image file {path} does not exist; check the path.')
+  try:
+    with Image.open(path) as image:
+      image.load()
+      return image.copy()  # detached from the file, palette and transparency kept
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    raise UserError(f'image file {path} is not a readable image ({e}); replace or remove '
+                    'it.') from None
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+  """16-bit and 32-bit integer / float grayscale -> 8-bit 'L' (full range kept)."""
+  values = np.asarray(image)
+  if image.mode in _SIXTEEN_BIT_MODES:
+    values = values.astype(np.float64) / 257.0  # 65535 -> 255
+  elif image.mode == 'I':
+    # PIL opens 16-bit PNGs as 'I'; 8-bit data stored as 'I' keeps its values.
+    values = values.astype(np.float64) / (257.0 if values.max(initial=0) > 255 else 1.0)
+  else:  # 'F'
+    values = values.astype(np.float64)
+  return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), 'L')
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+  """Any PIL image -> 8-bit RGB, with transparent pixels composited on a white background."""
+  if image.mode == 'RGB':
+    return image
+  if image.mode in _SIXTEEN_BIT_MODES + ('I', 'F'):
+    image = _to_8bit(image)
+  rgba = np.asarray(image.convert('RGBA'))
+  if not (rgba[..., 3] < 255).any():
+    return image.convert('RGB')
+  # Blend on white exactly as the reference does (float64, then truncation to uint8).
+  alpha = rgba[..., 3:] / 255.0
+  rgb = (1 - alpha) * 255 + alpha * rgba[..., :3]
+  return Image.fromarray(rgb.astype(np.uint8), 'RGB')
+
+
+def _as_pil(image) -> Image.Image:
+  if isinstance(image, Image.Image):
+    return image
+  array = np.asarray(image)
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3) or (
+      array.ndim == 3 and array.shape[-1] not in (3, 4)) or (
+          array.dtype == np.uint16 and array.ndim == 3):
+    raise UserError(f'image array of dtype {array.dtype} and shape {array.shape} is not an image '
+                    'we read; pass uint8 [h, w], [h, w, 3] or [h, w, 4], or uint16 [h, w].')
+  return Image.fromarray(array)  # uint16 [h, w] becomes mode 'I;16'
+
+
+def resize_and_center_crop(image: Image.Image, resolution: int) -> Image.Image:
+  """Shorter side -> `resolution` (Lanczos, aspect kept), then the centred square."""
+  width, height = image.size
+  scale = resolution / min(width, height)
+  new_size = (round(scale * width), round(scale * height))
+  image = image.resize(new_size, Image.LANCZOS)
+  x0 = (image.width - resolution) // 2
+  y0 = (image.height - resolution) // 2
+  return image.crop((x0, y0, x0 + resolution, y0 + resolution))
+
+
+def preprocess(image, resolution: int = 512) -> np.ndarray:
+  """A PIL image or uint8/uint16 array -> `[resolution, resolution, 3]` float32 in [-1, 1]."""
+  image = resize_and_center_crop(to_rgb(_as_pil(image)), resolution)
+  pixels = np.asarray(image, np.float64) / 255.0
+  return (pixels * 2 - 1).astype(np.float32)
+
+
+def postprocess(images) -> np.ndarray:
+  """Decoder output `[..., h, w, 3]` in [-1, 1] -> uint8 RGB `[..., h, w, 3]`."""
+  x = np.clip(np.asarray(images, np.float32), -1.0, 1.0)
+  return np.round((x + 1.0) / 2.0 * 255.0).astype(np.uint8)
