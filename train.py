@@ -32,12 +32,18 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    bad = ', '.join(a for a in argv[1:] if a.startswith('--config.')) or 'the flags'
-    if isinstance(e, (KeyError, AttributeError)):
-      _fail(f'{bad} names a config key that does not exist ({text}); check the spelling against '
-            'configs/base.py.')
-    _fail(f'{bad} could not be applied to the config ({text}); check the key names against '
+    text = str(e.args[0] if e.args else e).strip() or type(e).__name__
+    text = text.replace("\\'", "'").replace('\\n', '\n')  # absl nests the KeyError's repr
+    lines = text.splitlines()
+    overrides = [a for a in argv[1:] if a.startswith('--config.')]
+    names = {a: a.split('=')[0][2:] for a in overrides}
+    bad = [a for a, n in names.items() if f"'{n}'" in text or f"'{n.split('.')[-1]}'" in text]
+    where = ', '.join(bad or overrides) or 'the flags'
+    if isinstance(e, (KeyError, AttributeError, flags.UnrecognizedFlagError)):
+      hint = next((ln.strip().rstrip('\'"') for ln in lines if 'Did you mean' in ln), '')
+      _fail(f'{where} names a config key that does not exist{f" ({hint})" if hint else ""}; '
+            'check the spelling against configs/base.py.')
+    _fail(f'{where} could not be applied to the config ({lines[0]}); check the key names against '
           'configs/base.py and the value types.')
 
 

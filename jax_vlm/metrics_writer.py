@@ -24,7 +24,7 @@ class MetricsWriter:
   """Writes scalar metrics to JSON lines + TensorBoard and drives the progress bar."""
 
   def __init__(self, log_dir: str, total_steps: int, initial_step: int = 0,
-               progress_bar: bool = True, enabled: bool | None = None):
+               progress_bar: bool = True, tensorboard: bool = True, enabled: bool | None = None):
     self.enabled = sharding.is_main_process() if enabled is None else enabled
     self.jsonl_path = os.path.join(log_dir, 'metrics.jsonl')
     self._tb = None
@@ -34,11 +34,12 @@ class MetricsWriter:
     os.makedirs(log_dir, exist_ok=True)
     truncate_jsonl(self.jsonl_path, initial_step)
     self._jsonl = open(self.jsonl_path, 'a')
-    try:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(log_dir, 'tensorboard'), purge_step=initial_step + 1)
-    except ImportError:  # TensorBoard output is optional; the JSON lines carry everything.
-      self._tb = None
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(log_dir, 'tensorboard'), purge_step=initial_step + 1)
+      except ImportError:  # TensorBoard output is optional; the JSON lines carry everything.
+        self._tb = None
     if progress_bar:
       from tqdm.auto import tqdm
       self._bar = tqdm(total=total_steps, initial=initial_step, desc='train', unit='step',

@@ -347,7 +347,8 @@ class Trainer:
       logging.info('Restored step %d from %s.', start, ckpts.directory)
     last_saved = start if restored is not None else None
 
-    writer = MetricsWriter(self.workdir, num_steps, start, progress_bar=bool(cfg.progress_bar))
+    writer = MetricsWriter(self.workdir, num_steps, start, progress_bar=bool(cfg.progress_bar),
+                           tensorboard=bool(cfg.tensorboard))
     if restored is not None:
       writer.message(f'Resuming from step {start} ({ckpts.directory}).')
     old_handler = None
