@@ -149,4 +149,28 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   config.eval.model = ''
+
+  # Sampler settings beyond the ones above (jax_vlm/sampler.py).
+  config.sampler.cache_len = 0  # KV cache slots; 0 = data.max_seq_len
+  config.sampler.prompt_buckets = ()  # prompts are left-padded to the smallest bucket that fits
+  config.sampler.num_image_tokens = 1024  # tokens per generated frame (25 in the action world)
+
+  # The IDP verifier that ranks K sampled frames (jax_vlm/verifier.py).
+  config.verifier = ml_collections.ConfigDict()
+  config.verifier.rank_by = 'mean'  # 'mean' (length-normalised) | 'sum' log-likelihood of the action
+  config.verifier.params = ''  # '' = the sampler's own params; else a stage name or Orbax params dir
+  config.verifier.batch_size = 16  # candidates scored per forward pass
+
+  # IDP bootstrapping: label unlabelled pairs, keep a stratified top-K (jax_vlm/bootstrap.py).
+  config.bootstrap = ml_collections.ConfigDict()
+  config.bootstrap.labeller_stage = 'train_dynamics'  # stage whose `params` label the pairs
+  config.bootstrap.unlabelled = ''  # record prefix; '' = WORKDIR/tokenize/unlabelled
+  config.bootstrap.num_selected = 0.5  # a fraction (<= 1.0) of the labelled pairs, or a count
+  config.bootstrap.decoding = 'greedy'  # 'greedy' | 'sampled' (sampler temperature/top_k/top_p)
+  config.bootstrap.score = 'mean'  # label_score: 'mean' or 'sum' token log-likelihood
+  config.bootstrap.class_key = 'world'  # 'world' (parse_action) | 'first_word' | 'none'
+  config.bootstrap.keep_unparsed = False  # keep labels the world cannot parse (class 'unparsed')
+  config.bootstrap.true_action_field = 'hidden_action'  # withheld true action, for label accuracy
+  config.bootstrap.batch_size = 32
+  config.bootstrap.num_shards = 1
   return config
