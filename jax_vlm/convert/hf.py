@@ -346,12 +346,14 @@ def _torch_dtype_name(arrays: Mapping[str, np.ndarray]) -> str:
 
 
 def save_pretrained(module_or_config, params, path: str, source: str | None = None, dtype=None,
+                    base_config: Mapping[str, Any] | None = None,
                     max_shard_bytes: int = 5 * 2**30) -> str:
   """Writes `params` as a transformers checkpoint directory (config.json + model*.safetensors).
 
   module_or_config: a DecoderLM or TransformerConfig. source: a transformers directory (default
   the one the params were loaded from, `config.hf_source`) whose config.json extras, non-LM
-  tensors (Chameleon's `model.vqmodel.*`) and tokenizer files are kept. LoRA adapters are merged.
+  tensors (Chameleon's `model.vqmodel.*`) and tokenizer files are kept; base_config: config.json
+  entries to keep when there is no source directory. LoRA adapters are merged.
   dtype: tensor dtype to write (default the params' own). Returns `path`.
   """
   from safetensors.numpy import save_file
@@ -362,7 +364,7 @@ def save_pretrained(module_or_config, params, path: str, source: str | None = No
   source = source or config.hf_source or None
   state = state_dict_from_params(params, config, dtype=dtype)
 
-  base, extra = None, {}
+  base, extra = base_config, {}
   if source:
     source = os.path.abspath(source)
     base = read_hf_config(source)
