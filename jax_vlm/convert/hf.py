@@ -48,14 +48,17 @@ _WEIGHT_FILE = re.compile(r'^model(-\d+-of-\d+)?\.safetensors$')
 
 # --- configs ---------------------------------------------------------------------------------
 
-def config_from_hf(hf: Mapping[str, Any], where: str = 'config.json', **overrides) -> TransformerConfig:
+def config_from_hf(hf: Mapping[str, Any], where: str = 'config.json',
+                   **overrides) -> TransformerConfig:
   """A transformers config dict (config.json) -> TransformerConfig; `overrides` set other fields
   (dtype, param_dtype, scan_layers, remat_policy, lora_rank, ...)."""
   model_type = hf.get('model_type')
   require(model_type in ARCHITECTURES,
-          f'model_type {model_type!r} in {where} is not supported; supported model types: {SUPPORTED}.')
+          f'model_type {model_type!r} in {where} is not supported; supported model types: '
+          f'{SUPPORTED}.')
   require(not hf.get('attention_bias') and not hf.get('mlp_bias'),
-          f'{where} asks for attention or MLP biases, which {model_type} checkpoints here do not have.')
+          f'{where} asks for attention or MLP biases, which are not supported; use a '
+          f'{model_type} checkpoint without biases.')
   rope = hf.get('rope_parameters') or hf.get('rope_scaling') or {}
   rope_type = rope.get('rope_type', rope.get('type', 'default'))
   require(rope_type == 'default',
@@ -65,12 +68,15 @@ def config_from_hf(hf: Mapping[str, Any], where: str = 'config.json', **override
   fields = dict(
       family=model_type, vocab_size=int(hf['vocab_size']), d_model=d_model,
       num_layers=int(hf['num_hidden_layers']), num_heads=heads,
-      num_kv_heads=int(hf.get('num_key_value_heads') or heads), mlp_dim=int(hf['intermediate_size']),
+      num_kv_heads=int(hf.get('num_key_value_heads') or heads),
+      mlp_dim=int(hf['intermediate_size']),
       rope_theta=float(theta))
   if model_type == 'chameleon':
     act = hf.get('hidden_act', 'silu')
-    require(act == 'silu', f'hidden_act {act!r} in {where} is not supported for chameleon; use silu.')
-    fields.update(head_dim=d_model // heads, max_positions=int(hf.get('max_position_embeddings', 4096)),
+    require(act == 'silu',
+            f'hidden_act {act!r} in {where} is not supported for chameleon; use silu.')
+    fields.update(head_dim=d_model // heads,
+                  max_positions=int(hf.get('max_position_embeddings', 4096)),
                   norm_eps=float(hf.get('rms_norm_eps', 1e-5)), qk_norm=True,
                   swin_norm=bool(hf.get('swin_norm', False)),
                   tie_embeddings=bool(hf.get('tie_word_embeddings', False)))
@@ -78,9 +84,11 @@ def config_from_hf(hf: Mapping[str, Any], where: str = 'config.json', **override
     act = hf.get('hidden_activation') or hf.get('hidden_act', 'gelu_pytorch_tanh')
     # transformers maps Gemma's legacy 'gelu' to the tanh approximation too.
     require(act in ('gelu', 'gelu_pytorch_tanh'),
-            f'hidden activation {act!r} in {where} is not supported for gemma; use gelu_pytorch_tanh.')
+            f'hidden activation {act!r} in {where} is not supported for gemma; use '
+            'gelu_pytorch_tanh.')
     require(not hf.get('use_bidirectional_attention'),
-            f'{where} sets use_bidirectional_attention, which is not supported; use a causal model.')
+            f'{where} sets use_bidirectional_attention, which is not supported; use a causal '
+            'model.')
     fields.update(head_dim=int(hf.get('head_dim') or d_model // heads),
                   max_positions=int(hf.get('max_position_embeddings', 8192)),
                   norm_eps=float(hf.get('rms_norm_eps', 1e-6)), qk_norm=False, swin_norm=False,
@@ -116,7 +124,8 @@ def hf_config_dict(config: TransformerConfig, base: Mapping[str, Any] | None = N
     d['hidden_act'] = 'silu'
   else:
     require(not c.qk_norm and not c.swin_norm,
-            'model config with qk_norm or swin_norm cannot be written as a transformers Gemma model; '
+            'model config with qk_norm or swin_norm cannot be written as a transformers Gemma '
+            'model; '
             'turn them off.')
     d['head_dim'] = c.head_dim
     d['hidden_act'] = 'gelu_pytorch_tanh'
@@ -146,7 +155,8 @@ def _layer_entries(c: TransformerConfig):
        lambda w: w.T.reshape(h, hd, d), lambda w: w.reshape(h * hd, d).T),
       (('mlp', 'gate_proj', 'kernel'), 'mlp.gate_proj.weight', (m, d), mlp_in, mlp_out),
       (('mlp', 'up_proj', 'kernel'), 'mlp.up_proj.weight', (m, d), mlp_in, mlp_out),
-      (('mlp', 'down_proj', 'kernel'), 'mlp.down_proj.weight', (d, m), lambda w: w.T, lambda w: w.T),
+      (('mlp', 'down_proj', 'kernel'), 'mlp.down_proj.weight', (d, m),
+       lambda w: w.T, lambda w: w.T),
       (('input_layernorm', 'scale'), 'input_layernorm.weight', (d,)) + same,
       (('post_attention_layernorm', 'scale'), 'post_attention_layernorm.weight', (d,)) + same,
   ]

@@ -68,7 +68,9 @@ def merge_lora(params, config: TransformerConfig):
       delta = _lora_delta(kernel, _unbox(tree['lora_a']), _unbox(tree['lora_b']))
       merged = (jnp.asarray(kernel, jnp.float32) + scale * delta).astype(kernel.dtype)
       out = {k: v for k, v in tree.items() if k not in LORA_NAMES}
-      out['kernel'] = boxed.replace_boxed(merged) if isinstance(boxed, flax.linen.Partitioned) else merged
+      if isinstance(boxed, flax.linen.Partitioned):
+        merged = boxed.replace_boxed(merged)
+      out['kernel'] = merged
       return out
     return {k: merge(v) for k, v in tree.items()}
 
@@ -102,7 +104,8 @@ def init_lora_params(params, config: TransformerConfig, rng: jax.Array):
         key = jax.random.fold_in(rng, counter[0])
         counter[0] += 1
         sub = dict(sub)
-        sub['lora_a'] = jax.random.uniform(key, in_shape + (rank,), config.param_dtype, -bound, bound)
+        sub['lora_a'] = jax.random.uniform(key, in_shape + (rank,), config.param_dtype, -bound,
+                                           bound)
         sub['lora_b'] = jnp.zeros(kernel.shape[:lead] + (rank,) + out_shape, config.param_dtype)
         out[name] = sub
       else:
