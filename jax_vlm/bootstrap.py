@@ -1,0 +1,279 @@
+"""IDP bootstrapping: label unlabelled frame pairs with the inverse model, keep a stratified top-K,
+write them as a synthetic FDP data set.
+
+  1. label    the IDP model decodes an action for each (src, tgt) pair (`<bos> [src] [tgt]` ->
+              action <eos>), greedy or sampled; label_score = its log-likelihood, summed or
+              length-normalised (`bootstrap.score`).
+  2. classify the label's class: in the action world the canonical action type
+              (`data.action_world.parse_action` + `action_type`; labels the world cannot parse
+              are class 'unparsed', dropped unless `bootstrap.keep_unparsed`); for real data the
+              first word (a verb) or one class for all (`bootstrap.class_key`).
+  3. select   `jax_vlm.selection.stratified_top_k` by label_score within class, K =
+              `bootstrap.num_selected` (a fraction <= 1.0 of the candidates, or a count).
+  4. write    records in the labelled data's format (data/records.py): src_codes, tgt_codes,
+              action, action_type, recognition_weights, example_id, split='synthetic',
+              label_score; plus stats.json (label accuracy against the withheld true actions,
+              per-class counts before and after selection).
+
+The `bootstrap` stage reads the labeller's params from `WORKDIR/<bootstrap.labeller_stage>/params`
+(what train_dynamics writes, LoRA merged) and the pairs from `WORKDIR/tokenize/unlabelled` (or
+`bootstrap.unlabelled`), and writes `STAGE_DIR/synthetic` (a record prefix; the shard paths are in
+`synthetic.meta.json`) for FDP training via `config.data.extra_train`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from jax_vlm import sequences, stages
+from jax_vlm.errors import UserError, require
+from jax_vlm.sampler import Sampler, SamplingParams
+from jax_vlm.selection import stratified_top_k
+
+UNPARSED = 'unparsed'
+CLASS_KEYS = ('world', 'first_word', 'none')
+DECODINGS = ('greedy', 'sampled')
+SCORES = ('mean', 'sum')
+SYNTHETIC_SPLIT = 'synthetic'
+
+
+@dataclasses.dataclass
+class Label:
+  """The IDP label of unlabelled pair `index`: text, its class, and its log-likelihood."""
+  index: int
+  text: str
+  action_class: str
+  logprob_sum: float
+  logprob_mean: float
+  score: float  # the one bootstrap.score picks; what selection ranks by
+  finished: bool  # ended with <eos> inside the token budget
+
+
+# ------------------------------------------------------------------------------------------------
+# Classes.
+
+
+def classify(text: str, class_key: str = 'world', world_config=None) -> str:
+  """The label's action class (see the module docstring); 'unparsed' when there is none."""
+  if class_key == 'world':
+    from data.action_world import DEFAULT_CONFIG, action_type, parse_action
+    canonical = parse_action(text, world_config or DEFAULT_CONFIG)
+    return UNPARSED if canonical is None else action_type(canonical)
+  if class_key == 'first_word':
+    words = text.lower().split()
+    return words[0] if words else UNPARSED
+  if class_key == 'none':
+    return 'all' if text.strip() else UNPARSED
+  raise UserError(f'bootstrap.class_key={class_key!r} is unknown; use one of '
+                  f'{", ".join(CLASS_KEYS)}.')
+
+
+def same_action(label: str, truth: str, class_key: str = 'world', world_config=None) -> bool:
+  """Label matches the true action: canonical match in the world, else normalised text."""
+  if class_key == 'world':
+    from data.action_world import DEFAULT_CONFIG, parse_action
+    wc = world_config or DEFAULT_CONFIG
+    canonical = parse_action(label, wc)
+    return canonical is not None and canonical == parse_action(truth, wc)
+  return ' '.join(label.lower().split()) == ' '.join(truth.lower().split())
+
+
+# ------------------------------------------------------------------------------------------------
+# Labelling.
+
+
+def label_pairs(sampler: Sampler, params: Any, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+                key, max_new_tokens: int, sampling: SamplingParams = SamplingParams(greedy=True),
+                batch_size: int = 32, score: str = 'mean', class_key: str = 'world',
+                world_config=None) -> list[Label]:
+  """IDP labels for (src_codes, tgt_codes) pairs, one decode per pair (batch i uses fold_in(key,
+  i)); the last batch is padded with copies so one program serves every batch."""
+  require(score in SCORES, f'bootstrap.score={score!r} is unknown; use one of {", ".join(SCORES)}.')
+  require(batch_size >= 1, f'bootstrap.batch_size must be >= 1, got {batch_size}.')
+  labels: list[Label] = []
+  for b, start in enumerate(range(0, len(pairs), batch_size)):
+    chunk = list(pairs[start:start + batch_size])
+    prompts = [sequences.idp_prompt(s, t, sampler.vocab) for s, t in chunk]
+    prompts += [prompts[-1]] * (batch_size - len(prompts))
+    out = sampler.generate_text(params, prompts, jax.random.fold_in(key, b), 1, max_new_tokens,
+                                sampling)
+    for r in range(len(chunk)):
+      total = float(out.logprob[r, 0])
+      mean = total / max(int(out.lengths[r, 0]), 1)
+      text = out.texts[r][0]
+      labels.append(Label(index=start + r, text=text,
+                          action_class=classify(text, class_key, world_config),
+                          logprob_sum=total, logprob_mean=mean,
+                          score=mean if score == 'mean' else total,
+                          finished=bool(out.finished[r, 0])))
+  return labels
+
+
+def num_to_select(num_selected: float | int, available: int) -> int:
+  """A float <= 1.0 is a fraction of `available` (rounded), anything else a count (capped)."""
+  require(num_selected >= 0, f'bootstrap.num_selected must be >= 0, got {num_selected}.')
+  if isinstance(num_selected, float) and num_selected <= 1.0:
+    return int(round(num_selected * available))
+  return min(int(num_selected), available)
+
+
+def select_labels(labels: Sequence[Label], num_selected: float | int,
+                  keep_unparsed: bool = False) -> list[Label]:
+  """Stratified top-K of the labels by score within class; unparsed ones only if kept."""
+  pool = [l for l in labels if keep_unparsed or l.action_class != UNPARSED]
+  pool = [l for l in pool if l.text.strip()]  # an empty label cannot be an FDP action
+  k = num_to_select(num_selected, len(pool))
+  return stratified_top_k(pool, k, score=lambda l: l.score, action_class=lambda l: l.action_class)
+
+
+# ------------------------------------------------------------------------------------------------
+# Records and statistics.
+
+
+def _recognition_weights(example: Mapping[str, Any], n: int) -> tuple[np.ndarray, bool]:
+  try:
+    return sequences.example_recognition_weights(example), True
+  except UserError:
+    return np.ones((n,), np.float32), False
+
+
+def synthetic_examples(unlabelled: Sequence[Mapping[str, Any]], selected: Sequence[Label]
+                       ) -> tuple[list[dict[str, Any]], int]:
+  """Records for the selected labels (in selection order) and how many lacked recognition weights
+  (given weight 1 everywhere)."""
+  out, missing = [], 0
+  for l in selected:
+    ex = unlabelled[l.index]
+    src = np.asarray(ex['src_codes'], np.int32).reshape(-1)
+    tgt = np.asarray(ex['tgt_codes'], np.int32).reshape(-1)
+    rw, found = _recognition_weights(ex, tgt.size)
+    missing += not found
+    ident = ex.get('example_id', l.index)
+    out.append({
+        'src_codes': src, 'tgt_codes': tgt, 'action': l.text, 'action_type': l.action_class,
+        'recognition_weights': np.asarray(rw, np.float32), 'example_id': f'synthetic-{ident}',
+        'split': SYNTHETIC_SPLIT, 'label_score': float(l.score),
+    })
+  return out, missing
+
+
+def _true_action(example: Mapping[str, Any], field: str) -> str | None:
+  value = example.get(field) if field else None
+  if isinstance(value, Mapping):  # the world's jsonl 'hidden' dict
+    value = value.get('action')
+  if isinstance(value, bytes):
+    value = value.decode('utf-8')
+  return value if isinstance(value, str) and value.strip() else None
+
+
+def bootstrap_stats(unlabelled: Sequence[Mapping[str, Any]], labels: Sequence[Label],
+                    selected: Sequence[Label], true_action_field: str = 'hidden_action',
+                    class_key: str = 'world', world_config=None) -> dict[str, Any]:
+  """Label accuracy (all and selected) against the withheld true actions, when the records have
+  them, and per-class counts before/after selection."""
+  def accuracy(group):
+    hits = [same_action(l.text, t, class_key, world_config) for l in group
+            if (t := _true_action(unlabelled[l.index], true_action_field)) is not None]
+    return (float(np.mean(hits)) if hits else None), len(hits)
+
+  acc_all, n_all = accuracy(labels)
+  acc_sel, n_sel = accuracy(selected)
+  per_class_acc = {}
+  for c in sorted({l.action_class for l in labels}):
+    per_class_acc[c] = accuracy([l for l in labels if l.action_class == c])[0]
+  return {
+      'num_unlabelled': len(unlabelled),
+      'num_labelled': len(labels),
+      'num_selected': len(selected),
+      'num_unfinished_labels': sum(not l.finished for l in labels),
+      'label_accuracy': acc_all, 'label_accuracy_pairs': n_all,
+      'selected_label_accuracy': acc_sel, 'selected_label_accuracy_pairs': n_sel,
+      'label_accuracy_per_class': per_class_acc,
+      'class_counts_before': dict(sorted(collections.Counter(
+          l.action_class for l in labels).items())),
+      'class_counts_after': dict(sorted(collections.Counter(
+          l.action_class for l in selected).items())),
+      'mean_score_before': float(np.mean([l.score for l in labels])) if labels else None,
+      'mean_score_after': float(np.mean([l.score for l in selected])) if selected else None,
+  }
+
+
+def run_bootstrap(sampler: Sampler, params: Any, unlabelled: Sequence[Mapping[str, Any]],
+                  bootstrap_cfg, sampling: SamplingParams, max_new_tokens: int, out_dir: str,
+                  key, world_config=None) -> dict[str, Any]:
+  """Labels, selects and writes `out_dir/synthetic` + `out_dir/stats.json`; returns the stats."""
+  from data.records import write_records
+
+  cfg = bootstrap_cfg
+  require(cfg.decoding in DECODINGS,
+          f'bootstrap.decoding={cfg.decoding!r} is unknown; use one of {", ".join(DECODINGS)}.')
+  require(len(unlabelled) > 0, 'The unlabelled data set is empty; tokenize unlabelled pairs first.')
+  if cfg.decoding == 'greedy':
+    sampling = SamplingParams(greedy=True)
+  pairs = [(ex['src_codes'], ex['tgt_codes']) for ex in unlabelled]
+  labels = label_pairs(sampler, params, pairs, key, max_new_tokens, sampling,
+                       int(cfg.batch_size), str(cfg.score), str(cfg.class_key), world_config)
+  selected = select_labels(labels, cfg.num_selected, bool(cfg.keep_unparsed))
+  examples, missing_rw = synthetic_examples(unlabelled, selected)
+  report = write_records(os.path.join(out_dir, 'synthetic'), examples,
+                         num_shards=int(cfg.num_shards))
+  stats = bootstrap_stats(unlabelled, labels, selected, str(cfg.true_action_field),
+                          str(cfg.class_key), world_config)
+  stats.update(num_written=report.num_written, skipped=dict(report.skipped),
+               missing_recognition_weights=missing_rw, decoding=cfg.decoding,
+               records=os.path.join(out_dir, 'synthetic'), shards=report.paths)
+  with open(os.path.join(out_dir, 'stats.json'), 'w') as f:
+    json.dump(stats, f, indent=1)
+  logging.info('bootstrap: %d pairs labelled, %d selected, label accuracy %s', len(labels),
+               len(selected), stats['label_accuracy'])
+  return stats
+
+
+# ------------------------------------------------------------------------------------------------
+# The stage.
+
+
+def _world_config(data_cfg):
+  """The action world's config when data.dir is a world data set, else None (the default)."""
+  if data_cfg.get('name', '') != 'action_world' or not data_cfg.get('dir', ''):
+    return None
+  if not os.path.isfile(os.path.join(data_cfg.dir, 'world_config.json')):
+    return None
+  from data.action_world import load_world_config
+  return load_world_config(data_cfg.dir)
+
+
+@stages.register('bootstrap')
+def bootstrap_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
+  """Labels WORKDIR/tokenize/unlabelled with the trained IDP model and writes the synthetic set."""
+  from data.records import RecordSource
+  from jax_vlm import checkpointing
+  from jax_vlm.models.config import TransformerConfig
+  from jax_vlm.models.transformer import DecoderLM
+  from jax_vlm.vocab import UnifiedVocab
+
+  cfg = config.bootstrap
+  workdir = os.path.dirname(os.path.abspath(stage_dir))
+  params_dir = os.path.join(workdir, cfg.labeller_stage, 'params')
+  require(os.path.isdir(params_dir), f'{params_dir} does not exist; run the '
+          f'{cfg.labeller_stage} stage first or set bootstrap.labeller_stage.')
+  params = checkpointing.load_params(params_dir)
+  # Saved params have LoRA merged in: build the model without adapters.
+  module = DecoderLM(TransformerConfig.from_config(config.model, lora_rank=0))
+  vocab = UnifiedVocab.from_config(config.vocab)
+  prefix = cfg.unlabelled or os.path.join(workdir, 'tokenize', 'unlabelled')
+  unlabelled = list(RecordSource.from_prefix(prefix))
+  sampler = Sampler.from_config(module, vocab, config)
+  sampling = SamplingParams.from_config(config.sampler, greedy=cfg.decoding == 'greedy')
+  run_bootstrap(sampler, params, unlabelled, cfg, sampling,
+                int(config.sampler.max_action_tokens) + 1, stage_dir,
+                jax.random.PRNGKey(int(config.seed)), _world_config(config.data))
