@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jax_vlm.models.transformer import DecoderLM, KVCache, init_cache, repeat_cache
-from tests.test_transformer_parity import _random_params, _tiny
+from tests.test_transformer_parity import _random_params, _tiny, run
 
 ATOL = 2e-5
 
@@ -29,7 +29,7 @@ def _step_fn(module):
 def test_decoding_matches_full_forward_at_every_position(family, scan_layers):
   config, module, params = _model(family, scan_layers)
   ids = np.random.RandomState(0).randint(0, 48, (2, 9)).astype(np.int32)
-  full = jax.jit(lambda p, i: module.apply({'params': p}, i))(params, ids)
+  full = run(module, params, ids)
   step = _step_fn(module)
   cache = init_cache(config, batch=2, max_len=12)
   assert cache.k.shape == (config.num_layers, 2, 12, config.num_kv_heads, config.head_dim)
@@ -63,9 +63,8 @@ def test_padded_prefill_then_decode_matches_each_example_alone(padding):
     logits, cache = step(params, tokens, cache, np.ones((2, 1), np.int32))
     for row in range(2):
       decoded[row].append(logits[row, 0])
-  full = jax.jit(lambda p, i: module.apply({'params': p}, i))
   for row, (ex, n) in enumerate(zip(examples, lengths)):
-    alone = full(params, ex[None])[0]
+    alone = run(module, params, ex[None])[0]
     # Predictions from the last prompt token on; the final token's own logits are not needed.
     np.testing.assert_allclose(np.stack(decoded[row]), alone[n - 1:n + new], atol=ATOL, rtol=0)
   assert list(np.asarray(cache.next_position)) == [n + new for n in lengths]
@@ -98,7 +97,7 @@ def test_greedy_decoding_equals_teacher_forcing_argmax():
   prompt = np.random.RandomState(2).randint(0, 48, (2, 5)).astype(np.int32)
   tokens = _greedy(module, params, prompt, steps=6, max_len=12)
   sequence = np.concatenate([prompt, tokens], axis=1)
-  logits = jax.jit(lambda p, i: module.apply({'params': p}, i))(params, sequence)
+  logits = run(module, params, sequence)
   np.testing.assert_array_equal(np.argmax(logits[:, 4:-1], -1), tokens)
 
 
@@ -112,7 +111,6 @@ def test_repeat_cache_rows_continue_like_their_source():
   # Row i*3 + j continues prompt i with candidate token j.
   nxt = np.array([[5], [6], [7], [8], [9], [10]], np.int32)
   logits, _ = step(params, nxt, tiled, np.ones((6, 1), np.int32))
-  full = jax.jit(lambda p, i: module.apply({'params': p}, i))
   for r in range(6):
     seq = np.concatenate([prompt[r // 3], nxt[r]])[None]
-    np.testing.assert_allclose(logits[r, 0], full(params, seq)[0, -1], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(logits[r, 0], run(module, params, seq)[0, -1], atol=ATOL, rtol=0)
