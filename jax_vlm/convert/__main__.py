@@ -44,7 +44,9 @@ def flax_to_hf(src: str, dst: str, config_path: str | None, source: str | None,
   scan_layers = 'layers' in params
   config = hf.transformer_config_from_file(config_path, scan_layers=scan_layers)
   base = None
-  if source is None and config_path.endswith('.json'):
+  if source is None and os.path.isdir(config_path):
+    source = config_path  # keep that checkpoint's config extras, VQGAN and tokenizer files
+  elif source is None and config_path.endswith('.json'):
     with open(config_path) as f:
       base = json.load(f)
   hf.save_pretrained(config, params, dst, source=source, dtype=dtype, base_config=base)

@@ -371,7 +371,8 @@ def save_pretrained(module_or_config, params, path: str, source: str | None = No
   require(isinstance(config, TransformerConfig),
           f'save_pretrained needs a DecoderLM or TransformerConfig, not {type(config).__name__}.')
   path = os.path.abspath(path)
-  source = source or config.hf_source or None
+  if not source and config.hf_source and os.path.isdir(config.hf_source):
+    source = config.hf_source  # where from_pretrained read the weights, if it is still there
   state = state_dict_from_params(params, config, dtype=dtype)
 
   base, extra = base_config, {}
