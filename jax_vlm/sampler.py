@@ -219,6 +219,12 @@ def sample_loop(params: Any, prompt_ids: Array, prompt_segments: Array, row_keys
   return {'tokens': state.tokens, 'lengths': state.lengths, 'logprob': state.logprob}
 
 
+# One jitted function for every Sampler: equal modules hash equal, so compiled programs are shared.
+_sample_loop_jit = jax.jit(sample_loop, static_argnames=(
+    'module', 'cache_len', 'num_candidates', 'num_conditions', 'max_new_tokens', 'sampling',
+    'guidance', 'stop_at_eos'))
+
+
 # ------------------------------------------------------------------------------------------------
 # Prompt batching (numpy).
 
@@ -286,9 +292,7 @@ class Sampler:
     mask = np.zeros((model_vocab,), bool)
     mask[:vocab.vocab_size] = vocab.image_token_mask()
     self.image_mask = mask
-    self._loop = jax.jit(sample_loop, static_argnames=(
-        'module', 'cache_len', 'num_candidates', 'num_conditions', 'max_new_tokens', 'sampling',
-        'guidance', 'stop_at_eos'))
+    self._loop = _sample_loop_jit
 
   @classmethod
   def from_config(cls, module: DecoderLM, vocab, config) -> 'Sampler':

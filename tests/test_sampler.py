@@ -52,7 +52,8 @@ class EosAs:
 
 
 def log_softmax_rows(module, params, ids):
-  return jax.nn.log_softmax(module.apply({'params': params}, jnp.asarray(ids)[None])[0], axis=-1)
+  logits = jax.jit(module.apply)({'params': params}, jnp.asarray(ids)[None])
+  return jax.nn.log_softmax(logits[0], axis=-1)
 
 
 def test_greedy_text_equals_teacher_forced_argmax(setup):
@@ -107,13 +108,12 @@ def test_image_mode_emits_exactly_n_image_tokens(setup):
   image_ids = set(vocab.image_token_ids().tolist())
   # Even a model that prefers text tokens emits only image tokens.
   for p in (params, text_loving(params, vocab)):
-    for sampling in (S.SamplingParams(), S.SamplingParams(temperature=0.7, top_k=5, top_p=0.9)):
-      out = sampler.sample_frames(p, src, actions, jax.random.PRNGKey(3), num_candidates=3,
-                                  sampling=sampling)
-      assert out.tokens.shape == (2, 3, 9) and out.codes.shape == (2, 3, 9)
-      assert set(out.tokens.reshape(-1).tolist()) <= image_ids
-      assert out.codes.min() >= 0 and out.codes.max() < NUM_CODES
-      np.testing.assert_array_equal(vocab.codes_to_ids(out.codes), out.tokens)
+    out = sampler.sample_frames(p, src, actions, jax.random.PRNGKey(3), num_candidates=3,
+                                sampling=S.SamplingParams(temperature=0.7, top_k=5, top_p=0.9))
+    assert out.tokens.shape == (2, 3, 9) and out.codes.shape == (2, 3, 9)
+    assert set(out.tokens.reshape(-1).tolist()) <= image_ids
+    assert out.codes.min() >= 0 and out.codes.max() < NUM_CODES
+    np.testing.assert_array_equal(vocab.codes_to_ids(out.codes), out.tokens)
 
 
 def test_k_candidates_equal_single_runs(setup):
