@@ -11,10 +11,7 @@ import numpy as np
 
 from jax_vlm import checkpointing
 from jax_vlm.metrics_writer import read_jsonl
-from tests.test_train import run_python, subprocess_env, train_cmd
-
-STEPS = 16
-FLAGS = (f'--config.train.num_steps={STEPS}', '--config.train.checkpoint_every=2')
+from tests.test_train import FLAGS, STEPS, run_python, subprocess_env, train_cmd
 
 
 def _logged_step(workdir) -> int:

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import jax
@@ -16,16 +17,23 @@ from jax_vlm import optim, trainer
 from jax_vlm import train_step as ts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One compilation cache for all child processes of this test session: children that build the same
+# programs (same config) skip most of the compile time.
+_COMPILE_CACHE = tempfile.mkdtemp(prefix='jax_vlm_test_compile_cache_')
+# Steps and checkpoint interval shared by the train.py tests (same programs, so cache hits).
+STEPS = 16
+FLAGS = (f'--config.train.num_steps={STEPS}', '--config.train.checkpoint_every=2')
 
 
 def subprocess_env(tmp_path) -> dict:
-  """Env for child processes: 8 CPU devices (set before jax is imported there), fast compiles, and
-  a compilation cache shared by the children of one test."""
+  """Env for child processes: 8 CPU devices (set before jax is imported there), fast compiles
+  (XLA's backend optimisations off) and a compilation cache shared by the session's children."""
   env = dict(os.environ)
   env['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=8 '
                       '--xla_backend_optimization_level=0')
   env['JAX_PLATFORMS'] = 'cpu'
-  env['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path / 'jax_cache')
+  del tmp_path
+  env['JAX_COMPILATION_CACHE_DIR'] = _COMPILE_CACHE
   env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   env['JAX_DEFAULT_MATMUL_PRECISION'] = 'highest'
   env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
@@ -104,14 +112,13 @@ def test_synthetic_source_follows_the_objective_schedule(schedule, shares, want)
 def test_train_py_runs_stages_logs_objectives_and_skips_done(tmp_path):
   workdir = tmp_path / 'run'
   env = subprocess_env(tmp_path)
-  r = subprocess.run(train_cmd(workdir, '--config.train.num_steps=4',
-                               '--config.train.peak_flops=1e9'),
+  r = subprocess.run(train_cmd(workdir, *FLAGS, '--config.train.peak_flops=1e9'),
                      env=env, capture_output=True, text=True, timeout=240)
   assert r.returncode == 0, r.stderr[-3000:]
   stage = workdir / 'train_dynamics'
   assert (stage / 'DONE').exists() and (stage / 'params').is_dir()
   lines = [json.loads(x) for x in open(stage / 'metrics.jsonl')]
-  assert [m['step'] for m in lines] == [1, 2, 3, 4]
+  assert [m['step'] for m in lines] == list(range(1, STEPS + 1))
   # 'alternate' 1:1: IDP on odd steps, FDP on even ones, each logged under its own name.
   assert 'idp_loss' in lines[0] and 'fdp_loss' not in lines[0]
   assert 'fdp_loss' in lines[1] and 'fdp_accuracy' in lines[1] and 'idp_loss' not in lines[1]
@@ -119,7 +126,7 @@ def test_train_py_runs_stages_logs_objectives_and_skips_done(tmp_path):
   assert 0 < lines[-1]['tokens_per_s'] and 0 < lines[-1]['mfu']
   # A rerun finds the stage done and does not train again.
   before = (stage / 'metrics.jsonl').read_text()
-  r = subprocess.run(train_cmd(workdir, '--config.train.num_steps=4'), env=env,
+  r = subprocess.run(train_cmd(workdir, *FLAGS), env=env,
                      capture_output=True, text=True, timeout=240)
   assert r.returncode == 0, r.stderr[-3000:]
   assert (stage / 'metrics.jsonl').read_text() == before
