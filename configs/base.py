@@ -67,6 +67,10 @@ def vqgan_config(**overrides) -> ml_collections.ConfigDict:
 def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # The stages train.py runs, in order (see jax_vlm/stages.py), and per-stage dotted overrides,
+  # e.g. config.stage_overrides.train_fdp = {'data.recognition_weights': False}.
+  config.stages = ('train_dynamics',)
+  config.stage_overrides = ml_collections.ConfigDict()
   config.model = model_config()
   config.vqgan = vqgan_config()
 
