@@ -1,0 +1,158 @@
+"""Bootstrapping: label classes, stratified selection, label accuracy, and the `bootstrap` stage
+writing a synthetic FDP record set that RecordSource reads back."""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from data import action_world as W
+from data.records import RecordSource, write_records
+from jax_vlm import bootstrap as B
+from jax_vlm import checkpointing, stages
+from jax_vlm.errors import UserError
+from jax_vlm.models.config import TransformerConfig
+from jax_vlm.models.transformer import DecoderLM
+from jax_vlm.sampler import Sampler
+from jax_vlm.selection import stratified_top_k
+from jax_vlm.vocab import UnifiedVocab
+
+NUM_CODES = 16
+N = 4  # codes per frame
+
+
+def world_action(kind, seed):
+  rng = np.random.default_rng(seed)
+  for _ in range(50):
+    scene = W.random_scene(rng)
+    action = W.sample_action(scene, kind, rng)
+    if action is not None:
+      return action
+  raise AssertionError(kind)
+
+
+def test_classes_and_label_accuracy():
+  move = world_action('move', 0)
+  phrasings = W.all_phrasings(move)
+  assert B.classify(phrasings[0]) == 'move' and B.classify(phrasings[-1]) == 'move'
+  assert B.classify('please do something') == B.UNPARSED
+  assert B.classify('Cut the onion', 'first_word') == 'cut'
+  assert B.classify('', 'first_word') == B.UNPARSED and B.classify('x', 'none') == 'all'
+  with pytest.raises(UserError, match='class_key'):
+    B.classify('x', 'verbs')
+
+  # Another phrasing of the true action counts as correct (canonical match); a wrong one does not.
+  recolor = world_action('recolor', 1)
+  unlabelled = [{'hidden_action': phrasings[0]}, {'hidden_action': W.all_phrasings(recolor)[0]},
+                {'hidden_action': phrasings[0]}, {}]  # the last one has no true action
+  labels = [B.Label(0, phrasings[-1], 'move', -1.0, -0.1, -0.1, True),
+            B.Label(1, phrasings[0], 'move', -2.0, -0.2, -0.2, True),
+            B.Label(2, 'gibberish', B.UNPARSED, -3.0, -0.3, -0.3, False),
+            B.Label(3, phrasings[0], 'move', -1.0, -0.1, -0.1, True)]
+  stats = B.bootstrap_stats(unlabelled, labels, labels[:1])
+  assert stats['label_accuracy'] == pytest.approx(1 / 3) and stats['label_accuracy_pairs'] == 3
+  assert stats['selected_label_accuracy'] == 1.0
+  assert stats['class_counts_before'] == {'move': 3, B.UNPARSED: 1}
+  assert stats['class_counts_after'] == {'move': 1}
+  assert stats['num_unfinished_labels'] == 1
+
+
+def test_stratified_selection_of_labels():
+  rng = np.random.default_rng(0)
+  classes = ['move'] * 8 + ['swap'] * 2 + ['add'] * 3 + [B.UNPARSED] * 4
+  labels = [B.Label(i, f'label {i}', c, 0.0, float(s), float(s), True)
+            for i, (c, s) in enumerate(zip(classes, rng.normal(size=len(classes))))]
+  labels.append(B.Label(len(labels), '  ', 'move', 0.0, 9.0, 9.0, True))  # empty text: never kept
+  selected = B.select_labels(labels, 0.5, keep_unparsed=False)
+  pool = [l for l in labels if l.action_class != B.UNPARSED and l.text.strip()]
+  assert len(selected) == 6  # round(0.5 * 13 usable labels)
+  assert selected == stratified_top_k(pool, 6, lambda l: l.score, lambda l: l.action_class)
+  # Round robin: two of each class, although 'move' has most labels.
+  for c in ('move', 'swap', 'add'):
+    assert sum(l.action_class == c for l in selected) == 2
+  kept = B.select_labels(labels, 100, keep_unparsed=True)
+  assert len(kept) == 17 and sum(l.action_class == B.UNPARSED for l in kept) == 4
+  assert B.num_to_select(0.25, 10) == 2 and B.num_to_select(3, 10) == 3
+  assert B.num_to_select(1.0, 10) == 10 and B.num_to_select(50, 10) == 10
+
+
+@pytest.fixture(scope='module')
+def world_setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp('boot')
+  tok_dir = W.write_tokenizer(str(root / 'tokenizer'))
+  config = base.get_base_config()
+  config.vocab.update(tokenizer_dir=tok_dir, image_token_scheme='offset', num_image_codes=NUM_CODES,
+                      **{k: v for k, v in W.TOKEN_NAMES.items() if k != 'unk_token'})
+  vocab = UnifiedVocab.from_config(config.vocab)
+  config.model.update(vocab_size=vocab.vocab_size, d_model=32, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=8, mlp_dim=64, dtype='float32',
+                      remat_policy='none')
+  config.data.max_seq_len = 32
+  config.sampler.max_action_tokens = 6
+  config.bootstrap.update(class_key='first_word', keep_unparsed=True, num_selected=0.5,
+                          batch_size=4)
+  module = DecoderLM(TransformerConfig.from_config(config.model))
+  params = nn.unbox(module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))['params'])
+  return root, config, vocab, module, params
+
+
+def test_bootstrap_stage_writes_selected_records(world_setup):
+  root, config, vocab, module, params = world_setup
+  workdir = str(root / 'work')
+  checkpointing.save_params(os.path.join(workdir, 'train_dynamics', 'params'), params)
+  rng = np.random.default_rng(0)
+  unlabelled = []
+  for i in range(10):
+    ex = {'src_codes': rng.integers(0, NUM_CODES, N).astype(np.int32),
+          'tgt_codes': rng.integers(0, NUM_CODES, N).astype(np.int32),
+          'example_id': f'unlabelled-{i}',
+          'hidden_action': W.all_phrasings(world_action('move', i))[0]}
+    if i % 2:
+      ex['recognition_weights'] = rng.uniform(0, 2, N).astype(np.float32)
+    unlabelled.append(ex)
+  write_records(os.path.join(workdir, 'tokenize', 'unlabelled'), unlabelled, schema=None)
+
+  assert 'bootstrap' in stages.registered()
+  assert stages.run_stages(config, workdir, ['bootstrap'])
+  stage_dir = os.path.join(workdir, 'bootstrap')
+  assert stages.is_done(workdir, 'bootstrap')
+  with open(os.path.join(stage_dir, 'stats.json')) as f:
+    stats = json.load(f)
+
+  # The same labels by hand: greedy, key PRNGKey(seed), then the stratified top-K.
+  sampler = Sampler.from_config(module, vocab, config)
+  labels = B.label_pairs(sampler, params, [(e['src_codes'], e['tgt_codes']) for e in unlabelled],
+                         jax.random.PRNGKey(config.seed), max_new_tokens=7, batch_size=4,
+                         class_key='first_word')
+  pool = [l for l in labels if l.text.strip()]
+  expected = stratified_top_k(pool, round(0.5 * len(pool)), lambda l: l.score,
+                              lambda l: l.action_class)
+  records = list(RecordSource.from_prefix(os.path.join(stage_dir, 'synthetic')))
+  assert len(records) == len(expected) == stats['num_selected'] == stats['num_written'] > 0
+  for rec, l in zip(records, expected):
+    src = unlabelled[l.index]
+    assert rec['example_id'] == f'synthetic-{src["example_id"]}' and rec['split'] == 'synthetic'
+    assert rec['action'] == l.text and rec['action_type'] == l.action_class
+    assert rec['label_score'] == pytest.approx(l.score)
+    np.testing.assert_array_equal(rec['src_codes'], src['src_codes'])
+    np.testing.assert_array_equal(rec['tgt_codes'], src['tgt_codes'])
+    np.testing.assert_array_equal(rec['recognition_weights'],
+                                  src.get('recognition_weights', np.ones(N, np.float32)))
+  assert stats['class_counts_before'] == dict(sorted(
+      {c: sum(l.action_class == c for l in labels) for c in {l.action_class for l in labels}}
+      .items()))
+  assert sum(stats['class_counts_after'].values()) == len(expected)
+  assert stats['label_accuracy_pairs'] == 10 and stats['label_accuracy'] is not None
+  # label_score is the mean token log-likelihood of the label (with <eos>), i.e. negative.
+  assert all(r['label_score'] < 0 for r in records)
+
+
+def test_bootstrap_stage_needs_params(world_setup, tmp_path):
+  _, config, _, _, _ = world_setup
+  with pytest.raises(UserError, match='run the train_dynamics stage first'):
+    B.bootstrap_stage(config, str(tmp_path / 'bootstrap'))
