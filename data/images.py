@@ -15,40 +15,14 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
+from jax_vlm import image_processing
 from jax_vlm.errors import UserError
 
 PathLike = Union[str, os.PathLike]
 
-# Transparent pixels are composited onto white, the usual page background of edited images.
-_BACKGROUND = (255, 255, 255)
-
-
 def _to_rgb(image: Image.Image) -> np.ndarray:
-  """PIL image of any mode -> uint8 [h, w, 3]."""
-  mode = image.mode
-  if mode == 'RGB':
-    return np.asarray(image, dtype=np.uint8)
-  if mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I'):
-    # 16-bit grayscale (PIL opens 16-bit PNGs as 'I;16' or 'I'): scale 0..65535 onto 0..255.
-    values = np.asarray(image).astype(np.float64)
-    gray = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=-1)
-  if mode == 'F':
-    # Float images: [0, 1] when they fit there, else taken as 0..255.
-    values = np.asarray(image, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    scale = 255.0 if finite.size and finite.max() <= 1.0 else 1.0
-    gray = np.clip(np.round(np.nan_to_num(values) * scale), 0, 255).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=-1)
-  if mode == 'P' and 'transparency' in image.info:
-    image = image.convert('RGBA')
-  elif mode == 'P':
-    image = image.convert('RGB')
-  if image.mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa'):
-    rgba = image.convert('RGBA')
-    background = Image.new('RGBA', rgba.size, _BACKGROUND + (255,))
-    image = Image.alpha_composite(background, rgba)
-  return np.asarray(image.convert('RGB'), dtype=np.uint8)
+  """PIL image of any mode -> uint8 [h, w, 3], the one conversion the image tokenizer uses too."""
+  return np.asarray(image_processing.to_rgb(image), dtype=np.uint8)
 
 
 def load_rgb(path: PathLike) -> np.ndarray:
@@ -117,11 +91,9 @@ def read_rgb_bytes(path: PathLike) -> tuple[bytes, str]:
 
 
 def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """Scales the short side to `size` (bicubic), crops the centre: `[h, w, 3]` -> `[size, size, 3]`.
+  """Scales the short side to `size`, crops the centre: `[h, w, 3]` -> `[size, size, 3]` uint8.
+
+  The same resize (Lanczos) and crop as the image tokenizer's preprocessing.
   """
-  h, w = image.shape[:2]
-  scale = size / min(h, w)
-  new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-  resized = Image.fromarray(image).resize((new_w, new_h), Image.BICUBIC)
-  left, top = (new_w - size) // 2, (new_h - size) // 2
-  return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
+  pil = Image.fromarray(np.asarray(image, dtype=np.uint8))
+  return np.asarray(image_processing.resize_and_center_crop(pil, size), dtype=np.uint8)
