@@ -129,10 +129,11 @@ def num_to_select(num_selected: float | int, available: int) -> int:
 def select_labels(labels: Sequence[Label], num_selected: float | int,
                   keep_unparsed: bool = False) -> list[Label]:
   """Stratified top-K of the labels by score within class; unparsed ones only if kept."""
-  pool = [l for l in labels if keep_unparsed or l.action_class != UNPARSED]
-  pool = [l for l in pool if l.text.strip()]  # an empty label cannot be an FDP action
+  pool = [lab for lab in labels if keep_unparsed or lab.action_class != UNPARSED]
+  pool = [lab for lab in pool if lab.text.strip()]  # an empty label cannot be an FDP action
   k = num_to_select(num_selected, len(pool))
-  return stratified_top_k(pool, k, score=lambda l: l.score, action_class=lambda l: l.action_class)
+  return stratified_top_k(pool, k, score=lambda lab: lab.score,
+                          action_class=lambda lab: lab.action_class)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -151,17 +152,17 @@ def synthetic_examples(unlabelled: Sequence[Mapping[str, Any]], selected: Sequen
   """Records for the selected labels (in selection order) and how many lacked recognition weights
   (given weight 1 everywhere)."""
   out, missing = [], 0
-  for l in selected:
-    ex = unlabelled[l.index]
+  for lab in selected:
+    ex = unlabelled[lab.index]
     src = np.asarray(ex['src_codes'], np.int32).reshape(-1)
     tgt = np.asarray(ex['tgt_codes'], np.int32).reshape(-1)
     rw, found = _recognition_weights(ex, tgt.size)
     missing += not found
-    ident = ex.get('example_id', l.index)
+    ident = ex.get('example_id', lab.index)
     out.append({
-        'src_codes': src, 'tgt_codes': tgt, 'action': l.text, 'action_type': l.action_class,
+        'src_codes': src, 'tgt_codes': tgt, 'action': lab.text, 'action_type': lab.action_class,
         'recognition_weights': np.asarray(rw, np.float32), 'example_id': f'synthetic-{ident}',
-        'split': SYNTHETIC_SPLIT, 'label_score': float(l.score),
+        'split': SYNTHETIC_SPLIT, 'label_score': float(lab.score),
     })
   return out, missing
 
@@ -181,29 +182,29 @@ def bootstrap_stats(unlabelled: Sequence[Mapping[str, Any]], labels: Sequence[La
   """Label accuracy (all and selected) against the withheld true actions, when the records have
   them, and per-class counts before/after selection."""
   def accuracy(group):
-    hits = [same_action(l.text, t, class_key, world_config) for l in group
-            if (t := _true_action(unlabelled[l.index], true_action_field)) is not None]
+    hits = [same_action(lab.text, t, class_key, world_config) for lab in group
+            if (t := _true_action(unlabelled[lab.index], true_action_field)) is not None]
     return (float(np.mean(hits)) if hits else None), len(hits)
 
   acc_all, n_all = accuracy(labels)
   acc_sel, n_sel = accuracy(selected)
   per_class_acc = {}
-  for c in sorted({l.action_class for l in labels}):
-    per_class_acc[c] = accuracy([l for l in labels if l.action_class == c])[0]
+  for c in sorted({lab.action_class for lab in labels}):
+    per_class_acc[c] = accuracy([lab for lab in labels if lab.action_class == c])[0]
   return {
       'num_unlabelled': len(unlabelled),
       'num_labelled': len(labels),
       'num_selected': len(selected),
-      'num_unfinished_labels': sum(not l.finished for l in labels),
+      'num_unfinished_labels': sum(not lab.finished for lab in labels),
       'label_accuracy': acc_all, 'label_accuracy_pairs': n_all,
       'selected_label_accuracy': acc_sel, 'selected_label_accuracy_pairs': n_sel,
       'label_accuracy_per_class': per_class_acc,
       'class_counts_before': dict(sorted(collections.Counter(
-          l.action_class for l in labels).items())),
+          lab.action_class for lab in labels).items())),
       'class_counts_after': dict(sorted(collections.Counter(
-          l.action_class for l in selected).items())),
-      'mean_score_before': float(np.mean([l.score for l in labels])) if labels else None,
-      'mean_score_after': float(np.mean([l.score for l in selected])) if selected else None,
+          lab.action_class for lab in selected).items())),
+      'mean_score_before': float(np.mean([lab.score for lab in labels])) if labels else None,
+      'mean_score_after': float(np.mean([lab.score for lab in selected])) if selected else None,
   }
 
 

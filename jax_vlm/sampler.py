@@ -127,7 +127,7 @@ def choose_tokens(logits: Array, keys: Array, sampling: SamplingParams) -> Array
   if sampling.greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   filtered = filter_logits(logits, sampling)
-  draw = jax.vmap(lambda k, l: jax.random.categorical(k, l))
+  draw = jax.vmap(jax.random.categorical)
   return draw(keys, filtered).astype(jnp.int32)
 
 
@@ -172,7 +172,8 @@ def sample_loop(params: Any, prompt_ids: Array, prompt_segments: Array, row_keys
 
   prompt_ids, prompt_segments: [batch * num_conditions, L] left-padded, rows ordered
   (prompt, condition). row_keys: [batch * K] (see `candidate_keys`). allowed: bool [vocab] tokens
-  that may be emitted (None = all). eos_id, pad_id: [] int32 (traced: one program per model). Returns tokens [batch * K, max_new_tokens] int32, lengths
+  that may be emitted (None = all). eos_id, pad_id: [] int32 (traced: one program per model).
+  Returns tokens [batch * K, max_new_tokens] int32, lengths
   [batch * K] int32 and logprob [batch * K] float32: the summed log-probabilities of the emitted
   tokens under the (guided, masked) model distribution at temperature 1, before top-k/top-p, so in
   text mode it equals the teacher-forced log-likelihood of the output.
@@ -310,9 +311,9 @@ class Sampler:
     length = self.bucket(longest)
     if length + new_tokens > self.cache_len:
       raise UserError(
-          f'A prompt of {longest} tokens (padded to {length}) plus {new_tokens} new tokens does not '
-          f'fit the sampler cache of {self.cache_len} slots; raise sampler.cache_len or shorten '
-          'the prompt.')
+          f'A prompt of {longest} tokens (padded to {length}) plus {new_tokens} new tokens does '
+          f'not fit the sampler cache of {self.cache_len} slots; raise sampler.cache_len or '
+          'shorten the prompt.')
     return left_pad(rows, length, self.vocab.pad_id)
 
   @staticmethod
@@ -336,7 +337,8 @@ class Sampler:
 
   # --- text (IDP) ----------------------------------------------------------------------------
   def generate_text(self, params, prompts: Sequence[np.ndarray], key=None, num_candidates: int = 1,
-                    max_new_tokens: int = 48, sampling: SamplingParams = SamplingParams(greedy=True),
+                    max_new_tokens: int = 48,
+                    sampling: SamplingParams = SamplingParams(greedy=True),
                     row_keys=None) -> TextSamples:
     """Decodes each prompt [L_i] until <eos> or max_new_tokens, K candidates each."""
     self._check_k(num_candidates)

@@ -69,14 +69,14 @@ def test_stratified_selection_of_labels():
             for i, (c, s) in enumerate(zip(classes, rng.normal(size=len(classes))))]
   labels.append(B.Label(len(labels), '  ', 'move', 0.0, 9.0, 9.0, True))  # empty text: never kept
   selected = B.select_labels(labels, 0.5, keep_unparsed=False)
-  pool = [l for l in labels if l.action_class != B.UNPARSED and l.text.strip()]
+  pool = [lab for lab in labels if lab.action_class != B.UNPARSED and lab.text.strip()]
   assert len(selected) == 6  # round(0.5 * 13 usable labels)
-  assert selected == stratified_top_k(pool, 6, lambda l: l.score, lambda l: l.action_class)
+  assert selected == stratified_top_k(pool, 6, lambda lab: lab.score, lambda lab: lab.action_class)
   # Round robin: two of each class, although 'move' has most labels.
   for c in ('move', 'swap', 'add'):
-    assert sum(l.action_class == c for l in selected) == 2
+    assert sum(lab.action_class == c for lab in selected) == 2
   kept = B.select_labels(labels, 100, keep_unparsed=True)
-  assert len(kept) == 17 and sum(l.action_class == B.UNPARSED for l in kept) == 4
+  assert len(kept) == 17 and sum(lab.action_class == B.UNPARSED for lab in kept) == 4
   assert B.num_to_select(0.25, 10) == 2 and B.num_to_select(3, 10) == 3
   assert B.num_to_select(1.0, 10) == 10 and B.num_to_select(50, 10) == 10
 
@@ -129,23 +129,23 @@ def test_bootstrap_stage_writes_selected_records(world_setup):
   labels = B.label_pairs(sampler, params, [(e['src_codes'], e['tgt_codes']) for e in unlabelled],
                          jax.random.PRNGKey(config.seed), max_new_tokens=7, batch_size=4,
                          class_key='first_word')
-  pool = [l for l in labels if l.text.strip()]
-  expected = stratified_top_k(pool, round(0.5 * len(pool)), lambda l: l.score,
-                              lambda l: l.action_class)
+  pool = [lab for lab in labels if lab.text.strip()]
+  expected = stratified_top_k(pool, round(0.5 * len(pool)), lambda lab: lab.score,
+                              lambda lab: lab.action_class)
   records = list(RecordSource.from_prefix(os.path.join(stage_dir, 'synthetic')))
   assert len(records) == len(expected) == stats['num_selected'] == stats['num_written'] > 0
-  for rec, l in zip(records, expected):
-    src = unlabelled[l.index]
+  for rec, lab in zip(records, expected):
+    src = unlabelled[lab.index]
     assert rec['example_id'] == f'synthetic-{src["example_id"]}' and rec['split'] == 'synthetic'
-    assert rec['action'] == l.text and rec['action_type'] == l.action_class
-    assert rec['label_score'] == pytest.approx(l.score)
+    assert rec['action'] == lab.text and rec['action_type'] == lab.action_class
+    assert rec['label_score'] == pytest.approx(lab.score)
     np.testing.assert_array_equal(rec['src_codes'], src['src_codes'])
     np.testing.assert_array_equal(rec['tgt_codes'], src['tgt_codes'])
     np.testing.assert_array_equal(rec['recognition_weights'],
                                   src.get('recognition_weights', np.ones(N, np.float32)))
-  assert stats['class_counts_before'] == dict(sorted(
-      {c: sum(l.action_class == c for l in labels) for c in {l.action_class for l in labels}}
-      .items()))
+  classes = sorted({lab.action_class for lab in labels})
+  assert stats['class_counts_before'] == {
+      c: sum(lab.action_class == c for lab in labels) for c in classes}
   assert sum(stats['class_counts_after'].values()) == len(expected)
   assert stats['label_accuracy_pairs'] == 10 and stats['label_accuracy'] is not None
   # label_score is the mean token log-likelihood of the label (with <eos>), i.e. negative.

@@ -1,0 +1,133 @@
+"""Sampler throughput: decoded tokens/s for K = 1, 2, 4, 8 candidates and time(K=8) / time(K=1).
+
+  python bench/bench_sampler.py [--sizes world,mid] [--mid_gen_tokens 1024] [--repeats 2]
+
+Image mode (FDP) with jax_vlm.sampler: one prompt is prefilled ONCE, its cache repeated K times,
+and the K rows decode `gen` image tokens together in one jitted while_loop. Sizes:
+  world  configs/action_world.py's model (d_model 128, 4 layers), a 5x5-code frame + action
+         prompt (~37 tokens), 25 image tokens.
+  mid    d_model 1024, 8 layers, vocab 65,536 (8,192 image codes), a ~1,050-token prompt (a
+         1,024-code frame + action), 1,024 image tokens (`--mid_gen_tokens` lowers it on slow
+         machines; the cache is sized for the full 1,024 either way).
+Models are randomly initialised, float32 (CPU) or bfloat16 (`--dtype`). Times are the best of
+`--repeats` runs after one compiling run, wall clock with block_until_ready, prefill included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jax_vlm import sampler as S  # noqa: E402
+from jax_vlm.models.config import TransformerConfig  # noqa: E402
+from jax_vlm.models.transformer import DecoderLM  # noqa: E402
+
+
+class BenchVocab:
+  """An 'offset'-scheme vocabulary without a tokenizer: 6 special ids, words, then image codes."""
+
+  def __init__(self, num_text: int, num_image_codes: int):
+    self.pad_id, self.bos_id, self.eos_id, self.boi_id, self.eoi_id = 0, 2, 3, 4, 5
+    self.offset, self.num_image_codes = num_text, num_image_codes
+    self.vocab_size = num_text + num_image_codes
+
+  def codes_to_ids(self, codes):
+    return np.asarray(codes) + self.offset
+
+  def ids_to_codes(self, ids):
+    ids = np.asarray(ids)
+    return np.where(ids >= self.offset, ids - self.offset, -1)
+
+  def image_token_mask(self):
+    return np.arange(self.vocab_size) >= self.offset
+
+  def image_token_ids(self):
+    return np.arange(self.num_image_codes) + self.offset
+
+  def decode_text(self, ids):
+    return ' '.join(str(int(i)) for i in ids)
+
+
+def world_setup():
+  from configs import action_world
+  config = action_world.get_config('default')
+  num_text = config.model.vocab_size - config.vqgan.num_embeddings
+  vocab = BenchVocab(num_text, config.vqgan.num_embeddings)
+  return TransformerConfig.from_config(config.model), vocab, 25, 8, 25
+
+
+def mid_setup(gen_tokens: int):
+  model = TransformerConfig(vocab_size=65536, d_model=1024, num_layers=8, num_heads=8,
+                            num_kv_heads=8, head_dim=128, mlp_dim=2816, max_positions=4096,
+                            dtype='float32', remat_policy='none')
+  return model, BenchVocab(65536 - 8192, 8192), 1024, 20, gen_tokens
+
+
+def bench(name, model_config, vocab, frame_codes, action_len, gen, ks, repeats, dtype):
+  model_config = model_config.replace(dtype=dtype)
+  module = DecoderLM(model_config)
+  params = nn.unbox(jax.jit(module.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
+                    )['params']
+  rng = np.random.default_rng(0)
+  src = rng.integers(0, vocab.num_image_codes, frame_codes)
+  action = rng.integers(6, vocab.offset, action_len)
+  prompt_len = frame_codes + action_len + 4
+  # Cache sized for a whole frame after the prompt, whatever `gen` is.
+  sampler = S.Sampler(module, vocab, cache_len=prompt_len + frame_codes)
+  print(f'\n[{name}] d_model={model_config.d_model} layers={model_config.num_layers} '
+        f'vocab={model_config.vocab_size} prompt={prompt_len} tokens, generating {gen} of '
+        f'{frame_codes} image tokens, dtype={jnp.dtype(dtype).name}, device={jax.devices()[0]}')
+  times = {}
+  for k in ks:
+    prompts = [S.fdp_prompts(src, action, vocab)[0]]
+
+    def run():
+      out = sampler.generate_images(params, prompts, jax.random.PRNGKey(1), num_candidates=k,
+                                    num_image_tokens=gen)
+      return out
+    t0 = time.perf_counter()
+    out = run()
+    compile_s = time.perf_counter() - t0
+    assert out.tokens.shape == (1, k, gen) and vocab.image_token_mask()[out.tokens].all()
+    best = float('inf')
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      run()  # generate_images returns numpy arrays: the device work is done when it returns
+      best = min(best, time.perf_counter() - t0)
+    times[k] = best
+    print(f'  K={k}: {best:8.3f} s  {k * gen / best:10.1f} decoded tokens/s  '
+          f'(first call incl. compile {compile_s:.1f} s)')
+  if 1 in times and max(ks) in times:
+    print(f'  time(K={max(ks)}) / time(K=1) = {times[max(ks)] / times[1]:.2f}')
+  return times
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--sizes', default='world,mid')
+  p.add_argument('--candidates', default='1,2,4,8')
+  p.add_argument('--mid_gen_tokens', type=int, default=1024)
+  p.add_argument('--repeats', type=int, default=2)
+  p.add_argument('--dtype', default='float32')
+  args = p.parse_args(argv)
+  ks = [int(k) for k in args.candidates.split(',')]
+  for size in args.sizes.split(','):
+    if size == 'world':
+      bench('world', *world_setup(), ks, args.repeats, args.dtype)
+    elif size == 'mid':
+      bench('mid', *mid_setup(args.mid_gen_tokens), ks, args.repeats, args.dtype)
+    else:
+      raise SystemExit(f'unknown size {size!r}; use world and/or mid')
+
+
+if __name__ == '__main__':
+  main()
