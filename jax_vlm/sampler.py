@@ -245,12 +245,9 @@ def left_pad(prompts: Sequence[np.ndarray], length: int, pad_id: int
 def fdp_prompts(src_codes, action_ids, vocab, guidance: bool = False) -> list[np.ndarray]:
   """The FDP prompt rows of one (source, action): [full], or [full, image-only, unconditional]
   for classifier-free guidance (see the module docstring)."""
-  full = sequences.fdp_prompt(src_codes, action_ids, vocab)
-  if not guidance:
-    return [full]
-  image_only = sequences.fdp_prompt(src_codes, np.zeros((0,), np.int32), vocab)
-  uncond = np.asarray([vocab.bos_id, vocab.boi_id], np.int32)
-  return [full, image_only, uncond]
+  if guidance:
+    return sequences.fdp_guidance_prompts(src_codes, action_ids, vocab)
+  return [sequences.fdp_prompt(src_codes, action_ids, vocab)]
 
 
 @dataclasses.dataclass

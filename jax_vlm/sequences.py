@@ -142,6 +142,17 @@ def fdp_prompt(src_codes, action_ids, vocab: VocabLike) -> np.ndarray:
                          [vocab.boi_id]]).astype(np.int32)
 
 
+def fdp_guidance_prompts(src_codes, action_ids, vocab: VocabLike) -> list[np.ndarray]:
+  """The three prompt rows of classifier-free guidance (Chameleon's in-batch form).
+
+  full `<bos> <boi> src <eoi> action <boi>`, image-only `<bos> <boi> src <eoi> <boi>` (no action),
+  unconditional `<bos> <boi>` (neither): each ends with the <boi> that opens the target image.
+  """
+  return [fdp_prompt(src_codes, action_ids, vocab),
+          fdp_prompt(src_codes, np.zeros((0,), np.int32), vocab),
+          np.asarray([vocab.bos_id, vocab.boi_id], np.int32)]
+
+
 def idp_scoring_sequence(src_codes, cand_codes, action_ids,
                          vocab: VocabLike) -> tuple[np.ndarray, np.ndarray]:
   """Teacher-forced IDP sequence for the verifier's log p(action | src, candidate).
