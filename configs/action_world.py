@@ -1,0 +1,109 @@
+"""The embedded action world end to end on a CPU: build, tokenizer, tokenize, dynamics training.
+
+  python train.py --config configs/action_world.py[:default|smoke] --workdir /tmp/world
+
+'default': 2,000 labelled / 20,000 unlabelled / 500 + 500 test examples; 'smoke': 10x fewer, a
+shorter tokenizer training with a looser accuracy bar. Stages write under WORKDIR/<stage>/; paths
+here are templates with '{workdir}' that jax_vlm.datasets.resolve_paths fills in at run time.
+"""
+
+import ml_collections
+
+from configs import base
+
+SIZES = ('default', 'smoke')
+
+
+def _text_vocab_size(size: str) -> int:
+  """Number of ids in the world's word-level tokenizer (the image codes follow them)."""
+  from data.action_world import SPECIAL_TOKENS, WorldConfig, vocabulary_words
+  words = set(vocabulary_words(WorldConfig.preset(size))) - set(SPECIAL_TOKENS)
+  return len(SPECIAL_TOKENS) + len(words)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  size = arg or 'default'
+  if size not in SIZES:
+    raise ValueError(f'configs/action_world.py takes one of {SIZES}, not {size!r}')
+  smoke = size == 'smoke'
+  config = base.get_base_config()
+  # Other engineers append 'bootstrap', 'train_fdp', 'evaluate' once those stages exist.
+  config.stages = ('build_data', 'train_tokenizer', 'tokenize', 'train_dynamics')
+
+  config.world = ml_collections.ConfigDict()
+  config.world.size = size
+  config.world.seed = 0
+  config.world.dir = '{workdir}/build_data'
+
+  # The world's VQGAN: 40x40 frames, 3 downsamplings -> 5x5 codes, one code a cell.
+  config.vqgan.update(resolution=40, base_channels=32, channel_multiplier=(1, 1, 1, 1),
+                      num_res_blocks=0, attn_resolutions=(), z_channels=64, embed_dim=32,
+                      num_embeddings=128)
+  config.checkpoint.vqgan_dir = '{workdir}/train_tokenizer/params'
+
+  # Tokenizer training (jax_vlm/vq_training.py); see its module docstring for the tricks.
+  t = config.vq_train = ml_collections.ConfigDict()
+  t.num_steps = 400 if smoke else 2000
+  t.batch_size = 16
+  t.learning_rate = 3e-3
+  t.warmup_steps = 20
+  # Plain autoencoder steps before the codebook is set by k-means on encoder features.
+  t.ae_warmup_steps = 150 if smoke else 300
+  t.kmeans_iters = 10
+  t.l1_weight = 1.0
+  t.l2_weight = 1.0
+  t.foreground_weight = 4.0
+  t.beta = 0.25
+  t.restart_every = 25
+  t.restart_min_usage = 1.0
+  t.max_objects = 20  # training scenes are busier than the world's (more shapes per step)
+  t.eval_every = 100
+  t.val_frames = 256
+  t.target_accuracy = 1.0  # stop early when every validation frame reads back exactly
+  t.test_frames = 1000
+  t.min_accuracy = 0.9 if smoke else 0.995  # the stage fails below this held-out accuracy
+  t.log_every = 10
+  t.progress_bar = True
+
+  config.tokenize = ml_collections.ConfigDict()
+  config.tokenize.batch_size = 256
+  config.tokenize.num_shards = 1
+
+  # Vocabulary: the world's word tokenizer, image codes after its ids.
+  num_text = _text_vocab_size(size)
+  v = config.vocab
+  v.tokenizer_dir = '{workdir}/build_data/tokenizer'
+  v.image_token_scheme = 'offset'
+  v.image_token_offset = -1  # = number of text ids
+  v.num_image_codes = config.vqgan.num_embeddings
+  v.bos_token, v.eos_token, v.pad_token = '<bos>', '<eos>', '<pad>'
+  v.boi_token, v.eoi_token = '<boi>', '<eoi>'
+
+  # IDP: 1 + 27 + 27 + action (<= 15 words) + 1 = 71 tokens at most; FDP one fewer.
+  d = config.data
+  d.name = 'action_world'
+  d.dir = '{workdir}/tokenize'
+  d.train_splits = ('labelled',)
+  d.extra_train = ()  # record prefixes or directories (the bootstrap stage's synthetic triplets)
+  d.max_seq_len = 80
+  d.action_max_tokens = 20
+  d.recognition_weights = True
+
+  vocab_size = num_text + config.vqgan.num_embeddings
+  config.model.update(
+      family='chameleon', vocab_size=-(-vocab_size // 16) * 16,  # padded: shards evenly
+      d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, head_dim=32, mlp_dim=512,
+      max_positions=128, dtype='float32', param_dtype='float32', scan_layers=True,
+      remat_policy='none', qk_norm=True)
+
+  tr = config.train
+  tr.global_batch_size = 32
+  tr.num_steps = 200 if smoke else 1200
+  tr.learning_rate = 1e-3
+  tr.warmup_steps = 50
+  tr.weight_decay = 0.01
+  tr.log_every = 20
+  tr.checkpoint_every = 500
+  tr.tensorboard = False
+  config.objectives.schedule = 'mixed'
+  return config

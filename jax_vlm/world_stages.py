@@ -1,0 +1,246 @@
+"""The embedded action world's data stages: build the world, train its image tokenizer, tokenize.
+
+  build_data       writes the splits (data.action_world.write_world) to WORKDIR/build_data:
+                   <split>.jsonl, world_config.json, tokenizer/
+  train_tokenizer  trains the world's small VQGAN (jax_vlm.vq_training) on random scenes, measures
+                   decode(encode(frame)) -> parse_frame on held-out frames, writes
+                   WORKDIR/train_tokenizer/params/ (load with vq_training.load_vqgan),
+                   metrics.json and metrics.jsonl, and fails with a UserError when the held-out
+                   frame accuracy is below `vq_train.min_accuracy`
+  tokenize         encodes every frame of every split once and writes record sets
+                   WORKDIR/tokenize/<split> (data.records) with, per example:
+                     src_codes, tgt_codes       [25] int32 code ids (row-major cells)
+                     recognition_weights        [25] float32 (sequences.recognition_weights of the
+                                                pre-quantisation features)
+                     action, action_type, example_id, split, canonical
+                     src_scene, tgt_scene       the scenes as JSON text (exact scoring)
+                   unlabelled pairs: action '' and action_type '' (the action is withheld), the
+                   hidden one under hidden_action / hidden_canonical / hidden_action_type, plus
+                   episode and step; written with UNLABELLED_SCHEMA (the triplet schema without
+                   the non-empty action rule). Also tokenize/metrics.json: codebook usage and the
+                   round-trip parse accuracy of every split's frames.
+Paths in the config may hold '{workdir}' (jax_vlm.datasets.resolve_paths).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from jax_vlm import stages
+from jax_vlm.datasets import resolve_paths
+from jax_vlm.errors import UserError, require
+
+# The triplet schema minus 'action' (whose rule rejects empty text): unlabelled pairs have none.
+_UNLABELLED_DROP = ('action',)
+
+
+def _records():
+  from data import records
+  return records
+
+
+def unlabelled_schema() -> dict:
+  return {k: v for k, v in _records().TRIPLET_SCHEMA.items() if k not in _UNLABELLED_DROP}
+
+
+def _workdir(stage_dir: str) -> str:
+  return os.path.dirname(os.path.abspath(stage_dir))
+
+
+def _world_dir(config: ml_collections.ConfigDict) -> str:
+  return config.world.dir
+
+
+def world_config_of(config: ml_collections.ConfigDict):
+  """The WorldConfig of the run: the built world's (build_data) if it exists, else the preset."""
+  from data.action_world import WorldConfig, load_world_config
+  world_dir = _world_dir(config)
+  if world_dir and os.path.isfile(os.path.join(world_dir, 'world_config.json')):
+    return load_world_config(world_dir)
+  return WorldConfig.preset(config.world.size)
+
+
+def _write_json(path: str, obj: dict) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# build_data
+
+
+@stages.register('build_data')
+def build_data(config: ml_collections.ConfigDict, stage_dir: str) -> None:
+  """Writes the world's splits, config and text tokenizer into `stage_dir`."""
+  from data.action_world import WorldConfig, write_world
+  world = WorldConfig.preset(config.world.size)
+  result = write_world(stage_dir, world, int(config.world.seed), size=config.world.size)
+  counts = {k: v['examples'] for k, v in result['stats'].items()}
+  logging.info('build_data: %s examples in %.1f s -> %s', counts, result['total_seconds'],
+               stage_dir)
+
+
+# ------------------------------------------------------------------------------------------------
+# train_tokenizer
+
+
+def _vq_config(config):
+  from jax_vlm.models.vqgan import VQGANConfig
+  return VQGANConfig.from_config(config.vqgan)
+
+
+@stages.register('train_tokenizer')
+def train_tokenizer(config: ml_collections.ConfigDict, stage_dir: str) -> None:
+  """Trains the world's VQGAN, checks it on held-out frames, writes `stage_dir/params`."""
+  from jax_vlm import vq_training as vt
+  config = resolve_paths(config, _workdir(stage_dir))
+  world = world_config_of(config)
+  vq_config = _vq_config(config)
+  t = config.vq_train
+  h, w, _ = world.frame_shape
+  require(h == w == vq_config.resolution and vq_config.downsample_factor == world.cell_size,
+          f'vqgan resolution {vq_config.resolution} / downsampling {vq_config.downsample_factor} '
+          f'does not fit the world frames {world.frame_shape} with {world.cell_size} px cells; '
+          'set vqgan.resolution to the frame size and one downsampling level per factor 2.')
+  settings = vt.check_vq_settings(t)
+  start = time.perf_counter()
+  result = vt.train_vqgan(
+      vq_config, world, num_steps=int(t.num_steps), batch_size=int(t.batch_size),
+      learning_rate=float(t.learning_rate), settings=settings, seed=int(config.seed),
+      warmup_steps=int(t.warmup_steps), max_objects=int(t.max_objects) or None,
+      eval_every=int(t.eval_every), val_frames=int(t.val_frames),
+      target_accuracy=float(t.target_accuracy), log_dir=stage_dir,
+      progress_bar=bool(t.progress_bar), log_every=int(t.log_every))
+  train_s = time.perf_counter() - start
+  # Held out: scenes from the world's own distribution, a seed stream training never draws from.
+  frames, scenes = vt.random_frames(world, int(t.test_frames),
+                                    np.random.default_rng([int(config.seed), 3]))
+  ev = vt.evaluate_frames(result.params, frames, scenes, world, vt.VQGAN(vq_config))
+  usage = np.bincount(ev['codes'].reshape(-1), minlength=vq_config.num_embeddings)
+  metrics = dict(
+      heldout_frame_accuracy=ev['frame_accuracy'], heldout_cell_accuracy=ev['cell_accuracy'],
+      heldout_frames=ev['num_frames'], min_accuracy=float(t.min_accuracy),
+      steps=result.steps, train_seconds=round(train_s, 1),
+      total_seconds=round(time.perf_counter() - start, 1),
+      val_frame_accuracy=result.val_accuracy, codes_used=int((usage > 0).sum()),
+      codebook_size=vq_config.num_embeddings, devices=str(jax.devices()[0].platform))
+  _write_json(os.path.join(stage_dir, 'metrics.json'), metrics)
+  logging.info('train_tokenizer: %s', metrics)
+  print(f'train_tokenizer: held-out frame accuracy {ev["frame_accuracy"]:.4f} '
+        f'(cells {ev["cell_accuracy"]:.5f}) on {ev["num_frames"]} frames after {result.steps} '
+        f'steps in {train_s:.0f} s; {metrics["codes_used"]}/{vq_config.num_embeddings} codes used',
+        flush=True)
+  if ev['frame_accuracy'] < float(t.min_accuracy):
+    raise UserError(
+        f'The world tokenizer reads back only {ev["frame_accuracy"]:.2%} of held-out frames '
+        f'exactly (vq_train.min_accuracy={t.min_accuracy}); train longer (raise '
+        f'vq_train.num_steps, now {t.num_steps}) and rerun the train_tokenizer stage.')
+  vt.save_vqgan(os.path.join(stage_dir, 'params'), result.params, vq_config,
+                extra=dict(heldout_frame_accuracy=ev['frame_accuracy']))
+
+
+# ------------------------------------------------------------------------------------------------
+# tokenize
+
+
+def _examples_for_split(name: str, raw: list[dict], codes: np.ndarray, features: np.ndarray
+                        ) -> list[dict]:
+  """Record dicts of one split; codes `[2n, h', w']`, features `[2n, h', w', c]` (src, tgt
+  interleaved)."""
+  from jax_vlm.sequences import recognition_weights
+  out = []
+  for i, ex in enumerate(raw):
+    src_codes = codes[2 * i].reshape(-1).astype(np.int32)
+    tgt_codes = codes[2 * i + 1].reshape(-1).astype(np.int32)
+    record = dict(
+        src_codes=src_codes, tgt_codes=tgt_codes,
+        recognition_weights=recognition_weights(features[2 * i], features[2 * i + 1]),
+        example_id=ex['id'], split=name, source='action_world',
+        src_scene=json.dumps(ex['src'], separators=(',', ':')),
+        tgt_scene=json.dumps(ex['tgt'], separators=(',', ':')))
+    if 'hidden' in ex:
+      record.update(action='', action_type='', canonical='',
+                    hidden_action=ex['hidden']['action'],
+                    hidden_canonical=ex['hidden']['canonical'],
+                    hidden_action_type=ex['hidden']['action_type'],
+                    episode=int(ex['episode']), step=int(ex['step']))
+    else:
+      record.update(action=ex['action'], action_type=ex['action_type'],
+                    canonical=ex['canonical'])
+    out.append(record)
+  return out
+
+
+def encode_frames(params, vq_config, frames: np.ndarray, batch_size: int,
+                  fn=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """uint8 frames `[n, h, w, 3]` -> (codes `[n, h', w']` int32, features `[n, h', w', c]` f32,
+  decoded frames `[n, h, w, 3]` uint8), in batches of one compiled shape."""
+  from jax_vlm import vq_training as vt
+  fn = fn or vt.make_encode_decode_fn(vt.VQGAN(vq_config))
+  codes, feats, recon = [], [], []
+  n = len(frames)
+  for start in range(0, n, batch_size):
+    chunk = frames[start:start + batch_size]
+    m = len(chunk)
+    if m < batch_size:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - m, 0)])
+    c, f, r = jax.device_get(fn(params, chunk))
+    codes.append(np.asarray(c)[:m])
+    feats.append(np.asarray(f)[:m])
+    recon.append(vt.frames_from_images(r)[:m])
+  return np.concatenate(codes), np.concatenate(feats), np.concatenate(recon)
+
+
+@stages.register('tokenize')
+def tokenize(config: ml_collections.ConfigDict, stage_dir: str) -> None:
+  """Encodes every split's frames once and writes `stage_dir/<split>` record sets."""
+  from data.action_world import SPLITS, Scene, load_split, load_world_config, parse_frame, render
+  from jax_vlm import vq_training as vt
+  config = resolve_paths(config, _workdir(stage_dir))
+  world_dir = _world_dir(config)
+  world = load_world_config(world_dir)
+  vq_config, params = vt.load_vqgan(config.checkpoint.vqgan_dir)
+  fn = vt.make_encode_decode_fn(vt.VQGAN(vq_config))
+  batch_size = int(config.tokenize.batch_size)
+  records = _records()
+  usage = np.zeros(vq_config.num_embeddings, np.int64)
+  metrics = dict(splits={})
+  start = time.perf_counter()
+  for name in SPLITS:
+    raw = load_split(world_dir, name)
+    scenes = [Scene.from_json(ex[k]) for ex in raw for k in ('src', 'tgt')]
+    frames = np.stack([render(s, world) for s in scenes]) if scenes else np.zeros(
+        (0, *world.frame_shape), np.uint8)
+    codes, features, recon = encode_frames(params, vq_config, frames, batch_size, fn)
+    usage += np.bincount(codes.reshape(-1), minlength=vq_config.num_embeddings)
+    # The round trip of the data's own frames: what the exact scores will rest on.
+    exact = sum(parse_frame(r, world) == s for r, s in zip(recon, scenes))
+    examples = _examples_for_split(name, raw, codes, features)
+    schema = unlabelled_schema() if name == 'unlabelled' else records.TRIPLET_SCHEMA
+    report = records.write_records(os.path.join(stage_dir, name), examples,
+                                   num_shards=int(config.tokenize.num_shards), schema=schema)
+    require(not report.skipped, f'tokenize skipped examples of split {name} '
+            f'({dict(report.skipped)}); rebuild the world with build_data.')
+    metrics['splits'][name] = dict(examples=report.num_written,
+                                   frame_roundtrip_accuracy=exact / max(len(scenes), 1))
+    logging.info('tokenize: %s: %d examples, round trip %.4f', name, report.num_written,
+                 exact / max(len(scenes), 1))
+  used = usage > 0
+  metrics.update(codes_used=int(used.sum()), codebook_size=vq_config.num_embeddings,
+                 code_counts=usage.tolist(), seconds=round(time.perf_counter() - start, 1))
+  p = usage[used] / usage.sum()
+  metrics['code_perplexity'] = float(np.exp(-(p * np.log(p)).sum())) if used.any() else 0.0
+  _write_json(os.path.join(stage_dir, 'metrics.json'), metrics)
+  print(f'tokenize: {sum(s["examples"] for s in metrics["splits"].values())} examples, '
+        f'{metrics["codes_used"]}/{vq_config.num_embeddings} codes used (perplexity '
+        f'{metrics["code_perplexity"]:.1f}) in {metrics["seconds"]:.0f} s -> {stage_dir}',
+        flush=True)

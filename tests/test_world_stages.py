@@ -1,0 +1,150 @@
+"""Tests of the action world's data stages (build_data, train_tokenizer, tokenize), open_split and
+resolve_paths, on a tiny world and a tiny VQGAN."""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import action_world
+from data import records
+from data.action_world import Scene, WorldConfig, load_split, render
+from jax_vlm import datasets, stages, world_stages
+from jax_vlm import vq_training as vt
+from jax_vlm.errors import UserError
+from jax_vlm.models.vqgan import VQGAN, VQGANConfig
+from jax_vlm.sequences import recognition_weights
+
+# 3x3 cells: 24x24 frames, 9 codes a frame (fast to compile and run).
+TINY = WorldConfig(rows=3, cols=3, colors=('red', 'green', 'blue'), shapes=('square', 'cross'),
+                   min_objects=1, max_objects=3, held_out_colors=2, held_out_shapes=1,
+                   num_labelled=12, num_unlabelled=16, num_test=6, num_test_compositional=6,
+                   rollout_length=4)
+VQ = dict(resolution=24, base_channels=32, channel_multiplier=(1, 1, 1, 1), num_res_blocks=0,
+          z_channels=32, embed_dim=8, num_embeddings=16)
+
+
+def _config():
+  config = action_world.get_config('smoke')
+  config.vqgan.update(**VQ)
+  t = config.vq_train
+  t.update(num_steps=3, batch_size=4, ae_warmup_steps=1, eval_every=0, test_frames=8,
+           progress_bar=False, min_accuracy=0.0)
+  config.tokenize.batch_size = 16
+  return config
+
+
+def test_config_and_stage_registration():
+  config = action_world.get_config('default')
+  assert {'build_data', 'train_tokenizer', 'tokenize'} <= set(stages.registered())
+  for name in config.stages:
+    if name != 'train_dynamics':
+      stages.get(name)
+  assert config.model.vocab_size >= 86 + config.vqgan.num_embeddings
+  assert config.vqgan.resolution == 40 and 2 ** (len(config.vqgan.channel_multiplier) - 1) == 8
+  assert config.vocab.num_image_codes == config.vqgan.num_embeddings
+  assert action_world.get_config('smoke').vq_train.min_accuracy < config.vq_train.min_accuracy
+
+
+def test_resolve_paths():
+  config = _config()
+  config.data.extra_train = ('{workdir}/bootstrap/synthetic', '/abs/path')
+  out = datasets.resolve_paths(config, '/runs/w1')
+  assert out.data.dir == '/runs/w1/tokenize'
+  assert out.vocab.tokenizer_dir == '/runs/w1/build_data/tokenizer'
+  assert out.checkpoint.vqgan_dir == '/runs/w1/train_tokenizer/params'
+  assert tuple(out.data.extra_train) == ('/runs/w1/bootstrap/synthetic', '/abs/path')
+  assert config.data.dir == '{workdir}/tokenize'  # the input is not changed
+  assert out.model.d_model == config.model.d_model
+
+
+def _write(prefix, ids):
+  examples = [dict(src_codes=np.arange(4, dtype=np.int32), tgt_codes=np.arange(4, dtype=np.int32),
+                   action='move it', action_type='move', example_id=i, split='x') for i in ids]
+  records.write_records(prefix, examples)
+
+
+def test_open_split_concatenates(tmp_path):
+  d = tmp_path / 'tok'
+  _write(str(d / 'labelled'), ['a0', 'a1'])
+  _write(str(d / 'test'), ['t0'])
+  _write(str(tmp_path / 'boot' / 'part1'), ['b0'])
+  _write(str(tmp_path / 'boot' / 'part2'), ['b1', 'b2'])
+  _write(str(tmp_path / 'single'), ['s0'])
+  data_cfg = ml_collections.ConfigDict(dict(
+      dir=str(d), train_splits=('labelled',),
+      extra_train=(str(tmp_path / 'boot'), str(tmp_path / 'single'))))
+  train = datasets.open_split(data_cfg, 'train')
+  assert [train[i]['example_id'] for i in range(len(train))] == ['a0', 'a1', 'b0', 'b1', 'b2',
+                                                                  's0']
+  assert [e['example_id'] for e in datasets.open_split(data_cfg, 'test')] == ['t0']
+  # Defaults: ('labelled',), no extra data.
+  plain = datasets.open_split(ml_collections.ConfigDict(dict(dir=str(d))), 'train')
+  assert len(plain) == 2
+  with pytest.raises(UserError, match='tokenize'):
+    datasets.open_split(data_cfg, 'validation')
+  with pytest.raises(UserError, match='resolve_paths'):
+    datasets.open_split(ml_collections.ConfigDict(dict(dir='{workdir}/tokenize')), 'train')
+
+
+def test_train_tokenizer_fails_loudly_below_threshold(tmp_path, monkeypatch):
+  monkeypatch.setattr(WorldConfig, 'preset', classmethod(lambda cls, size='default', **kw: TINY))
+  config = _config()
+  config.vq_train.min_accuracy = 0.995
+  stage_dir = str(tmp_path / 'train_tokenizer')
+  os.makedirs(stage_dir)
+  with pytest.raises(UserError, match=r'num_steps'):
+    world_stages.train_tokenizer(config, stage_dir)
+  metrics = json.loads(open(os.path.join(stage_dir, 'metrics.json')).read())
+  assert metrics['heldout_frame_accuracy'] < 0.995 and metrics['heldout_frames'] == 8
+  assert not os.path.exists(os.path.join(stage_dir, 'params'))
+
+
+def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch):
+  # build_data with a tiny world instead of the preset sizes.
+  monkeypatch.setattr(WorldConfig, 'preset', classmethod(lambda cls, size='default', **kw: TINY))
+  config = _config()
+  workdir = str(tmp_path / 'run')
+  assert stages.run_stages(config, workdir, ['build_data', 'train_tokenizer', 'tokenize'])
+  metrics = json.loads(open(os.path.join(workdir, 'train_tokenizer', 'metrics.json')).read())
+  assert metrics['steps'] == 3 and 0.0 <= metrics['heldout_frame_accuracy'] <= 1.0
+
+  resolved = datasets.resolve_paths(config, workdir)
+  vq_config, params = vt.load_vqgan(resolved.checkpoint.vqgan_dir)
+  assert vq_config == VQGANConfig(**VQ)
+  model = VQGAN(vq_config)
+  world_dir = os.path.join(workdir, 'build_data')
+  for split, n in (('labelled', 12), ('unlabelled', 16), ('test', 6)):
+    source = datasets.open_split(resolved.data, 'train' if split == 'labelled' else split)
+    raw = load_split(world_dir, split)
+    assert len(source) == n == len(raw)
+    ex, want = source[0], raw[0]
+    assert ex['example_id'] == want['id'] and ex['split'] == split
+    assert ex['src_codes'].shape == (9,) and ex['src_codes'].dtype == np.int32
+    assert ex['recognition_weights'].shape == (9,)
+    assert ex['recognition_weights'].dtype == np.float32
+    assert Scene.from_json(json.loads(ex['src_scene'])) == Scene.from_json(want['src'])
+    # The stored codes are the model's codes of the rendered frames, and decode like them.
+    frames = np.stack([render(Scene.from_json(want[k]), TINY) for k in ('src', 'tgt')])
+    codes, features = model.apply({'params': params}, vt.images_from_frames(frames),
+                                  method=VQGAN.encode)
+    np.testing.assert_array_equal(ex['src_codes'], np.asarray(codes[0]).reshape(-1))
+    np.testing.assert_array_equal(ex['tgt_codes'], np.asarray(codes[1]).reshape(-1))
+    np.testing.assert_allclose(ex['recognition_weights'],
+                               recognition_weights(features[0], features[1]), rtol=1e-4,
+                               atol=1e-5)
+    decoded = model.apply({'params': params}, ex['src_codes'].reshape(1, 3, 3),
+                          method=VQGAN.decode)
+    assert decoded.shape == (1, 24, 24, 3) and np.isfinite(np.asarray(decoded)).all()
+    if split == 'unlabelled':
+      assert ex['action'] == '' and ex['action_type'] == ''
+      assert ex['hidden_action'] == want['hidden']['action']
+      assert ex['hidden_canonical'] == want['hidden']['canonical']
+    else:
+      assert ex['action'] == want['action'] and ex['canonical'] == want['canonical']
+  tok = json.loads(open(os.path.join(workdir, 'tokenize', 'metrics.json')).read())
+  assert tok['codebook_size'] == 16 and 1 <= tok['codes_used'] <= 16
+  assert sum(tok['code_counts']) == 2 * 9 * (12 + 16 + 6 + 6)
+  assert set(tok['splits']) == {'labelled', 'unlabelled', 'test', 'test_compositional'}
