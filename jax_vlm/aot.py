@@ -13,8 +13,9 @@ needed; libtpu must be importable (`pip install "jax[tpu]==<jax version>"`, or o
 
 From the compiled program it reports, per chip: argument, output and temporary memory
 (`memory_analysis()`) against the chip's HBM, the compiler's FLOP count and XLA's estimated step
-time (`cost_analysis()['optimal_seconds']`), and the MFU that estimate implies. The times are the
-COMPILER'S ESTIMATES, not measurements: use them to rank meshes, not to quote throughput.
+time (`cost_analysis()['optimal_seconds']`; where libtpu has none, a roofline of the compiler's
+FLOP and byte counts), and the MFU that estimate implies. The times are COMPILE-TIME ESTIMATES,
+not measurements, and leave out communication: use them to rank meshes, not to quote throughput.
 With `--topology cpu` the same code path compiles against this host's CPU devices (tests).
 """
 
@@ -38,18 +39,19 @@ GIB = 1024 ** 3
 
 @dataclasses.dataclass(frozen=True)
 class ChipSpec:
-  """One TPU chip generation: HBM per chip and peak dense bf16 FLOP/s per chip."""
+  """One TPU chip generation: HBM per chip, peak dense bf16 FLOP/s and HBM bytes/s per chip."""
   name: str
   hbm_gib: float
   peak_bf16_flops: float
+  hbm_bytes_per_s: float
 
 
 # Keyed by the generation prefix of libtpu's topology names ('v5e:16x16' -> 'v5e').
 CHIPS: dict[str, ChipSpec] = {
-    'v4': ChipSpec('TPU v4', 32.0, 275e12),
-    'v5e': ChipSpec('TPU v5e', 16.0, 197e12),
-    'v5p': ChipSpec('TPU v5p', 95.0, 459e12),
-    'v6e': ChipSpec('TPU v6e', 32.0, 918e12),
+    'v4': ChipSpec('TPU v4', 32.0, 275e12, 1228e9),
+    'v5e': ChipSpec('TPU v5e', 16.0, 197e12, 819e9),
+    'v5p': ChipSpec('TPU v5p', 95.0, 459e12, 2765e9),
+    'v6e': ChipSpec('TPU v6e', 32.0, 918e12, 1640e9),
 }
 # libtpu's TPU_ACCELERATOR_TYPE name for a slice of n chips (silences its metadata lookups).
 _ACCELERATOR_TYPE = {'v4': 'v4-{cores}', 'v5e': 'v5litepod-{chips}', 'v5p': 'v5p-{cores}',
@@ -342,16 +344,61 @@ def estimate_mfu(model_flops_per_step: float, estimated_step_s: float | None, nu
   return model_flops_per_step / (estimated_step_s * num_chips * peak_flops_per_chip)
 
 
+def _xla_seconds(cost: dict[str, float]) -> float | None:
+  """XLA's own step-time estimate; libtpu gives a negative sentinel when it has none (e.g. for
+  programs with loops or collectives), which means 'unknown'."""
+  t = cost.get('optimal_seconds')
+  return float(t) if t is not None and t > 0 else None
+
+
+def roofline_seconds(flops: float, bytes_accessed: float, spec: ChipSpec) -> float:
+  """max(compute time, HBM time) per chip from the compiler's counts; ignores communication."""
+  return max(flops / spec.peak_bf16_flops, bytes_accessed / spec.hbm_bytes_per_s)
+
+
+def per_layer_counts(config, devices: Sequence, seq_len: int, global_batch: int,
+                     decode_rows: int | None) -> dict[str, dict[str, float]]:
+  """Compiler FLOPs and bytes of the full-depth programs, extrapolated from unscanned 1- and
+  2-layer compiles of the same widths, mesh and batch: count(L) = c1 + (L - 1) * (c2 - c1).
+
+  Needed because XLA's cost analysis counts a `scan` (while-loop) body once, not once per layer.
+  """
+  import ml_collections
+  depth = int(config.model.num_layers)
+  counts = {}
+  for layers in (1, 2):
+    cfg = ml_collections.ConfigDict(config.to_dict())
+    cfg.model.update(num_layers=layers, scan_layers=False)
+    parts = build_train_step(cfg, devices, seq_len=seq_len, global_batch=global_batch)
+    programs = {'train': lower_train_step(parts)}
+    if decode_rows:
+      programs['decode'] = lower_decode_step(parts, decode_rows, seq_len)
+    for name, lowered in programs.items():
+      cost = _cost(lowered.compile())
+      counts.setdefault(name, []).append((float(cost.get('flops', 0.0)),
+                                          float(cost.get('bytes accessed', 0.0))))
+  out = {}
+  for name, ((f1, b1), (f2, b2)) in counts.items():
+    out[name] = {'flops': f1 + (depth - 1) * (f2 - f1),
+                 'bytes_accessed': b1 + (depth - 1) * (b2 - b1)}
+  return out
+
+
 def analyze_topology(config, topology: str, devices: Sequence | None = None,
                      decode: bool = True, seq_len: int | None = None,
-                     global_batch: int | None = None, num_candidates: int | None = None
-                     ) -> dict[str, Any]:
+                     global_batch: int | None = None, num_candidates: int | None = None,
+                     estimate_time: bool = True) -> dict[str, Any]:
   """Compiles the train step (and a decode step) for `topology` and returns the report dict.
 
-  Keys: `fits`, `memory_per_chip_gib`, `hbm_per_chip_gib`, `estimated_step_s` (XLA's estimate),
-  `mfu` (implied by that estimate), `argument_gib`, `output_gib`, `temp_gib`, `compiler_flops`
-  (per chip), `model_flops_per_step`, mesh, batch and timing details, and `decode` (same fields for
-  one decode step) when asked. On 'cpu' HBM, peak FLOP/s, fits and MFU are None.
+  Keys: `fits`, `memory_per_chip_gib`, `hbm_per_chip_gib`, `estimated_step_s`, `mfu` (implied by
+  that estimate), `argument_gib`, `output_gib`, `temp_gib`, `compiler_flops` (per chip),
+  `model_flops_per_step`, mesh, batch and timing details, and `decode` (same fields for one decode
+  step) when asked. On 'cpu' HBM, peak FLOP/s, fits and MFU are None.
+
+  Step times are compile-time ESTIMATES: XLA's `optimal_seconds` when libtpu gives one, else
+  (`estimate_source` says which) a per-chip roofline max(FLOPs / peak, bytes / HBM bandwidth) of
+  the compiler's own counts, extrapolated over the layers (`per_layer_counts`); neither includes
+  communication that does not overlap, so real steps are slower.
   """
   devices = topology_devices(topology) if devices is None else list(devices)
   spec = None if topology == 'cpu' else chip_spec(topology)
@@ -366,11 +413,27 @@ def analyze_topology(config, topology: str, devices: Sequence | None = None,
   compile_s = time.perf_counter() - t0
   mem = memory_report(compiled, hbm_device)
   cost = _cost(compiled)
-  est = cost.get('optimal_seconds')
-  est = float(est) if est is not None and est > 0 else None
+  mesh_shape = dict(parts.mesh.shape)
+  dp = mesh_shape['data'] * mesh_shape['fsdp']
+  k = int(num_candidates or config.sampler.num_candidates)
+  # K candidates of one prompt, rounded up so the batch axis splits over data*fsdp.
+  rows = int(math.ceil(k / dp)) * dp
+  dec = lower_decode_step(parts, rows, parts.seq_len).compile() if decode else None
+  dcost = _cost(dec) if decode else {}
+
+  est, dest, source = _xla_seconds(cost), _xla_seconds(dcost), 'xla optimal_seconds'
+  counts = None
+  if spec is not None and estimate_time and (est is None or (decode and dest is None)):
+    counts = per_layer_counts(config, devices, parts.seq_len, parts.global_batch,
+                              rows if decode else None)
+    source = 'roofline of compiler FLOPs/bytes (1-2 layer extrapolation), no communication'
+    if est is None:
+      est = roofline_seconds(counts['train']['flops'], counts['train']['bytes_accessed'], spec)
+    if decode and dest is None:
+      dest = roofline_seconds(counts['decode']['flops'], counts['decode']['bytes_accessed'],
+                              spec)
   tokens = parts.global_batch * parts.seq_len
   model_flops = parts.model_config.flops_per_token(parts.seq_len) * tokens
-  mesh_shape = dict(parts.mesh.shape)
   result = {
       'topology': topology, 'chip': spec.name if spec else 'cpu', 'chips': num_chips,
       'devices': len(devices), 'mesh': mesh_shape, 'rules': config.mesh.rules,
@@ -381,30 +444,24 @@ def analyze_topology(config, topology: str, devices: Sequence | None = None,
       'hbm_per_chip_gib': spec.hbm_gib if spec else None,
       'argument_gib': mem['argument_gib'], 'output_gib': mem['output_gib'],
       'alias_gib': mem['alias_gib'], 'temp_gib': mem['temp_gib'], 'code_gib': mem['code_gib'],
-      'compiler_flops': float(cost.get('flops', 0.0)), 'model_flops_per_step': model_flops,
-      'estimated_step_s': est, 'estimated_tokens_per_s': tokens / est if est else None,
+      'compiler_flops': float(cost.get('flops', 0.0)),
+      'compiler_flops_all_layers': counts['train']['flops'] if counts else None,
+      'model_flops_per_step': model_flops,
+      'estimated_step_s': est, 'estimate_source': source if est else None,
+      'estimated_tokens_per_s': tokens / est if est else None,
       'mfu': estimate_mfu(model_flops, est, num_chips, peak),
-      'peak_flops_per_chip': peak, 'compile_s': compile_s,
-      'times_are': "XLA's compile-time estimates (cost_analysis optimal_seconds), not measured",
+      'peak_flops_per_chip': peak, 'compile_s': time.perf_counter() - t0,
+      'train_compile_s': compile_s,
+      'times_are': 'compile-time ESTIMATES, not measurements',
   }
   if decode:
-    dp = mesh_shape['data'] * mesh_shape['fsdp']
-    k = int(num_candidates or config.sampler.num_candidates)
-    # K candidates of one prompt, rounded up so the batch axis splits over data*fsdp.
-    rows = int(math.ceil(k / dp)) * dp
-    t0 = time.perf_counter()
-    dec = lower_decode_step(parts, rows, parts.seq_len).compile()
     dmem = memory_report(dec, hbm_device)
-    dcost = _cost(dec)
-    dest = dcost.get('optimal_seconds')
-    dest = float(dest) if dest is not None and dest > 0 else None
     result['decode'] = {
         'batch': rows, 'max_len': parts.seq_len, 'fits': dmem['fits'],
         'memory_per_chip_gib': dmem['memory_gib'] * per_chip, 'argument_gib': dmem['argument_gib'],
         'temp_gib': dmem['temp_gib'], 'estimated_step_s': dest,
         'estimated_tokens_per_s': rows / dest if dest else None,
-        'compiler_flops': float(dcost.get('flops', 0.0)),
-        'compile_s': time.perf_counter() - t0}
+        'compiler_flops': float(dcost.get('flops', 0.0))}
   return result
 
 
@@ -443,8 +500,9 @@ def format_report(r: dict[str, Any]) -> str:
            f'HBM: {"fits" if r["fits"] else "does NOT fit" if r["fits"] is False else "n/a"}',
            f'  compiler FLOPs {r["compiler_flops"]:.3e} per chip; model FLOPs '
            f'{r["model_flops_per_step"]:.3e} per step',
-           f'  COMPILER-ESTIMATED step time {_fmt(r["estimated_step_s"], 3)} s '
-           f'-> MFU {_fmt(r["mfu"] and 100 * r["mfu"], 1)}% (an estimate, not a measurement)']
+           f'  COMPILER-ESTIMATED step time {r["estimated_step_s"] or 0:.3g} s '
+           f'-> MFU {_fmt(r["mfu"] and 100 * r["mfu"], 1)}% (an estimate, not a measurement; '
+           f'{r["estimate_source"] or "no estimate"})']
   d = r.get('decode')
   if d:
     lines += [f'decode step (batch {d["batch"]}, cache {d["max_len"]} slots), per chip:',
@@ -511,13 +569,16 @@ DEFAULT_POINTS = (
 
 def run_sweep(config, topologies: Sequence[str], points: Sequence[str], name: str = '',
               decode: bool = True, log=print) -> list[dict[str, Any]]:
-  """Compiles every (topology, point); failures (no fit of the mesh, compile errors) become rows
-  with an `error` note instead of stopping the sweep."""
+  """Compiles every (topology, point); a point with `topology=NAME` runs on that topology only.
+  Failures (a mesh that does not divide, compile errors) become rows with an `error` note instead
+  of stopping the sweep."""
   rows = []
   for topology in topologies:
     devices = topology_devices(topology)
     for text in points:
       point = parse_point(text)
+      if point.pop('topology', topology) != topology:
+        continue  # the point names another topology
       t0 = time.perf_counter()
       try:
         cfg = apply_point(config, point)

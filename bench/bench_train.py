@@ -1,0 +1,273 @@
+"""Training-step and image-generation throughput: jax_vlm against PyTorch transformers, same config.
+
+  python bench/bench_train.py [--sizes world,mid] [--steps 3] [--family chameleon|gemma]
+      [--gen_tokens 1024] [--candidates 8] [--json out.json]
+
+For each size it builds the same architecture twice, randomly initialised: this project's model
+trained by the real trainer step (`trainer.Trainer`: forward + backward + AdamW with clipping,
+jitted with shardings and donation, on one CPU device), and transformers'
+ChameleonForConditionalGeneration (its `model` + `lm_head`) or GemmaForCausalLM trained by
+torch.optim.AdamW; then reports tokens/s of each and the ratio. Generation: one image of
+`gen_tokens` tokens for K candidates after a prompt of one image + an action (prefill once, K rows
+decode), a plain jitted KV-cache loop (`DecoderLM` + `KVCache`, image tokens only) against
+transformers' `generate(num_return_sequences=K)`. MFU is against this machine's measured fp32
+matmul peak (a large jnp.dot), since CPUs have no datasheet bf16 peak worth quoting.
+
+CPU runs use float32 compute (bf16 matmuls are emulated and slow on most CPUs) and no remat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+# Sizes: 'world' is a small model of the embedded action world (two 25-token frames + an action);
+# 'mid' is d_model 1024, 8 layers on the paper's 2,100-token sequences.
+SIZES = {
+    'world': dict(model=dict(vocab_size=1024, d_model=256, num_layers=4, num_heads=8,
+                             num_kv_heads=8, head_dim=32, mlp_dim=1024, max_positions=128),
+                  seq=64, batch=16, prompt=30, image_tokens=25),
+    'mid': dict(model=dict(vocab_size=65536, d_model=1024, num_layers=8, num_heads=8,
+                           num_kv_heads=8, head_dim=128, mlp_dim=2816, max_positions=4096),
+                seq=2100, batch=1, prompt=1050, image_tokens=1024),
+}
+NUM_IMAGE_CODES = {'world': 512, 'mid': 8192}
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+  """Best fp32 FLOP/s of an n x n x n jnp.dot on the default device."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * n ** 3 / best
+
+
+def jax_config(size: str, family: str, batch: int, steps: int, scan: bool):
+  from configs import base
+  spec = SIZES[size]
+  config = base.get_base_config()
+  config.model.update(spec['model'], family=family, dtype='float32', remat_policy='none',
+                      scan_layers=scan, qk_norm=family == 'chameleon',
+                      tie_embeddings=family == 'gemma')
+  config.data.max_seq_len = spec['seq']
+  config.train.update(data_source='synthetic', global_batch_size=batch, num_steps=steps + 1,
+                      progress_bar=False, tensorboard=False, warmup_steps=1)
+  config.mesh.update(data=1, fsdp=1, tensor=1)
+  return config
+
+
+def bench_jax_train(size, family, batch, steps, scan=True) -> dict:
+  """Tokens/s of the trainer's compiled step (first step = compile, not timed)."""
+  from jax_vlm import sharding, trainer
+  config = jax_config(size, family, batch, steps, scan)
+  with tempfile.TemporaryDirectory() as tmp:
+    t = trainer.Trainer(config, tmp, devices=jax.devices()[:1])
+    state = t.init_state()
+    source = trainer.SyntheticSource(config, batch)
+    batches = [sharding.global_batch(next(source), t.mesh) for _ in range(steps + 1)]
+    t0 = time.perf_counter()
+    with t._context():
+      state, m = t._step_fn(state, batches[0])
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with t._context():
+      for b in batches[1:]:
+        state, m = t._step_fn(state, b)
+    jax.block_until_ready((state, m))
+    elapsed = time.perf_counter() - t0
+  seq = SIZES[size]['seq']
+  return {'tokens_per_s': steps * batch * seq / elapsed, 'step_s': elapsed / steps,
+          'first_step_s': compile_s, 'loss': float(m['loss']),
+          'params': t.model_config.param_count(),
+          'flops_per_token': t.model_config.flops_per_token(seq)}
+
+
+def torch_model(size: str, family: str):
+  import torch
+  import transformers
+  m = SIZES[size]['model']
+  common = dict(vocab_size=m['vocab_size'], hidden_size=m['d_model'],
+                intermediate_size=m['mlp_dim'], num_hidden_layers=m['num_layers'],
+                num_attention_heads=m['num_heads'], num_key_value_heads=m['num_kv_heads'],
+                max_position_embeddings=m['max_positions'])
+  torch.manual_seed(0)
+  if family == 'gemma':
+    cfg = transformers.GemmaConfig(head_dim=m['head_dim'], tie_word_embeddings=True, **common)
+    return transformers.GemmaForCausalLM(cfg)
+  # A tiny VQ model: only the language model is trained or timed.
+  vq = dict(embed_dim=4, num_embeddings=16, base_channels=32, channel_multiplier=[1],
+            num_res_blocks=1, latent_channels=4, resolution=8, attn_resolutions=[])
+  cfg = transformers.ChameleonConfig(vq_config=vq, vocabulary_map={'<image>': 3}, **common)
+  return transformers.ChameleonForConditionalGeneration(cfg)
+
+
+def _lm(model):
+  """(decoder, head) of a transformers model."""
+  return model.model, model.lm_head
+
+
+def bench_torch_train(size, family, batch, steps) -> dict:
+  import torch
+  model = torch_model(size, family).train()
+  decoder, head = _lm(model)
+  params = [p for n, p in model.named_parameters() if 'vqmodel' not in n]
+  opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
+  seq = SIZES[size]['seq']
+  vocab = SIZES[size]['model']['vocab_size']
+  gen = torch.Generator().manual_seed(0)
+  data = [torch.randint(1, vocab, (batch, seq), generator=gen) for _ in range(steps + 1)]
+
+  def step(ids):
+    hidden = decoder(input_ids=ids).last_hidden_state
+    logits = head(hidden).float()
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab),
+                                             ids[:, 1:].reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss
+
+  t0 = time.perf_counter()
+  step(data[0])
+  first = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for ids in data[1:]:
+    loss = step(ids)
+  elapsed = time.perf_counter() - t0
+  return {'tokens_per_s': steps * batch * seq / elapsed, 'step_s': elapsed / steps,
+          'first_step_s': first, 'loss': loss.item(),
+          'params': sum(p.numel() for p in params)}
+
+
+def bench_jax_generate(size, family, candidates, gen_tokens) -> dict:
+  """Prefill one prompt, tile the cache K times, sample `gen_tokens` image tokens per row."""
+  from jax_vlm.models import transformer
+  from jax_vlm.models.config import TransformerConfig
+  config = jax_config(size, family, 1, 1, True)
+  c = TransformerConfig.from_config(config.model)
+  model = transformer.DecoderLM(c)
+  prompt_len = SIZES[size]['prompt']
+  params = jax.jit(lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32)))(jax.random.PRNGKey(0))
+  params = jax.tree.map(lambda x: x.unbox() if hasattr(x, 'unbox') else x, params,
+                        is_leaf=lambda x: hasattr(x, 'unbox'))
+  image_mask = jnp.arange(c.vocab_size) >= c.vocab_size - NUM_IMAGE_CODES[size]
+
+  @jax.jit
+  def generate(params, prompt, rng):
+    cache = transformer.init_cache(c, 1, prompt_len + gen_tokens)
+    logits, cache = model.apply(params, prompt, cache=cache)
+    cache = transformer.repeat_cache(cache, candidates)
+    last = jnp.repeat(logits[:, -1], candidates, axis=0)
+
+    def body(i, carry):
+      cache, last, rng, out = carry
+      rng, sub = jax.random.split(rng)
+      tok = jax.random.categorical(sub, jnp.where(image_mask, last, -jnp.inf))
+      logits, cache = model.apply(params, tok[:, None], cache=cache)
+      return cache, logits[:, -1], rng, out.at[:, i].set(tok)
+
+    out = jnp.zeros((candidates, gen_tokens), jnp.int32)
+    return jax.lax.fori_loop(0, gen_tokens, body, (cache, last, rng, out))[3]
+
+  prompt = jax.random.randint(jax.random.PRNGKey(1), (1, prompt_len), 1, c.vocab_size)
+  t0 = time.perf_counter()
+  generate(params, prompt, jax.random.PRNGKey(2)).block_until_ready()
+  first = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  out = generate(params, prompt, jax.random.PRNGKey(3)).block_until_ready()
+  elapsed = time.perf_counter() - t0
+  assert bool(jnp.all(image_mask[out]))
+  return {'tokens_per_s': candidates * gen_tokens / elapsed, 'seconds': elapsed,
+          'first_call_s': first}
+
+
+def bench_torch_generate(size, family, candidates, gen_tokens) -> dict:
+  import torch
+  model = torch_model(size, family).eval()
+  prompt_len = SIZES[size]['prompt']
+  vocab = SIZES[size]['model']['vocab_size']
+  prompt = torch.randint(1, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(1))
+  kwargs = dict(max_new_tokens=gen_tokens, min_new_tokens=gen_tokens, do_sample=True,
+                num_return_sequences=candidates, use_cache=True, pad_token_id=0)
+  with torch.no_grad():
+    t0 = time.perf_counter()
+    out = model.generate(prompt, **kwargs)
+    elapsed = time.perf_counter() - t0
+  assert out.shape == (candidates, prompt_len + gen_tokens), out.shape
+  return {'tokens_per_s': candidates * gen_tokens / elapsed, 'seconds': elapsed}
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--sizes', default='world,mid')
+  parser.add_argument('--family', default='chameleon', choices=('chameleon', 'gemma'))
+  parser.add_argument('--steps', type=int, default=3)
+  parser.add_argument('--batch', type=int, default=None, help='default: the size preset')
+  parser.add_argument('--candidates', type=int, default=8)
+  parser.add_argument('--gen_tokens', type=int, default=None,
+                      help='image tokens to generate (default: the size preset: 25 / 1024)')
+  parser.add_argument('--no_generate', action='store_true')
+  parser.add_argument('--no_scan_check', action='store_true',
+                      help='skip the extra JAX run with scan_layers=False')
+  parser.add_argument('--json', default=None)
+  args = parser.parse_args(argv)
+
+  import torch
+  torch.set_num_threads(os.cpu_count() or 1)
+  peak = matmul_peak()
+  machine = (f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, '
+             f'jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}')
+  print(f'machine: {machine}; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s')
+  results = {'machine': machine, 'matmul_peak_flops': peak, 'family': args.family, 'sizes': {}}
+  for size in args.sizes.split(','):
+    batch = args.batch or SIZES[size]['batch']
+    r = {'batch': batch, 'seq': SIZES[size]['seq']}
+    r['jax'] = bench_jax_train(size, args.family, batch, args.steps)
+    if not args.no_scan_check:
+      r['jax_unscanned'] = bench_jax_train(size, args.family, batch, args.steps, scan=False)
+    r['torch'] = bench_torch_train(size, args.family, batch, args.steps)
+    r['jax_over_torch'] = r['jax']['tokens_per_s'] / r['torch']['tokens_per_s']
+    r['mfu'] = r['jax']['tokens_per_s'] * r['jax']['flops_per_token'] / peak
+    r['torch_mfu'] = r['torch']['tokens_per_s'] * r['jax']['flops_per_token'] / peak
+    print(f'[{size}] train {batch}x{r["seq"]}: jax {r["jax"]["tokens_per_s"]:.0f} tok/s '
+          f'(MFU {100 * r["mfu"]:.1f}%), torch {r["torch"]["tokens_per_s"]:.0f} tok/s '
+          f'(MFU {100 * r["torch_mfu"]:.1f}%), ratio {r["jax_over_torch"]:.2f}; params jax '
+          f'{r["jax"]["params"]:,} torch {r["torch"]["params"]:,}', flush=True)
+    if 'jax_unscanned' in r:
+      print(f'[{size}] jax without scan: '
+            f'{r["jax_unscanned"]["tokens_per_s"]:.0f} tok/s', flush=True)
+    if not args.no_generate:
+      n = args.gen_tokens or SIZES[size]['image_tokens']
+      r['generate'] = {'tokens': n, 'candidates': args.candidates,
+                       'jax': bench_jax_generate(size, args.family, args.candidates, n),
+                       'torch': bench_torch_generate(size, args.family, args.candidates, n)}
+      g = r['generate']
+      g['jax_over_torch'] = g['jax']['tokens_per_s'] / g['torch']['tokens_per_s']
+      print(f'[{size}] generate K={args.candidates} x {n} tokens: jax '
+            f'{g["jax"]["tokens_per_s"]:.1f} tok/s, torch {g["torch"]["tokens_per_s"]:.1f} tok/s, '
+            f'ratio {g["jax_over_torch"]:.2f}', flush=True)
+    results['sizes'][size] = r
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(results, f, indent=2)
+
+
+if __name__ == '__main__':
+  main()
