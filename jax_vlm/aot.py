@@ -102,6 +102,8 @@ def set_tpu_env(topology: str) -> None:
                           _ACCELERATOR_TYPE[prefix].format(chips=chips, cores=2 * chips))
   os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
   os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+  # Compiling only: several AOT processes may share libtpu (otherwise its lockfile refuses).
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
 
 def topology_devices(topology: str) -> list:
@@ -116,6 +118,9 @@ def topology_devices(topology: str) -> list:
     desc = topologies.get_topology_desc(platform='tpu', topology_name=topology)
   except Exception as e:  # libtpu raises JaxRuntimeError / RuntimeError with its own text
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if 'lockfile' in first:
+      raise UserError(f'libtpu is in use by another process ({first}); set '
+                      'ALLOW_MULTIPLE_LIBTPU_LOAD=1 or wait for it to finish.') from None
     raise UserError(f'TPU topology {topology!r} does not exist for libtpu ({first}); use a name '
                     'like v5e:4x8, v5e:16x16, v5p:4x4x4 or v4:2x2x2.') from None
   return list(desc.devices)

@@ -143,3 +143,18 @@ def test_tpu_topology_compile(tmp_path):
   assert 'COMPILER-ESTIMATED' in out.stdout
   bad = _run_cli(['--config', 'configs/train_smoke.py', '--topology', 'v5e:3x3'])
   assert bad.returncode == 1 and "error: TPU topology 'v5e:3x3' does not exist" in bad.stderr
+
+
+def test_roofline_and_layer_extrapolation():
+  v5e = aot.chip_spec('v5e:2x2')
+  assert aot.roofline_seconds(197e12, 0.0, v5e) == pytest.approx(1.0)
+  assert aot.roofline_seconds(0.0, 819e9, v5e) == pytest.approx(1.0)
+  # 1- and 2-layer compiles extrapolate to the FLOPs of an unscanned 3-layer program.
+  cfg = train_smoke.get_config('fsdp')
+  cfg.model.num_layers = 3
+  devices = jax.devices()[:8]
+  counts = aot.per_layer_counts(cfg, devices, 32, 8, decode_rows=None)
+  cfg.model.scan_layers = False
+  parts = aot.build_train_step(cfg, devices)
+  flops = aot._cost(aot.lower_train_step(parts).compile())['flops']
+  assert counts['train']['flops'] == pytest.approx(flops, rel=0.02)
