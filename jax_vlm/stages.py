@@ -35,7 +35,8 @@ StageFn = Callable[[ml_collections.ConfigDict, str], None]
 
 _REGISTRY: dict[str, StageFn] = {}
 # Modules that register stages when imported; imported on the first lookup.
-STAGE_MODULES = ['jax_vlm.trainer', 'jax_vlm.bootstrap', 'jax_vlm.world_stages']
+STAGE_MODULES = ['jax_vlm.trainer', 'jax_vlm.bootstrap', 'jax_vlm.world_stages',
+                 'jax_vlm.evaluation.world']
 DONE = 'DONE'
 
 

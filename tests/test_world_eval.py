@@ -1,0 +1,121 @@
+"""World evaluation: exact scoring of hand-made predictions, best-of-K selection, summaries."""
+
+import numpy as np
+import pytest
+
+from data.action_world import (
+  ACTION_TYPES,
+  DEFAULT_CONFIG,
+  Scene,
+  WorldObject,
+  apply_action,
+  random_scene,
+  sample_action,
+)
+from jax_vlm.evaluation import world as W
+
+
+def _triplet(kind, seed=0):
+  rng = np.random.default_rng(seed)
+  for _ in range(100):
+    src = random_scene(rng, DEFAULT_CONFIG)
+    action = sample_action(src, kind, rng, DEFAULT_CONFIG)
+    if action is not None:
+      return src, action.canonical, apply_action(src, action, DEFAULT_CONFIG)
+  raise AssertionError(f'no {kind} action found')
+
+
+@pytest.mark.parametrize('kind', ACTION_TYPES)
+def test_perfect_and_copied_predictions(kind):
+  src, canonical, tgt = _triplet(kind, seed=ACTION_TYPES.index(kind))
+  perfect, copied = W.score_candidates(src, canonical, tgt, [tgt, src], DEFAULT_CONFIG)
+  assert perfect == dict(edit_success=1.0, minimal_editing=1.0, item_score=1.0, exact_match=1.0)
+  assert copied['edit_success'] == 0.0 and copied['minimal_editing'] == 1.0
+  assert copied['item_score'] == 0.0 and copied['exact_match'] == 0.0
+
+
+def test_right_edit_with_collateral_damage():
+  src = Scene((WorldObject(0, 0, 'square', 'red'), WorldObject(2, 2, 'circle', 'blue'),
+               WorldObject(4, 4, 'cross', 'green')))
+  tgt = apply_action(src, 'remove(red square)', DEFAULT_CONFIG)
+  # Removed the right object but also the green cross: success, minimal editing 23/24.
+  damaged = Scene((WorldObject(2, 2, 'circle', 'blue'),))
+  [s] = W.score_candidates(src, 'remove(red square)', tgt, [damaged], DEFAULT_CONFIG)
+  assert s['edit_success'] == 1.0
+  assert s['minimal_editing'] == pytest.approx(23 / 24)
+  assert s['item_score'] == pytest.approx(23 / 24) and s['exact_match'] == 0.0
+
+
+def test_best_of_first_k_is_the_verifier_argmax_of_the_prefix():
+  ranking = np.array([-3.0, -1.0, -2.0, -0.5, -9.0, -0.1, -4.0, -5.0])
+  assert [W.best_of_first_k(ranking, k) for k in (1, 2, 4, 8)] == [0, 1, 3, 5]
+  scores = [dict(edit_success=float(i % 2), minimal_editing=1.0, item_score=float(i % 2),
+                 exact_match=float(i == 5)) for i in range(8)]
+  chosen = W.select(scores, ranking, (1, 2, 4, 8))
+  assert [chosen[k]['chosen'] for k in (1, 2, 4, 8)] == [0, 1, 3, 5]
+  assert chosen[1]['item_score'] == 0.0 and chosen[8]['exact_match'] == 1.0
+  # oracle: the best item score among the first k, whatever the verifier picked
+  assert [chosen[k]['oracle'] for k in (1, 2, 4, 8)] == [0.0, 1.0, 1.0, 1.0]
+  with pytest.raises(Exception):
+    W.best_of_first_k(ranking[:2], 4)
+
+
+def test_summarize_per_type():
+  rows = [dict(action_type='move', a=1.0), dict(action_type='move', a=0.0),
+          dict(action_type='add', a=1.0)]
+  s = W.summarize(rows, ('a',))
+  assert s['n'] == 3 and s['all']['a'] == pytest.approx(2 / 3)
+  assert s['per_type']['move'] == dict(a=0.5, n=2) and s['per_type']['add'] == dict(a=1.0, n=1)
+
+
+class _FakeModels:
+  """Stands in for WorldModels: fixed candidates and verifier scores; codes are scene indices."""
+
+  def __init__(self, scenes, candidates, verifier):
+    self.world = DEFAULT_CONFIG
+    self._scene_of = scenes
+    self._candidates = candidates
+    self._verifier = verifier
+
+  def sample_candidates(self, params, items, key, k, sampling, batch_size):
+    return self._candidates[:, :k]
+
+  def verifier_scores(self, idp_params, items, candidates, batch_size):
+    return self._verifier * 2.0, self._verifier
+
+  def scenes(self, codes):
+    return [self._scene_of[int(c[0])] for c in codes]
+
+
+def test_fdp_evaluation_picks_the_verifier_best_and_scores_it():
+  src, canonical, tgt = _triplet('move', seed=3)
+  scenes = [src, tgt]  # code 0 reads as the copied source, code 1 as the true target
+  items = [dict(example_id=f'test-{i}', split='test', action='x', canonical=canonical,
+                action_type='move', src_scene=src, tgt_scene=tgt) for i in range(2)]
+  # item 0: the target is candidate 2 and the verifier likes it best; item 1: the verifier prefers
+  # a copied source (candidate 1) over the target (candidate 3).
+  candidates = np.array([[[0], [0], [1], [0]], [[0], [0], [0], [1]]], np.int32)
+  verifier = np.array([[-5.0, -4.0, -1.0, -3.0], [-5.0, -0.5, -4.0, -1.0]])
+  models = _FakeModels(scenes, candidates, verifier)
+  summary, records, _ = W.fdp_evaluation(models, None, 'idp', items, (1, 2, 4), None, None)
+  assert [r['chosen'] for r in records] == [{'1': 0, '2': 1, '4': 2}, {'1': 0, '2': 1, '4': 1}]
+  assert summary['k=1']['all']['item_score'] == 0.0
+  assert summary['k=4']['all']['exact_match'] == 0.5  # item 0 right, item 1 fooled
+  assert summary['k=4']['all']['oracle'] == 1.0  # both had the target among 4
+  assert summary['k=4']['per_type']['move']['n'] == 2
+  # rank by the summed score gives the same choices here (sum = 2 * mean)
+  summary_sum, _, _ = W.fdp_evaluation(models, None, 'idp', items, (1, 2, 4), None, None,
+                                       rank_by='sum')
+  assert summary_sum == summary
+  # without a verifier candidate 0 always wins
+  no_verifier, recs, _ = W.fdp_evaluation(models, None, None, items, (1, 4), None, None)
+  assert all(r['chosen']['4'] == 0 for r in recs)
+
+
+def test_settings_reject_unknown_keys():
+  import ml_collections
+  config = ml_collections.ConfigDict({'world_eval': {'k_list': (8, 1), 'max_itemz': 3}})
+  with pytest.raises(Exception, match='max_itemz'):
+    W.settings(config)
+  config = ml_collections.ConfigDict({'world_eval': {'k_list': (8, 1, 2)}})
+  assert W.settings(config).k_list == (1, 2, 8)
