@@ -573,7 +573,7 @@ DEFAULT_POINTS = (
 
 
 def run_sweep(config, topologies: Sequence[str], points: Sequence[str], name: str = '',
-              decode: bool = True, log=print) -> list[dict[str, Any]]:
+              decode: bool = True, log=print, on_row=None) -> list[dict[str, Any]]:
   """Compiles every (topology, point); a point with `topology=NAME` runs on that topology only.
   Failures (a mesh that does not divide, compile errors) become rows with an `error` note instead
   of stopping the sweep."""
@@ -595,6 +595,8 @@ def run_sweep(config, topologies: Sequence[str], points: Sequence[str], name: st
              'compile_s': time.perf_counter() - t0}
       row = sweep_row(name, r)
       rows.append(row)
+      if on_row is not None:
+        on_row(rows)  # e.g. rewrite the tables, so a long sweep that is stopped keeps its rows
       log(f'[{topology}] {text}: ' + (f'error: {row["error"]}' if row['error'] else
           f'{row["memory_per_chip_gib"]:.2f} GiB/chip, fits={row["fits"]}, est. step '
           f'{_fmt(row["estimated_step_s"], 3)} s, est. MFU {_fmt(row["mfu"], 3)}, '
@@ -639,18 +641,21 @@ def main(argv=None) -> int:
         points = [p for p in points_flag.value.split(';') if p.strip()]
         name = name_flag.value or os.path.splitext(os.path.basename(
             config_flags.get_config_filename(flags.FLAGS['config'])))[0]
+        def save(rows):
+          if md_flag.value:
+            with open(md_flag.value, 'w') as f:
+              f.write(sweep_markdown(rows))
+          if csv_flag.value:
+            with open(csv_flag.value, 'w') as f:
+              f.write(sweep_csv(rows))
+          if json_flag.value:
+            write_json(json_flag.value, rows)
+
         t0 = time.perf_counter()
-        rows = run_sweep(config, topologies, points, name=name, decode=decode_flag.value)
+        rows = run_sweep(config, topologies, points, name=name, decode=decode_flag.value,
+                         log=lambda s: print(s, flush=True), on_row=save)
         print(sweep_markdown(rows))
         print(f'sweep took {time.perf_counter() - t0:.0f} s')
-        if md_flag.value:
-          with open(md_flag.value, 'w') as f:
-            f.write(sweep_markdown(rows))
-        if csv_flag.value:
-          with open(csv_flag.value, 'w') as f:
-            f.write(sweep_csv(rows))
-        if json_flag.value:
-          write_json(json_flag.value, rows)
         return
       require(len(topologies) == 1, 'Several --topology values need --sweep; pass one topology.')
       result = analyze_topology(config, topologies[0], decode=decode_flag.value,
