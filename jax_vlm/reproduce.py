@@ -55,8 +55,13 @@ REPRODUCE_DEFAULTS = dict(
 
 
 def reproduce_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config.reproduce on top of REPRODUCE_DEFAULTS; a config without the section (e.g.
+  configs/action_world.py) gets configs/reproduce.py's settings for its world size."""
   out = ml_collections.ConfigDict(dict(REPRODUCE_DEFAULTS))
   given = config.get('reproduce', None)
+  if given is None and 'world' in config:
+    from configs import reproduce as preset
+    given = preset.reproduce_section(str(config.world.size))
   if given:
     unknown = sorted(set(given.keys()) - set(REPRODUCE_DEFAULTS))
     require(not unknown, f'config.reproduce has unknown key(s) {", ".join(unknown)}; use '
@@ -74,6 +79,10 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
   if seed is not None:
     out.seed = int(seed)
   out.stages = STAGES
+  # Labels longer than the data's actions cannot be right, and would not fit a cache sized for
+  # the data (sampler.cache_len 0 = data.max_seq_len).
+  if int(out.sampler.max_action_tokens) > int(out.data.action_max_tokens):
+    out.sampler.max_action_tokens = int(out.data.action_max_tokens)
   t = out.train
   dyn_steps = int(r.dynamics_steps) or int(t.num_steps)
   fdp_steps = int(r.fdp_steps) or int(t.num_steps)
@@ -99,7 +108,8 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
   out.stage_overrides = ml_collections.ConfigDict(
       {name: tuple(sorted(values.items())) for name, values in overrides.items()})
   if 'world_eval' not in out:
-    out.world_eval = ml_collections.ConfigDict()
+    from configs import reproduce as preset
+    out.world_eval = preset.world_eval_section(str(out.world.size))
   out.world_eval.fdp_stages = tuple(VARIANTS)
   out.world_eval.idp_stage = 'train_dynamics'
   out.world_eval.curve_stage = 'train_dynamics'
@@ -420,7 +430,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-if __name__ == '__main__':
+def _project_logging() -> None:
+  """INFO from this project's modules, WARNING and up from libraries (Orbax logs every save)."""
   import logging
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  own = (os.path.join(root, 'jax_vlm'), os.path.join(root, 'data'))
+  handler = logging.StreamHandler()
+  handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
+  handler.addFilter(lambda r: r.levelno >= logging.WARNING or r.pathname.startswith(own))
+  logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+if __name__ == '__main__':
+  _project_logging()
   sys.exit(main())

@@ -1,0 +1,111 @@
+"""The reproduction: stage settings per FDP variant, the claims table, and the smoke pipeline end to
+end (every stage, a rerun that skips them all)."""
+
+import json
+import os
+import time
+
+import pytest
+
+from configs import reproduce as preset
+from jax_vlm import reproduce as R
+from jax_vlm import stages
+
+
+def test_variant_settings_reach_each_stage(tmp_path):
+  from jax_vlm.datasets import resolve_paths
+  config = preset.get_config('smoke')
+  config.stage_overrides.train_fdm = (('train.learning_rate', 1e-5),)  # the user's own wins
+  rc = resolve_paths(R.reproduction_config(config, seed=3), str(tmp_path))
+  assert rc.seed == 3 and tuple(rc.stages) == R.STAGES
+  for name in R.STAGES:
+    stages.get(name)  # every stage is registered
+  dyn = stages.stage_config(rc, 'train_dynamics')
+  assert dyn.train.num_steps == config.reproduce.dynamics_steps
+  assert dyn.train.keep_checkpoints == 0
+  assert dyn.train.checkpoint_every == config.reproduce.dynamics_steps // 2
+  ft = stages.stage_config(rc, 'train_ft')
+  assert ft.train.num_steps == config.reproduce.fdp_steps
+  assert ft.train.init_from == 'train_dynamics'
+  assert ft.train.learning_rate == config.reproduce.fdp_learning_rate
+  assert stages.stage_config(rc, 'train_fdm').train.learning_rate == 1e-5
+  assert rc.sampler.max_action_tokens <= rc.data.action_max_tokens
+  assert tuple(rc.world_eval.fdp_stages) == tuple(R.VARIANTS)
+
+
+def _run(seed, ft, fdm, k8_gain):
+  """A fake evaluation summary: FT and FDM item scores at k=1, +k8_gain at k=8."""
+  def fdp(item):
+    subset = {'n': 10, 'fdp': {}, 'reference': {
+        'target_codes': {'all': dict(edit_success=1.0, minimal_editing=1.0, exact_match=1.0,
+                                     item_score=1.0)},
+        'copy_source': {'all': dict(edit_success=0.0, minimal_editing=1.0, exact_match=0.0,
+                                    item_score=0.0)}},
+        'idp': {'all': dict(canonical_match=0.9, effect_match=0.95, parsed=1.0, BLEU=50.0,
+                            ROUGEL=0.8)}}
+    for k in (1, 2, 4, 8):
+      v = item + (k8_gain if k == 8 else 0.0)
+      subset['fdp'][f'k={k}'] = {'all': dict(edit_success=v, minimal_editing=1.0,
+                                             item_score=v, exact_match=v, oracle=v)}
+    return {'splits': {'test': subset, 'test_compositional': subset}}
+  return {
+      'seed': seed, 'settings': {'k_list': [1, 2, 4, 8]},
+      'fdp': {'train_ft': fdp(ft), 'train_fdm': fdp(fdm), 'train_fdm_no_synth': fdp(ft),
+              'train_fdm_no_weight': fdp(fdm)},
+      'learning_curve': [dict(step=10, idp_canonical_match=0.5, idp_effect_match=0.5,
+                              fdp_exact_match=0.1, fdp_item_score=0.2)],
+      'probe': {'random_init': {'fdp': {'swapped': 0.5}, 'idp': {'swapped': 0.5}},
+                'trained': {'fdp': {'swapped': 0.9}, 'idp': {'swapped': 0.8}}},
+      'this_run': {'wall_seconds': 1.0, 'cpu_seconds': 2.0}, 'stage_seconds': {}}
+
+
+def test_table_means_spreads_and_verdicts():
+  md, js = R.build_table([_run(0, 0.4, 0.3, 0.1), _run(1, 0.6, 0.5, 0.1)], 'cmd')
+  claims = {(c['claim'], c['subset']): c for c in js['claims']}
+  fdm_vs_ft = claims[('FDM beats FT (item score, best-of-1)', 'test')]
+  assert fdm_vs_ft['a'] == pytest.approx(0.4) and fdm_vs_ft['b'] == pytest.approx(0.5)
+  assert fdm_vs_ft['holds'] == 'NO (reversed)'
+  verify = claims[('verification helps FDM (best-of-8 vs best-of-1)', 'test_compositional')]
+  assert verify['holds'].startswith('yes')
+  assert '| FT | 0.500 ± 0.141 |' in md  # mean ± sample std over the two seeds
+  assert 'Command: `cmd`' in md
+
+
+def test_smoke_reproduction_end_to_end(tmp_path):
+  config = preset.get_config('smoke')
+  # A tokenizer that trains in seconds: its codes are poor, which this test does not need.
+  config.vq_train.update(num_steps=30, ae_warmup_steps=10, eval_every=1000, val_frames=16,
+                         test_frames=32, min_accuracy=0.0)
+  config.reproduce.update(dynamics_steps=20, fdp_steps=8, curve_points=2, eval_items=8)
+  config.world_eval.update(curve_items=8, probe_items=8, report_items=2, batch_size=8)
+  config.train.global_batch_size = 16
+  workdir = str(tmp_path / 'run')
+  md, js = R.reproduce(config, workdir, [0], 'test')
+  seed_dir = os.path.join(workdir, 'seed_0')
+  for name in R.STAGES:
+    assert os.path.isfile(os.path.join(seed_dir, name, 'DONE')), name
+  for variant in R.VARIANTS:
+    out = os.path.join(seed_dir, 'evaluate', variant)
+    with open(os.path.join(out, 'metrics.json')) as f:
+      m = json.load(f)
+    for subset in R.SUBSETS:
+      for k in (1, 2, 4, 8):
+        s = m['splits'][subset]['fdp'][f'k={k}']['all']
+        assert 0.0 <= s['item_score'] <= s['oracle'] <= 1.0
+      assert m['splits'][subset]['n'] == 8
+    with open(os.path.join(out, 'items.jsonl')) as f:
+      items = [json.loads(line) for line in f]
+    assert len(items) == 16 and all(len(it['candidates']) == 8 for it in items)
+    assert os.path.getsize(os.path.join(out, 'report.html')) > 1000
+  run = js['runs'][0]
+  assert len(run['learning_curve']) == 2 and run['probe']['items'] == 8
+  for label in R.VARIANTS.values():
+    assert f'| {label} |' in md
+  assert os.path.isfile(os.path.join(workdir, 'reproduction.md'))
+  with open(os.path.join(workdir, 'reproduction.json')) as f:
+    assert json.load(f)['claims'] == js['claims']
+  # A rerun skips every stage and rebuilds the same table.
+  start = time.perf_counter()
+  md2, js2 = R.reproduce(config, workdir, [0], 'test')
+  assert time.perf_counter() - start < 30
+  assert js2['claims'] == js['claims']
