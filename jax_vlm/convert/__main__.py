@@ -7,12 +7,12 @@
                                                    transformers dir, config.json or configs/*.py
                                                    (default SRC/hf_config.json)
   python -m jax_vlm.convert vqgan --ckpt vqgan.ckpt --yaml vqgan.yaml DST
-                                                   Meta's VQGAN -> Orbax params at DST/params
-                                                   (+ DST/vqgan_config.json)
+                                                   Meta's VQGAN -> a VQGAN directory DST
+                                                   (params.msgpack + vqgan_config.json; load it
+                                                   with vq_training.load_vqgan)
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -54,16 +54,12 @@ def flax_to_hf(src: str, dst: str, config_path: str | None, source: str | None,
 
 
 def vqgan(ckpt: str, yaml: str, dst: str) -> None:
-  from jax_vlm import checkpointing
+  from jax_vlm import vq_training
   from jax_vlm.convert.vqgan import convert_vqgan_checkpoint
   config, params = convert_vqgan_checkpoint(ckpt, yaml)
-  checkpointing.save_params(os.path.join(dst, 'params'), params)
-  fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-  fields = {k: (str(v.__name__ if hasattr(v, '__name__') else v) if 'dtype' in k else v)
-            for k, v in fields.items()}
-  with open(os.path.join(dst, 'vqgan_config.json'), 'w') as f:
-    json.dump(fields, f, indent=2)
-  print(f'wrote VQGAN params to {dst}/params')
+  # The project's one VQGAN directory format (what the tokenizer stage and jax_vlm.prepare read).
+  vq_training.save_vqgan(dst, params, config)
+  print(f'wrote the VQGAN ({config.num_embeddings} codes, {config.resolution} px) to {dst}')
 
 
 def main(argv=None) -> int:
@@ -82,7 +78,7 @@ def main(argv=None) -> int:
   p.add_argument('--source', default=None,
                  help='transformers dir whose config extras, VQGAN and tokenizer files to keep')
   p.add_argument('--dtype', default=None, help='tensor dtype to write (default: the params\')')
-  p = sub.add_parser('vqgan', help="Meta's vqgan.ckpt + vqgan.yaml -> Orbax params")
+  p = sub.add_parser('vqgan', help="Meta's vqgan.ckpt + vqgan.yaml -> a VQGAN directory")
   p.add_argument('--ckpt', required=True)
   p.add_argument('--yaml', required=True)
   p.add_argument('dst')
