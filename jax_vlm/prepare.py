@@ -56,7 +56,8 @@ class Triplet:
   """One (source frame, action, target frame) item before tokenization.
 
   `src` / `tgt` are image paths or uint8 frames `[h, w, 3]`; `extra` holds fields stored as they
-  are (e.g. `src_frame_index`). A plain 5- or 6-tuple in this order is accepted too.
+  are (e.g. `src_frame_index`). A plain 5- or 6-tuple in this order, or a dict with these keys, is
+  accepted too.
   """
   src: Frame
   tgt: Frame
@@ -238,6 +239,8 @@ def _frame(ref: Frame, resolution: int, which: str) -> np.ndarray:
 def _as_triplet(item) -> Triplet:
   if isinstance(item, Triplet):
     return item
+  if isinstance(item, Mapping):
+    return Triplet(**item)
   return Triplet(*item)
 
 
@@ -608,6 +611,8 @@ def epic_triplets(annotations_csv: PathLike, frames_root: PathLike, **kwargs
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument('--name', default=None, help='record set name under OUT (default: the split); '
+                 "e.g. 'labelled', the trainer's default data.train_splits")
   p.add_argument('--vqgan', required=True, help='VQGAN directory (params.msgpack + '
                  'vqgan_config.json)')
   p.add_argument('--out', required=True, help='output directory; records go to OUT/<split>')
@@ -655,7 +660,7 @@ def run(args: argparse.Namespace) -> PrepareReport:
   common = dict(resolution=args.resolution, batch_size=args.batch_size, split=args.split,
                 num_shards=args.num_shards, num_workers=args.workers, overwrite=args.overwrite,
                 progress_bar=not args.no_progress)
-  out_prefix = os.path.join(args.out, args.split)
+  out_prefix = os.path.join(args.out, args.name or args.split)
   if args.command == 'aurora':
     tasks = [t.strip() for t in args.tasks.split(',') if t.strip()] or None
     triplets, loader = aurora_triplets(args.root, tasks, args.split)

@@ -173,19 +173,22 @@ def test_tuples_arrays_and_bad_actions(vqgan, tmp_path):
       (frames[1], str(tmp_path / 'nope.png'), 'close it', 'close', 'missing'),
       (frames[1], frames[1], 'nothing changes', 'wait', 'same', dict(src_frame_index=7)),
       (frames[2], frames[0]),  # malformed
+      dict(src=frames[2], tgt=frames[0], action='turn', action_type='t', example_id='dict'),
   ]
   report = prepare.prepare_triplets(iter(items), vqgan[0], tmp_path / 'o' / 'train',
                                     batch_size=4, progress_bar=False, num_workers=0)
-  assert report.written == 2
+  assert report.written == 3
   assert dict(report.skipped) == {'action longer than 256 characters': 1,
                                   'target image missing': 1, 'malformed item': 1}
-  a, same = RecordSource.from_prefix(str(tmp_path / 'o' / 'train'))
-  codes, _ = _direct(vqgan, [frames[0], frames[1]])
+  a, same, from_dict = RecordSource.from_prefix(str(tmp_path / 'o' / 'train'))
+  codes, _ = _direct(vqgan, [frames[0], frames[1], frames[2]])
   np.testing.assert_array_equal(a['src_codes'], codes[0])
   np.testing.assert_array_equal(a['tgt_codes'], codes[1])
   # Identical frames: every position weighs 1.
   np.testing.assert_array_equal(same['recognition_weights'], np.ones(64, np.float32))
   assert same['src_frame_index'] == 7
+  assert from_dict['example_id'] == 'dict'
+  np.testing.assert_array_equal(from_dict['src_codes'], codes[2])
 
 
 def _render_video(path, moving=((15, 23), (55, 63), (95, 103)), num_frames=120, size=64):
@@ -260,6 +263,27 @@ def test_cli_aurora_and_errors(vqgan, aurora_root, tmp_path, capsys):
                                     str(tmp_path), '--vqgan', vqgan[0], '--out', str(out)])
   assert 'Video path' in error(['videos', '--videos', str(tmp_path / 'v.mp4'), '--vqgan',
                                 vqgan[0], '--out', str(out)])
+  # EPIC: a segment's first and last frame, in the EPIC-KITCHENS layout.
+  frames_root = tmp_path / 'epic'
+  for n, seed in ((1, 1), (30, 2), (31, 3)):
+    _image(str(frames_root / f'P01/rgb_frames/P01_11/frame_{n:010d}.jpg'), seed, size=(32, 18))
+  csv = tmp_path / 'EPIC_100_train.csv'
+  csv.write_text('narration_id,video_id,start_frame,stop_frame,narration,verb\n'
+                 'P01_11_0,P01_11,1,30,open fridge,open\n'
+                 'P01_11_1,P01_11,30,99,close fridge,close\n'  # last frame missing
+                 'P01_11_2,P01_11,30,31,,take\n')  # no narration
+  assert prepare.main(['epic', '--csv', str(csv), '--frames-root', str(frames_root), '--vqgan',
+                       vqgan[0], '--out', str(out), '--name', 'epic', '--no-progress']) == 0
+  (ex,) = RecordSource.from_prefix(str(out / 'epic'))
+  assert (ex['example_id'], ex['action'], ex['action_type']) == ('P01_11_0', 'open fridge', 'open')
+  assert (ex['src_frame_index'], ex['tgt_frame_index'], ex['source']) == (1, 30, 'epic')
+  codes, _ = _direct(vqgan, [load_rgb(frames_root / f'P01/rgb_frames/P01_11/frame_{n:010d}.jpg')
+                             for n in (1, 30)])
+  np.testing.assert_array_equal(np.stack([ex['src_codes'], ex['tgt_codes']]), codes)
+  saved = json.loads((out / f'epic{prepare.REPORT_SUFFIX}').read_text())
+  assert saved['loader_skipped'] == {'last frame missing': 1, 'empty action': 1}
+  capsys.readouterr()
+
   # Params that do not fit the config fail before any data is read.
   bad = tmp_path / 'badvq'
   vt.save_vqgan(str(bad), {'encoder': {}}, CFG)
