@@ -93,6 +93,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.name = 'action_world'
   config.data.dir = ''
+  # Record sets under data.dir that the trainer reads, plus extra record prefixes or directories
+  # (the bootstrap stage's synthetic triplets).
+  config.data.train_splits = ('train',)
+  config.data.extra_train = ()
   config.data.max_seq_len = 2100
   config.data.action_max_tokens = 48
   config.data.recognition_weights = True
