@@ -23,6 +23,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (metrics, records
 # benchmark name -> 'module:function' taking (config, workdir) and returning the metrics.
 BENCHMARKS = {
     'aurora_bench': 'jax_vlm.evaluation.aurora:run',
+    'action_world': 'jax_vlm.evaluation.world:run',
 }
 
 _FLAG_ALIASES = {'--config.model': '--config.eval.model',
@@ -46,7 +47,8 @@ def main(argv):
       raise UserError('No config given; pass --config configs/NAME.py.')
     if not _WORKDIR.value:
       raise UserError('No workdir given; pass --workdir DIR for the outputs.')
-    benchmark = config.eval.get('benchmark', '')
+    # A world config (it has a `world` section) names no benchmark: the world is the benchmark.
+    benchmark = config.eval.get('benchmark', '') or ('action_world' if 'world' in config else '')
     if benchmark not in BENCHMARKS:
       raise UserError(f'Unknown eval.benchmark {benchmark!r}; use one of {sorted(BENCHMARKS)}.')
     module, function = BENCHMARKS[benchmark].split(':')

@@ -34,6 +34,7 @@ def world_eval_section(size: str) -> ml_collections.ConfigDict:
   w = ml_collections.ConfigDict()
   w.k_list = (1, 2, 4, 8)
   w.splits = ('test', 'test_compositional')
+  w.max_items = 0  # items per subset for eval.py (0 = all); reproduce uses reproduce.eval_items
   w.batch_size = 64
   w.score_batch_size = 128
   w.report_items = 12

@@ -230,6 +230,7 @@ class WorldModels:
   def sample_candidates(self, params, items: Sequence[dict], key, num_candidates: int,
                         sampling, batch_size: int) -> np.ndarray:
     """[len(items), K, n] candidate codes; the last batch is padded so one program serves all."""
+    batch_size = max(1, min(batch_size, len(items)))
     out = []
     for b, start in enumerate(range(0, len(items), batch_size)):
       chunk = list(items[start:start + batch_size])
@@ -245,6 +246,7 @@ class WorldModels:
     """Greedy IDP action text for each item's (src, tgt)."""
     from jax_vlm import sequences
     from jax_vlm.sampler import SamplingParams
+    batch_size = max(1, min(batch_size, len(items)))
     texts = []
     for start in range(0, len(items), batch_size):
       chunk = list(items[start:start + batch_size])
@@ -263,8 +265,9 @@ class WorldModels:
     (item, candidate) is scored once."""
     from jax_vlm import sequences
     from jax_vlm.verifier import SequenceScorer
-    scorer = SequenceScorer(self.module, idp_params, self.vocab.pad_id, batch_size,
-                            (self.score_bucket,))
+    rows_total = candidates.shape[0] * candidates.shape[1]
+    scorer = SequenceScorer(self.module, idp_params, self.vocab.pad_id,
+                            max(1, min(batch_size, rows_total)), (self.score_bucket,))
     index: dict[tuple[int, bytes], int] = {}
     rows, masks = [], []
     for i, it in enumerate(items):
