@@ -43,7 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Tokenizer training (jax_vlm/vq_training.py); see its module docstring for the tricks.
   t = config.vq_train = ml_collections.ConfigDict()
-  t.num_steps = 400 if smoke else 2000
+  # The cosine schedule's length; training stops early once every validation frame reads back
+  # (measured: step 2,100 of 3,000, held-out 99.80%, 10.6 min on a loaded 2-core machine).
+  t.num_steps = 400 if smoke else 3000
   t.batch_size = 16
   t.learning_rate = 3e-3
   t.warmup_steps = 20

@@ -99,7 +99,9 @@ def test_train_tokenizer_fails_loudly_below_threshold(tmp_path, monkeypatch):
     world_stages.train_tokenizer(config, stage_dir)
   metrics = json.loads(open(os.path.join(stage_dir, 'metrics.json')).read())
   assert metrics['heldout_frame_accuracy'] < 0.995 and metrics['heldout_frames'] == 8
+  # The tokenize stage must not pick it up, but the trained weights are kept for inspection.
   assert not os.path.exists(os.path.join(stage_dir, 'params'))
+  assert os.path.exists(os.path.join(stage_dir, 'params_below_bar', 'params.msgpack'))
 
 
 def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch):
