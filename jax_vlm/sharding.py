@@ -187,9 +187,15 @@ def maybe_initialize_distributed() -> bool:
   """
   if not _is_multi_process_env():
     return False
+  # JAX detects SLURM / Open MPI / Cloud TPU itself; explicit JAX_* variables are passed on.
+  kwargs = {}
+  if os.environ.get('JAX_NUM_PROCESSES'):
+    kwargs['num_processes'] = int(os.environ['JAX_NUM_PROCESSES'])
+  if os.environ.get('JAX_PROCESS_ID'):
+    kwargs['process_id'] = int(os.environ['JAX_PROCESS_ID'])
   try:
-    jax.distributed.initialize()
-  except RuntimeError as e:
+    jax.distributed.initialize(**kwargs)
+  except (RuntimeError, ValueError) as e:
     if 'already' in str(e).lower():
       return True
     raise UserError(f'jax.distributed.initialize() failed ({e}); check the cluster environment '

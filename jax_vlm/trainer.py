@@ -29,6 +29,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -241,8 +242,10 @@ class Trainer:
     self.tx, self.schedule = optim.make_optimizer(
         config.train, lambda p: optim.trainable_mask(p, mode))
     init = lambda rng: ts.init_train_state(rng, self.model, self.tx)  # noqa: E731
+    # An abstract key: no device is touched, so this also works for AOT topology meshes.
+    abstract_key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     with self._context():
-      abstract_boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+      abstract_boxed = jax.eval_shape(init, abstract_key)
       self.state_shardings = sharding.state_shardings(abstract_boxed, self.mesh, self.rules)
     self.abstract_state = nn.unbox(abstract_boxed)
     sharding.check_divisible(self.abstract_state, self.state_shardings)
