@@ -60,6 +60,8 @@ def main(argv):
       raise UserError('No config given; pass --config configs/NAME.py.')
     if not _WORKDIR.value:
       raise UserError('No workdir given; pass --workdir DIR for the outputs.')
+    from jax_vlm.datasets import resolve_paths
+    config = resolve_paths(config, _WORKDIR.value)  # '{workdir}' templates in the config's paths
     names = _STAGES.value or list(config.get('stages', ('train_dynamics',)))
     if any(n in ('train_dynamics', 'train_fdp') for n in names):
       trainer.validate_config(config)  # before any stage compiles anything

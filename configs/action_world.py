@@ -108,4 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   tr.checkpoint_every = 500
   tr.tensorboard = False
   config.objectives.schedule = 'mixed'
+  # World actions are at most 15 words; the sampler's cache (data.max_seq_len) must hold the prompt
+  # plus this many new tokens.
+  config.sampler.max_action_tokens = d.action_max_tokens
   return config

@@ -32,7 +32,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   c.dtype = 'bfloat16'  # compute dtype
   c.param_dtype = 'float32'
   c.scan_layers = True
-  c.remat_policy = 'nothing_saveable'  # 'none' | 'nothing_saveable' | 'dots' | 'dots_no_batch' | ...
+  c.remat_policy = 'nothing_saveable'  # 'none' | 'nothing_saveable' | 'dots' | ...
   c.attention_impl = 'xla'  # 'xla' (einsum) | 'cudnn' | 'auto' (jax.nn.dot_product_attention)
   # LoRA adapters live inside the projection layers; rank 0 means none.
   c.lora_rank = 0
@@ -68,7 +68,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   # The stages train.py runs, in order (see jax_vlm/stages.py), and per-stage dotted overrides,
-  # e.g. config.stage_overrides.train_fdp = {'data.recognition_weights': False}.
+  # as (key, value) pairs, e.g. config.stage_overrides.train_fdp =
+  # (('data.recognition_weights', False),) (dotted dict keys do not survive ConfigDict copies).
   config.stages = ('train_dynamics',)
   config.stage_overrides = ml_collections.ConfigDict()
   config.model = model_config()
@@ -79,7 +80,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.vocab.image_token_scheme = 'chameleon'  # 'chameleon' (IMGIMG names) | 'offset'
   config.vocab.image_token_offset = -1  # 'offset': first image token id; -1 = text vocab size
   config.vocab.num_image_codes = 8192
-  # Special tokens are looked up by these names in the tokenizer at load time (ids never hard-coded).
+  # Special tokens are looked up by name in the tokenizer at load time (ids never hard-coded).
   config.vocab.bos_token = '<s>'
   config.vocab.eos_token = '</s>'
   config.vocab.pad_token = '<pad>'
@@ -131,7 +132,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.lr_schedule = 'cosine'  # 'cosine' (warmup + cosine decay) | 'constant' (warmup only)
   # 'dataset' (jax_vlm.input_pipeline) | 'synthetic' (random batches: tests, benchmarks)
   config.train.data_source = 'dataset'
-  # Params to start from: an Orbax params dir or an earlier stage's name ('' = checkpoint.model_dir).
+  # Params to start from: Orbax params dir or an earlier stage's name ('' = checkpoint.model_dir).
   config.train.init_from = ''
   config.train.peak_flops = 0.0  # peak FLOP/s per device for MFU; 0 = MFU not reported
   config.train.progress_bar = True
@@ -165,8 +166,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # The IDP verifier that ranks K sampled frames (jax_vlm/verifier.py).
   config.verifier = ml_collections.ConfigDict()
-  config.verifier.rank_by = 'mean'  # 'mean' (length-normalised) | 'sum' log-likelihood of the action
-  config.verifier.params = ''  # '' = the sampler's own params; else a stage name or Orbax params dir
+  config.verifier.rank_by = 'mean'  # 'mean' (length-normalised) | 'sum' action log-likelihood
+  config.verifier.params = ''  # '' = the sampler's params; else a stage name or params dir
   config.verifier.batch_size = 16  # candidates scored per forward pass
 
   # IDP bootstrapping: label unlabelled pairs, keep a stratified top-K (jax_vlm/bootstrap.py).
