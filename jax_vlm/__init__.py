@@ -1,4 +1,4 @@
-"""jax_vlm: unified (early-fusion) vision-language models in JAX/Flax for forward and inverse dynamics.
+"""jax_vlm: unified (early-fusion) vision-language models in JAX/Flax for world dynamics.
 
 Public entry points:
   module, params = jax_vlm.from_pretrained(path)      # a transformers checkpoint directory
