@@ -60,7 +60,8 @@ def read_video(path: PathLike, max_frames: Optional[int] = None, stride: int = 1
   return frames
 
 
-def _gray(frame: np.ndarray, flow_size: Optional[int]) -> np.ndarray:
+def flow_gray(frame: np.ndarray, flow_size: Optional[int]) -> np.ndarray:
+  """The small grayscale copy of a frame that optical flow is computed on."""
   frame = np.asarray(frame)
   if frame.ndim == 3 and frame.shape[-1] == 3:
     gray = cv2.cvtColor(frame.astype(np.uint8), cv2.COLOR_RGB2GRAY)
@@ -90,7 +91,7 @@ def motion_scores(frames: Sequence[np.ndarray], flow_size: Optional[int] = 160) 
   scores = np.zeros(len(frames), np.float32)
   previous = None
   for t, frame in enumerate(frames):
-    gray = _gray(frame, flow_size)
+    gray = flow_gray(frame, flow_size)
     if previous is not None:
       if previous.shape != gray.shape:
         raise UserError(f'Video frame {t} has size {gray.shape}, frame {t - 1} has '

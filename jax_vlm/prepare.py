@@ -466,19 +466,6 @@ def _iter_video(path: str, stride: int, max_frames: Optional[int]) -> Iterator[n
     capture.release()
 
 
-def _flow_gray(rgb: np.ndarray, flow_size: Optional[int]) -> np.ndarray:
-  """The small grayscale copy data.keyframes computes optical flow on (same conversion and
-  shrink), so scores from these equal `keyframes.motion_scores` of the full frames."""
-  import cv2
-  gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-  h, w = gray.shape
-  if flow_size is not None and max(h, w) > flow_size:
-    scale = flow_size / max(h, w)
-    gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))),
-                      interpolation=cv2.INTER_AREA)
-  return gray
-
-
 def video_key_frames(path: PathLike, num_key_frames: int = 6, min_gap: int = 20,
                      min_motion: float = 0.0, flow_size: Optional[int] = 160, stride: int = 1,
                      max_frames: Optional[int] = None):
@@ -495,7 +482,7 @@ def video_key_frames(path: PathLike, num_key_frames: int = 6, min_gap: int = 20,
   path = os.fspath(path)
   require(stride >= 1, f'stride={stride} must be at least 1; pass a positive stride.')
   keyframes.read_video(path, max_frames=1)  # the reader's own errors for missing/unreadable files
-  grays = [_flow_gray(f, flow_size) for f in _iter_video(path, stride, max_frames)]
+  grays = [keyframes.flow_gray(f, flow_size) for f in _iter_video(path, stride, max_frames)]
   scores = keyframes.motion_scores(grays, flow_size)
   del grays
   chosen = keyframes.select_key_frames(scores, num_key_frames, min_gap, min_motion)
