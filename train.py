@@ -11,7 +11,7 @@ Cloud TPU). A problem with the user's input stops the run with one sentence (exi
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from jax_vlm.errors import UserError
@@ -22,7 +22,6 @@ _STAGES = flags.DEFINE_list('stages', None, 'Run only these stages (default: con
 
 
 def _fail(message: str) -> None:
-  logging.error('%s', message)
   print(f'error: {message}', file=sys.stderr)
   sys.exit(1)
 
@@ -53,6 +52,7 @@ def main(argv):
   # Before anything touches a device.
   sharding.maybe_initialize_distributed()
   from jax_vlm import stages, trainer
+  stages.project_logging()
 
   try:
     config = _CONFIG.value

@@ -430,17 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-def _project_logging() -> None:
-  """INFO from this project's modules, WARNING and up from libraries (Orbax logs every save)."""
-  import logging
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  own = (os.path.join(root, 'jax_vlm'), os.path.join(root, 'data'))
-  handler = logging.StreamHandler()
-  handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
-  handler.addFilter(lambda r: r.levelno >= logging.WARNING or r.pathname.startswith(own))
-  logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-
-
 if __name__ == '__main__':
-  _project_logging()
+  from jax_vlm import stages
+  stages.project_logging()
   sys.exit(main())

@@ -129,3 +129,15 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str,
       os.replace(tmp, os.path.join(stage_dir, DONE))
   return True
 
+
+def project_logging() -> None:
+  """INFO from this project's modules, WARNING and up from libraries (Orbax logs every save).
+
+  For the command-line programs (train.py, reproduce): a person follows the run's own messages.
+  """
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  own = (os.path.join(root, 'jax_vlm'), os.path.join(root, 'data'), os.path.join(root, 'train.py'))
+  handler = logging.StreamHandler()
+  handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
+  handler.addFilter(lambda r: r.levelno >= logging.WARNING or r.pathname.startswith(own))
+  logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
