@@ -57,18 +57,12 @@ REPRODUCE_DEFAULTS = dict(
 def reproduce_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """config.reproduce on top of REPRODUCE_DEFAULTS; a config without the section (e.g.
   configs/action_world.py) gets configs/reproduce.py's settings for its world size."""
-  out = ml_collections.ConfigDict(dict(REPRODUCE_DEFAULTS))
+  from jax_vlm import stages
   given = config.get('reproduce', None)
   if given is None and 'world' in config:
     from configs import reproduce as preset
     given = preset.reproduce_section(str(config.world.size))
-  if given:
-    unknown = sorted(set(given.keys()) - set(REPRODUCE_DEFAULTS))
-    require(not unknown, f'config.reproduce has unknown key(s) {", ".join(unknown)}; use '
-            f'{", ".join(sorted(REPRODUCE_DEFAULTS))}.')
-    for k in given.keys():
-      out[k] = given[k]
-  return out
+  return stages.section_with_defaults(REPRODUCE_DEFAULTS, given, 'reproduce')
 
 
 def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = None

@@ -95,6 +95,18 @@ def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections
   return out
 
 
+def section_with_defaults(defaults: dict, given, name: str) -> ml_collections.ConfigDict:
+  """`config.<name>` (`given`, may be None) on top of `defaults`; unknown keys are a UserError."""
+  out = ml_collections.ConfigDict(dict(defaults))
+  if given:
+    unknown = sorted(set(given.keys()) - set(defaults))
+    require(not unknown, f'config.{name} has unknown key(s) {", ".join(unknown)}; use '
+            f'{", ".join(sorted(defaults))}.')
+    for k in given.keys():
+      out[k] = given[k]
+  return out
+
+
 def is_done(workdir: str, name: str) -> bool:
   return os.path.exists(os.path.join(workdir, name, DONE))
 

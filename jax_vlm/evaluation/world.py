@@ -67,14 +67,7 @@ DEFAULTS = dict(
 
 def settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config.world_eval` on top of DEFAULTS; unknown keys are a UserError."""
-  out = ml_collections.ConfigDict(dict(DEFAULTS))
-  given = config.get('world_eval', None)
-  if given:
-    unknown = sorted(set(given.keys()) - set(DEFAULTS))
-    require(not unknown, f'config.world_eval has unknown key(s) {", ".join(unknown)}; use '
-            f'{", ".join(sorted(DEFAULTS))}.')
-    for k in given.keys():
-      out[k] = given[k]
+  out = stages.section_with_defaults(DEFAULTS, config.get('world_eval', None), 'world_eval')
   k_list = tuple(sorted(int(k) for k in out.k_list))
   require(k_list and k_list[0] >= 1, f'world_eval.k_list={out.k_list} must list K >= 1.')
   out.k_list = k_list
