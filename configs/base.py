@@ -57,6 +57,8 @@ def vqgan_config(**overrides) -> ml_collections.ConfigDict:
   c.embed_dim = 256
   c.num_embeddings = 8192
   c.double_z = False
+  c.norm_groups = 32  # GroupNorm groups (taming's); a small tokenizer may use fewer
+  c.patch_encoder = False  # True: each code sees only its own patch (models/vqgan.py)
   c.dropout = 0.0
   c.dtype = 'float32'
   c.param_dtype = 'float32'

@@ -219,23 +219,36 @@ def tokenize(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   start = time.perf_counter()
   for name in SPLITS:
     raw = load_split(world_dir, name)
-    scenes = [Scene.from_json(ex[k]) for ex in raw for k in ('src', 'tgt')]
+    # Each distinct scene is rendered, encoded and checked once (consecutive pairs of a rollout
+    # share a frame), then spread back over the (src, tgt) slots.
+    keys = [json.dumps(ex[k], sort_keys=True) for ex in raw for k in ('src', 'tgt')]
+    first = {}
+    for i, key in enumerate(keys):
+      first.setdefault(key, i)
+    slot = np.array([first[key] for key in keys], np.int64)
+    unique_at = np.array(sorted(first.values()), np.int64)
+    where = np.zeros(len(keys), np.int64)
+    where[unique_at] = np.arange(len(unique_at))
+    slot = where[slot]
+    scenes = [Scene.from_json(json.loads(keys[i])) for i in unique_at]
     frames = np.stack([render(s, world) for s in scenes]) if scenes else np.zeros(
         (0, *world.frame_shape), np.uint8)
     codes, features, recon = encode_frames(params, vq_config, frames, batch_size, fn)
-    usage += np.bincount(codes.reshape(-1), minlength=vq_config.num_embeddings)
     # The round trip of the data's own frames: what the exact scores will rest on.
-    exact = sum(parse_frame(r, world) == s for r, s in zip(recon, scenes))
+    exact = np.array([parse_frame(r, world) == s for r, s in zip(recon, scenes)], bool)
+    codes, features, exact = codes[slot], features[slot], exact[slot]
+    usage += np.bincount(codes.reshape(-1), minlength=vq_config.num_embeddings)
+    exact = int(exact.sum())
     examples = _examples_for_split(name, raw, codes, features)
     schema = unlabelled_schema() if name == 'unlabelled' else records.TRIPLET_SCHEMA
     report = records.write_records(os.path.join(stage_dir, name), examples,
                                    num_shards=int(config.tokenize.num_shards), schema=schema)
     require(not report.skipped, f'tokenize skipped examples of split {name} '
             f'({dict(report.skipped)}); rebuild the world with build_data.')
-    metrics['splits'][name] = dict(examples=report.num_written,
-                                   frame_roundtrip_accuracy=exact / max(len(scenes), 1))
-    logging.info('tokenize: %s: %d examples, round trip %.4f', name, report.num_written,
-                 exact / max(len(scenes), 1))
+    metrics['splits'][name] = dict(examples=report.num_written, distinct_frames=len(scenes),
+                                   frame_roundtrip_accuracy=exact / max(len(keys), 1))
+    logging.info('tokenize: %s: %d examples (%d distinct frames), round trip %.4f', name,
+                 report.num_written, len(scenes), exact / max(len(keys), 1))
   used = usage > 0
   metrics.update(codes_used=int(used.sum()), codebook_size=vq_config.num_embeddings,
                  code_counts=usage.tolist(), seconds=round(time.perf_counter() - start, 1))

@@ -6,6 +6,7 @@ taming architecture under other names, which we map to taming key names here (te
 and save as a Meta-style `vqgan.ckpt` + `vqgan.yaml`.
 """
 
+import dataclasses
 import re
 
 import flax
@@ -352,3 +353,30 @@ def test_encode_decode_shapes():
   decoded = _jitted(model, VQGAN.decode)(params, codes)
   assert decoded.shape == images.shape and decoded.dtype == jnp.float32
   assert np.all(np.isfinite(decoded))
+
+
+def test_patch_encoder_codes_see_only_their_patch():
+  config = VQGANConfig(resolution=16, base_channels=8, channel_multiplier=(1, 1, 1),
+                       num_res_blocks=1, z_channels=8, embed_dim=4, num_embeddings=16,
+                       norm_groups=2, patch_encoder=True)
+  model = VQGAN(config)
+  images = np.asarray(_images())
+  params = _random_params(config)
+  encode = _jitted(model, VQGAN.encode)
+  codes, features = encode(params, jnp.asarray(images))
+  assert codes.shape == (BATCH, 4, 4) and features.shape == (BATCH, 4, 4, 4)
+  # Changing one 4x4 patch changes that position's features and no other.
+  changed = images.copy()
+  changed[:, 4:8, 8:12] = -changed[:, 4:8, 8:12]
+  _, features2 = encode(params, jnp.asarray(changed))
+  diff = np.abs(np.asarray(features2) - np.asarray(features)).max(axis=(0, 3))
+  assert diff[1, 2] > 1e-3
+  diff[1, 2] = 0
+  np.testing.assert_array_equal(diff, 0)
+  # A patch's feature is the encoder applied to that patch alone, as a 4x4 image.
+  alone = VQGANConfig(**{**dataclasses.asdict(config), 'resolution': 4, 'patch_encoder': False})
+  _, patch_features = _jitted(VQGAN(alone), VQGAN.encode)(params, jnp.asarray(images[:, 4:8, 8:12]))
+  np.testing.assert_allclose(np.asarray(patch_features)[:, 0, 0], np.asarray(features)[:, 1, 2],
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(UserError, match='norm_groups=4'):
+    VQGANConfig(base_channels=6, channel_multiplier=(1,), norm_groups=4)

@@ -15,6 +15,7 @@ ships) is enough for `encode`.
 import dataclasses
 from typing import Any
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -54,6 +55,12 @@ class VQGANConfig:
   embed_dim: int = 256
   num_embeddings: int = 8192
   double_z: bool = False
+  # GroupNorm groups (taming: 32). Small tokenizers (the world's) may use fewer channels than 32.
+  norm_groups: int = _NUM_GROUPS
+  # Encode every f x f patch (f = downsample_factor) on its own, so a code sees only its patch.
+  # Not taming's (its codes see their neighbours); for worlds made of independent cells, where
+  # a context-free code makes an unchanged cell keep its code when a neighbour changes.
+  patch_encoder: bool = False
   dropout: float = 0.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -71,10 +78,11 @@ class VQGANConfig:
       raise UserError('vqgan.channel_multiplier is empty; give one multiplier per resolution '
                       'level, e.g. (1, 1, 2, 2, 4).')
     for m in (1,) + self.channel_multiplier:
-      if (self.base_channels * m) % _NUM_GROUPS:
+      if self.norm_groups < 1 or (self.base_channels * m) % self.norm_groups:
         raise UserError(f'vqgan.base_channels={self.base_channels} times channel multiplier {m} '
-                        f'is not a multiple of {_NUM_GROUPS} (GroupNorm groups); change '
-                        'vqgan.base_channels or vqgan.channel_multiplier.')
+                        f'is not a multiple of vqgan.norm_groups={self.norm_groups} (GroupNorm '
+                        'groups); change vqgan.base_channels, vqgan.channel_multiplier or '
+                        'vqgan.norm_groups.')
 
   @classmethod
   def from_config(cls, cfg) -> 'VQGANConfig':
@@ -104,7 +112,7 @@ class VQGANConfig:
 
 def _group_norm(config: VQGANConfig, name: str) -> nn.GroupNorm:
   # Exact two-pass variance: the fast E[x^2]-E[x]^2 form drifts from PyTorch on large means.
-  return nn.GroupNorm(num_groups=_NUM_GROUPS, epsilon=_NORM_EPS, use_fast_variance=False,
+  return nn.GroupNorm(num_groups=config.norm_groups, epsilon=_NORM_EPS, use_fast_variance=False,
                       dtype=jnp.float32, param_dtype=config.param_dtype, name=name)
 
 
@@ -189,6 +197,10 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     cfg = self.config
+    b, h, w, _ = x.shape
+    f = cfg.downsample_factor
+    if cfg.patch_encoder:
+      x = einops.rearrange(x, 'b (h p) (w q) c -> (b h w) p q c', p=f, q=f)
     x = _conv(cfg, cfg.base_channels, 3, 'conv_in')(x.astype(cfg.dtype))
     res = cfg.resolution
     for level, mult in enumerate(cfg.channel_multiplier):
@@ -202,7 +214,10 @@ class Encoder(nn.Module):
         res //= 2
     x = MidBlock(cfg, name='mid')(x, deterministic)
     x = nn.swish(_group_norm(cfg, 'norm_out')(x))
-    return _conv(cfg, cfg.z_channels, 3, 'conv_out')(x)
+    x = _conv(cfg, cfg.z_channels, 3, 'conv_out')(x)
+    if cfg.patch_encoder:
+      x = einops.rearrange(x, '(b h w) 1 1 c -> b h w c', b=b, h=h // f, w=w // f)
+    return x
 
 
 class Decoder(nn.Module):
