@@ -93,6 +93,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.max_seq_len = 80
   d.action_max_tokens = 20
   d.recognition_weights = True
+  # The world's patch encoder gives unchanged cells exactly zero feature change, so the pure
+  # weighting would never train the model to copy them: keep a floor.
+  d.recognition_floor = 0.1
 
   vocab_size = num_text + config.vqgan.num_embeddings
   config.model.update(

@@ -103,6 +103,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.max_seq_len = 2100
   config.data.action_max_tokens = 48
   config.data.recognition_weights = True
+  # FDP target weight = floor + (1 - floor) * recognition weight (0: the pure weighting).
+  config.data.recognition_floor = 0.0
   config.data.shuffle_buffer = 0
   config.data.num_workers = 0
   config.data.packing = False  # first-fit packing into rows of max_seq_len (segment_ids)

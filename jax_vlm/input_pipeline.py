@@ -73,19 +73,27 @@ class _Rejected:
   reason: str
 
 
+def _build_sequence(task: int, vocab, data_cfg) -> '_BuildSequence':
+  return _BuildSequence(task, vocab, int(data_cfg.action_max_tokens),
+                        bool(_opt(data_cfg, 'recognition_weights', True)),
+                        float(_opt(data_cfg, 'recognition_floor', 0.0)))
+
+
 class _BuildSequence:
   """example -> Sequence (or _Rejected). A class, not a closure, so it pickles for workers."""
 
-  def __init__(self, task: int, vocab, max_action_tokens: int, use_recognition_weights: bool):
+  def __init__(self, task: int, vocab, max_action_tokens: int, use_recognition_weights: bool,
+               recognition_floor: float = 0.0):
     self.task = task
     self.vocab = vocab
     self.max_action_tokens = max_action_tokens
     self.use_recognition_weights = use_recognition_weights
+    self.recognition_floor = recognition_floor
 
   def __call__(self, example: Mapping[str, Any]):
     try:
       return seqs.build(example, self.task, self.vocab, self.max_action_tokens,
-                        self.use_recognition_weights)
+                        self.use_recognition_weights, self.recognition_floor)
     except seqs.EmptyActionError as e:
       return _Rejected(str(e))
 
@@ -119,8 +127,7 @@ def task_stream(source, task: int, vocab, *, data_cfg, seed: int, process_index:
   """This process's endless, per-epoch reshuffled stream of `task` Sequences (or _Rejected)."""
   ds = _shard(source, process_index, process_count)
   ds = ds.shuffle(seed=_task_seed(seed, task)).repeat()
-  ds = ds.map(_BuildSequence(task, vocab, int(data_cfg.action_max_tokens),
-                             bool(_opt(data_cfg, 'recognition_weights', True))))
+  ds = ds.map(_build_sequence(task, vocab, data_cfg))
   return ds.to_iter_dataset(_read_options(data_cfg))
 
 
@@ -381,8 +388,7 @@ class _EvalBatch:
   def __init__(self, source, task: int, vocab, data_cfg, shard_indices: np.ndarray,
                batch_size: int, buckets: tuple[int, ...]):
     self.source = source
-    self.build = _BuildSequence(task, vocab, int(data_cfg.action_max_tokens),
-                                bool(_opt(data_cfg, 'recognition_weights', True)))
+    self.build = _build_sequence(task, vocab, data_cfg)
     self.task = task
     self.pad_id = int(vocab.pad_id)
     self.max_seq_len = int(data_cfg.max_seq_len)

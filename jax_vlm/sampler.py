@@ -16,7 +16,7 @@ Sampling: logits / temperature, then top-k, then top-p (nucleus), then a categor
 paper samples frames at temperature 1: low temperatures tend to copy the source frame.
 
 Classifier-free guidance (image mode, Chameleon's in-batch form): each prompt comes as three rows,
-  full      <bos> <boi> src <eoi> action <boi>     (source image and action)
+  full      <bos> action <boi> src <eoi> <boi>     (source image and action)
   image     <bos> <boi> src <eoi> <boi>            (source image only)
   uncond    <bos> <boi>                            (neither)
 which decode in lockstep (all three are fed the token sampled for the prompt) and whose logits

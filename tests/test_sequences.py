@@ -53,7 +53,7 @@ def test_fdp_layout_and_recognition_weighted_mask(use_rw):
   a = V.encode_text('push left')
   rw = np.array([0.0, 0.5, 1.5, 2.0], np.float32)
   s = seqs.build_fdp(_example(recognition_weights=rw), V, 8, use_recognition_weights=use_rw)
-  expected = [1, 3, 100, 101, 102, 103, 4] + a + [3, 103, 102, 101, 107, 4]
+  expected = [1] + a + [3, 100, 101, 102, 103, 4] + [3, 103, 102, 101, 107, 4]
   np.testing.assert_array_equal(s.token_ids, expected)
   target_w = list(rw) if use_rw else [1, 1, 1, 1]
   # Nothing on the prompt (including the <boi> opening the target), rw on codes, 1 on <eoi>.
@@ -124,7 +124,8 @@ def test_scoring_batch_matches_idp_training_sequence():
     np.testing.assert_array_equal(ids[k], s.token_ids)
     np.testing.assert_array_equal(mask[k], s.loss_weights)
   assert seqs.image_spans(ids[0], V) == [(2, 6), (8, 12)]
-  assert seqs.image_spans(seqs.fdp_prompt(SRC, a, V), V) == [(2, 6), (10, 10)]
+  n = len(a)
+  assert seqs.image_spans(seqs.fdp_prompt(SRC, a, V), V) == [(2 + n, 6 + n), (8 + n, 8 + n)]
 
 
 def _seq(n, task=seqs.IDP, start=50):
@@ -177,3 +178,13 @@ def test_packing_keeps_segments_apart_and_pads_little():
   # A fixed number of rows leaves out what fits nowhere, in order.
   b2, left = seqs.pack_sequences([_seq(60), _seq(60), _seq(70), _seq(8)], 128, 0, num_rows=1)
   assert left == [2] and b2['segment_ids'][0].max() == 3
+
+
+def test_recognition_floor_keeps_mean_and_trains_unchanged_codes():
+  rw = np.array([0.0, 0.0, 0.0, 4.0], np.float32)  # mean 1: one code changed
+  s = seqs.build_fdp(_example(recognition_weights=rw), V, 8, True, recognition_floor=0.1)
+  target = s.loss_weights[s.prompt_len:s.prompt_len + 4]
+  np.testing.assert_allclose(target, [0.1, 0.1, 0.1, 0.1 + 0.9 * 4.0], rtol=1e-6)
+  np.testing.assert_allclose(target.mean(), 1.0, rtol=1e-6)
+  with pytest.raises(UserError, match='recognition_floor'):
+    seqs.build_fdp(_example(recognition_weights=rw), V, 8, True, recognition_floor=1.5)
