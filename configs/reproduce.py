@@ -19,10 +19,10 @@ from configs import action_world
 def reproduce_section(size: str) -> ml_collections.ConfigDict:
   smoke = size == 'smoke'
   r = ml_collections.ConfigDict()
-  r.dynamics_steps = 100 if smoke else 600
-  r.fdp_steps = 40 if smoke else 300
+  r.dynamics_steps = 100 if smoke else 1000
+  r.fdp_steps = 40 if smoke else 150
   r.fdp_init = 'train_dynamics'  # '' = FDP variants start from random init
-  r.fdp_learning_rate = 5e-4
+  r.fdp_learning_rate = 1e-3
   r.fdp_warmup_steps = 10 if smoke else 20
   r.curve_points = 2 if smoke else 4
   r.eval_items = 24 if smoke else 200  # per test subset; 0 = all

@@ -64,7 +64,8 @@ def world_config_of(config: ml_collections.ConfigDict):
   world_dir = _world_dir(config)
   if world_dir and os.path.isfile(os.path.join(world_dir, 'world_config.json')):
     return load_world_config(world_dir)
-  return WorldConfig.preset(config.world.size)
+  return WorldConfig.preset(config.world.size,
+                            phrasings=str(config.world.get('phrasings', 'varied')))
 
 
 def _write_json(path: str, obj: dict) -> None:
@@ -82,7 +83,8 @@ def _write_json(path: str, obj: dict) -> None:
 def build_data(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   """Writes the world's splits, config and text tokenizer into `stage_dir`."""
   from data.action_world import WorldConfig, write_world
-  world = WorldConfig.preset(config.world.size)
+  world = WorldConfig.preset(config.world.size,
+                            phrasings=str(config.world.get('phrasings', 'varied')))
   result = write_world(stage_dir, world, int(config.world.seed), size=config.world.size)
   counts = {k: v['examples'] for k, v in result['stats'].items()}
   logging.info('build_data: %s examples in %.1f s -> %s', counts, result['total_seconds'],

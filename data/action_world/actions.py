@@ -437,6 +437,9 @@ def describe(action: 'str | Action', rng: np.random.Generator,
              config: WorldConfig = DEFAULT_CONFIG) -> str:
   """One random phrasing of the action (template and slot phrases drawn uniformly)."""
   a = parse_canonical(action)
+  if config.phrasings == 'plain':  # one wording: the first template and phrases, sorted partners
+    template = next(t for t in TEMPLATES[a.type] if _fits(t, a))
+    return _fill(template, a, lambda ps: ps[0], config)
   # The swap partner order in words is random too; the canonical form sorts it away.
   if a.type == 'swap' and rng.integers(2):
     a = a._replace(obj=a.ref, ref=a.obj)

@@ -70,6 +70,9 @@ class WorldConfig:
   # pairs never acted on by that action type in labelled/unlabelled/test.
   held_out_colors: int = 2
   held_out_shapes: int = 2
+  # 'varied': each action is worded by a random template and random slot phrases (several per
+  # type); 'plain': one wording per action (each type's first template, each slot's first phrase).
+  phrasings: str = 'varied'
 
   def __post_init__(self):
     require(self.rows >= 2 and self.cols >= 2,
@@ -81,6 +84,8 @@ class WorldConfig:
       require(c in PALETTE, f'World colour {c!r} is unknown; pick from {sorted(PALETTE)}.')
     for s in self.shapes:
       require(s in SHAPES, f'World shape {s!r} is unknown; pick from {list(SHAPES)}.')
+    require(self.phrasings in ('varied', 'plain'),
+            f'World phrasings={self.phrasings!r} is unknown; use "varied" or "plain".')
     require(len(set(self.colors)) == len(self.colors) and len(set(self.shapes)) == len(self.shapes),
             'World colours and shapes must not repeat; remove the duplicates.')
     require(1 <= self.min_objects <= self.max_objects <= self.rows * self.cols - 1,
