@@ -22,8 +22,8 @@ TINY = WorldConfig(rows=3, cols=3, colors=('red', 'green', 'blue'), shapes=('squ
                    min_objects=1, max_objects=3, held_out_colors=2, held_out_shapes=1,
                    num_labelled=12, num_unlabelled=16, num_test=6, num_test_compositional=6,
                    rollout_length=4)
-VQ = dict(resolution=24, base_channels=32, channel_multiplier=(1, 1, 1, 1), num_res_blocks=0,
-          z_channels=32, embed_dim=8, num_embeddings=16)
+VQ = dict(resolution=24, base_channels=8, channel_multiplier=(1, 1, 1, 1), num_res_blocks=0,
+          z_channels=32, embed_dim=8, num_embeddings=16, norm_groups=2, patch_encoder=True)
 
 
 def _config():
