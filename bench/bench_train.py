@@ -156,11 +156,11 @@ def bench_torch_train(size, family, batch, steps) -> dict:
           'params': sum(p.numel() for p in params)}
 
 
-def bench_jax_generate(size, family, candidates, gen_tokens) -> dict:
+def bench_jax_generate(size, family, candidates, gen_tokens, scan=True) -> dict:
   """Prefill one prompt, tile the cache K times, sample `gen_tokens` image tokens per row."""
   from jax_vlm.models import transformer
   from jax_vlm.models.config import TransformerConfig
-  config = jax_config(size, family, 1, 1, True)
+  config = jax_config(size, family, 1, 1, scan)
   c = TransformerConfig.from_config(config.model)
   model = transformer.DecoderLM(c)
   prompt_len = SIZES[size]['prompt']
@@ -224,8 +224,11 @@ def main(argv=None) -> None:
   parser.add_argument('--gen_tokens', type=int, default=None,
                       help='image tokens to generate (default: the size preset: 25 / 1024)')
   parser.add_argument('--no_generate', action='store_true')
+  parser.add_argument('--scan_layers', default='auto', choices=('auto', 'true', 'false'),
+                      help="the main JAX row's model.scan_layers; auto = false on CPU (XLA:CPU "
+                           'fuses less across the scan loop), true elsewhere')
   parser.add_argument('--no_scan_check', action='store_true',
-                      help='skip the extra JAX run with scan_layers=False')
+                      help='skip the extra JAX run with the other scan_layers setting')
   parser.add_argument('--json', default=None)
   args = parser.parse_args(argv)
 
@@ -236,12 +239,15 @@ def main(argv=None) -> None:
              f'jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}')
   print(f'machine: {machine}; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s')
   results = {'machine': machine, 'matmul_peak_flops': peak, 'family': args.family, 'sizes': {}}
+  scan = (args.scan_layers == 'true' if args.scan_layers != 'auto'
+          else jax.default_backend() != 'cpu')
   for size in args.sizes.split(','):
     batch = args.batch or SIZES[size]['batch']
     r = {'batch': batch, 'seq': SIZES[size]['seq']}
-    r['jax'] = bench_jax_train(size, args.family, batch, args.steps)
+    r['scan_layers'] = scan
+    r['jax'] = bench_jax_train(size, args.family, batch, args.steps, scan=scan)
     if not args.no_scan_check:
-      r['jax_unscanned'] = bench_jax_train(size, args.family, batch, args.steps, scan=False)
+      r['jax_other_scan'] = bench_jax_train(size, args.family, batch, args.steps, scan=not scan)
     r['torch'] = bench_torch_train(size, args.family, batch, args.steps)
     r['jax_over_torch'] = r['jax']['tokens_per_s'] / r['torch']['tokens_per_s']
     r['mfu'] = r['jax']['tokens_per_s'] * r['jax']['flops_per_token'] / peak
@@ -250,13 +256,13 @@ def main(argv=None) -> None:
           f'(MFU {100 * r["mfu"]:.1f}%), torch {r["torch"]["tokens_per_s"]:.0f} tok/s '
           f'(MFU {100 * r["torch_mfu"]:.1f}%), ratio {r["jax_over_torch"]:.2f}; params jax '
           f'{r["jax"]["params"]:,} torch {r["torch"]["params"]:,}', flush=True)
-    if 'jax_unscanned' in r:
-      print(f'[{size}] jax without scan: '
-            f'{r["jax_unscanned"]["tokens_per_s"]:.0f} tok/s', flush=True)
+    if 'jax_other_scan' in r:
+      print(f'[{size}] jax with scan_layers={not scan}: '
+            f'{r["jax_other_scan"]["tokens_per_s"]:.0f} tok/s', flush=True)
     if not args.no_generate:
       n = args.gen_tokens or SIZES[size]['image_tokens']
       r['generate'] = {'tokens': n, 'candidates': args.candidates,
-                       'jax': bench_jax_generate(size, args.family, args.candidates, n),
+                       'jax': bench_jax_generate(size, args.family, args.candidates, n, scan),
                        'torch': bench_torch_generate(size, args.family, args.candidates, n)}
       g = r['generate']
       g['jax_over_torch'] = g['jax']['tokens_per_s'] / g['torch']['tokens_per_s']

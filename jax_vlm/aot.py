@@ -536,6 +536,13 @@ def sweep_row(name: str, r: dict[str, Any]) -> dict[str, Any]:
   return row
 
 
+def _estimate_note(mfu: float | None) -> str:
+  """A warning for a time estimate no chip can reach (the roofline undercounted the work)."""
+  if mfu is not None and mfu > 1.0:
+    return 'time estimate implausible (MFU > 100%): ignore est. step s'
+  return ''
+
+
 def sweep_markdown(rows: list[dict[str, Any]]) -> str:
   head = ['config', 'topology', 'chips', 'rules', 'mesh d×f×t', 'mode', 'remat', 'batch', 'fits',
           'GiB/chip', 'HBM', 'temp GiB', 'est. step s', 'est. MFU', 'decode GiB',
@@ -548,7 +555,7 @@ def sweep_markdown(rows: list[dict[str, Any]]) -> str:
              r['remat'], r['global_batch'], r['fits'], r['memory_per_chip_gib'],
              r['hbm_per_chip_gib'], r['temp_gib'], r['estimated_step_s'], mfu,
              r['decode_memory_gib'], dec, r['compile_s'] and round(r['compile_s']),
-             (r['error'] or '').replace('|', '/')]
+             (r['error'] or '').replace('|', '/') or _estimate_note(r['mfu'])]
     out.append('| ' + ' | '.join(_fmt(c) for c in cells) + ' |')
   return '\n'.join(out) + '\n'
 

@@ -113,6 +113,9 @@ def test_sweep_table_keeps_failed_points(tmp_path):
   assert md.count('\n') == 4 and '| smoke | cpu |' in md
   csv_text = aot.sweep_csv(rows)
   assert csv_text.splitlines()[0].split(',')[:3] == ['config', 'topology', 'chips']
+  # A time estimate above the chips' peak is flagged, not silently reported.
+  flagged = aot.sweep_markdown([dict(rows[0], mfu=6.9, estimated_step_s=0.07)])
+  assert 'implausible' in flagged and 'implausible' not in md
 
 
 def _run_cli(args, env_extra=None, timeout=240):
