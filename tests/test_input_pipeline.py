@@ -55,10 +55,15 @@ def same(a, b):
 
 
 def example_indices(batch):
-  """Index of every example in the batch: the first source code after <bos> <boi>."""
-  starts = (batch['positions'] == 0) & (batch['segment_ids'] > 0)
-  ids = batch['token_ids'][np.roll(starts, 2, axis=1)]
-  return list((ids - 100).tolist())
+  """Index of every example in the batch: the first source code, right after the sequence's
+  first <boi> (IDP: <bos> <boi> src ...; FDP: <bos> action <boi> src ...)."""
+  out = []
+  for row, starts in enumerate((batch['positions'] == 0) & (batch['segment_ids'] > 0)):
+    tokens = batch['token_ids'][row]
+    for start in np.flatnonzero(starts):
+      boi = start + int(np.argmax(tokens[start:] == V.boi_id))
+      out.append(int(tokens[boi + 1]) - 100)
+  return out
 
 
 def test_batches_are_well_formed_and_deterministic():
