@@ -100,6 +100,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The world's patch encoder gives unchanged cells exactly zero feature change, so the pure
   # weighting would never train the model to copy them: keep a floor.
   d.recognition_floor = 0.1
+  # train_dynamics stands in for the pretrained model every FDP variant starts from: the plain
+  # FDP loss, so it learns to copy unchanged cells (which the weighting all but ignores).
+  config.stage_overrides.train_dynamics = (('data.recognition_weights', False),)
 
   vocab_size = num_text + config.vqgan.num_embeddings
   config.model.update(

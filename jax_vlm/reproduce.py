@@ -84,11 +84,7 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
   overrides: dict[str, dict[str, Any]] = {
       'train_dynamics': {'train.num_steps': dyn_steps,
                          'train.checkpoint_every': max(dyn_steps // points, 1),
-                         'train.keep_checkpoints': 0,  # 0 keeps them all (the curves read them)
-                         # The stand-in for the pretrained model every variant starts from: the
-                         # plain FDP loss, so it learns to copy unchanged cells (under the
-                         # recognition weights those carry almost no loss).
-                         'data.recognition_weights': False},
+                         'train.keep_checkpoints': 0},  # 0 keeps them all (the curves read them)
   }
   for name in VARIANTS:
     overrides[name] = {

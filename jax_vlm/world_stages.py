@@ -60,10 +60,16 @@ def _world_dir(config: ml_collections.ConfigDict) -> str:
 
 def world_config_of(config: ml_collections.ConfigDict):
   """The WorldConfig of the run: the built world's (build_data) if it exists, else the preset."""
-  from data.action_world import WorldConfig, load_world_config
+  from data.action_world import load_world_config
   world_dir = _world_dir(config)
   if world_dir and os.path.isfile(os.path.join(world_dir, 'world_config.json')):
     return load_world_config(world_dir)
+  return _preset_world(config)
+
+
+def _preset_world(config: ml_collections.ConfigDict):
+  """The WorldConfig that config.world (size, phrasings) describes."""
+  from data.action_world import WorldConfig
   return WorldConfig.preset(config.world.size,
                             phrasings=str(config.world.get('phrasings', 'varied')))
 
@@ -82,9 +88,8 @@ def _write_json(path: str, obj: dict) -> None:
 @stages.register('build_data')
 def build_data(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   """Writes the world's splits, config and text tokenizer into `stage_dir`."""
-  from data.action_world import WorldConfig, write_world
-  world = WorldConfig.preset(config.world.size,
-                            phrasings=str(config.world.get('phrasings', 'varied')))
+  from data.action_world import write_world
+  world = _preset_world(config)
   result = write_world(stage_dir, world, int(config.world.seed), size=config.world.size)
   counts = {k: v['examples'] for k, v in result['stats'].items()}
   logging.info('build_data: %s examples in %.1f s -> %s', counts, result['total_seconds'],
@@ -224,15 +229,9 @@ def tokenize(config: ml_collections.ConfigDict, stage_dir: str) -> None:
     # Each distinct scene is rendered, encoded and checked once (consecutive pairs of a rollout
     # share a frame), then spread back over the (src, tgt) slots.
     keys = [json.dumps(ex[k], sort_keys=True) for ex in raw for k in ('src', 'tgt')]
-    first = {}
-    for i, key in enumerate(keys):
-      first.setdefault(key, i)
-    slot = np.array([first[key] for key in keys], np.int64)
-    unique_at = np.array(sorted(first.values()), np.int64)
-    where = np.zeros(len(keys), np.int64)
-    where[unique_at] = np.arange(len(unique_at))
-    slot = where[slot]
-    scenes = [Scene.from_json(json.loads(keys[i])) for i in unique_at]
+    index: dict[str, int] = {}  # distinct scene -> its position, in order of first appearance
+    slot = np.array([index.setdefault(key, len(index)) for key in keys], np.int64)
+    scenes = [Scene.from_json(json.loads(key)) for key in index]
     frames = np.stack([render(s, world) for s in scenes]) if scenes else np.zeros(
         (0, *world.frame_shape), np.uint8)
     codes, features, recon = encode_frames(params, vq_config, frames, batch_size, fn)
