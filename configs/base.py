@@ -34,6 +34,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   c.scan_layers = True
   c.remat_policy = 'nothing_saveable'  # 'none' | 'nothing_saveable' | 'dots' | ...
   c.attention_impl = 'xla'  # 'xla' (einsum) | 'cudnn' | 'auto' (jax.nn.dot_product_attention)
+  c.attention_chunk = 512  # 'xla' causal attention in query blocks that skip unseen keys; 0 = off
   # LoRA adapters live inside the projection layers; rank 0 means none.
   c.lora_rank = 0
   c.lora_alpha = 32.0

@@ -10,6 +10,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import train_smoke
@@ -61,6 +62,21 @@ def _batch(rng, b=4, s=12, vocab=256, tasks=(0, 1, 0, 1)):
   return {'token_ids': token_ids, 'positions': np.tile(np.arange(s, dtype=np.int32), (b, 1)),
           'segment_ids': np.ones((b, s), np.int32), 'loss_weights': w,
           'task': np.asarray(tasks, np.int32)}
+
+
+def test_cross_entropy_matches_optax_value_and_gradient():
+  rng = np.random.default_rng(1)
+  logits = jnp.asarray(rng.normal(size=(3, 7, 50)).astype(np.float32) * 3)
+  targets = jnp.asarray(rng.integers(0, 50, size=(3, 7)), jnp.int32)
+  g = jnp.asarray(rng.uniform(size=(3, 7)).astype(np.float32))
+  nll, hit = ts.cross_entropy(logits, targets)
+  want = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  np.testing.assert_allclose(nll, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(hit, jnp.argmax(logits, -1) == targets)
+  ours = jax.grad(lambda x: jnp.sum(ts.cross_entropy(x, targets)[0] * g))(logits)
+  ref = jax.grad(lambda x: jnp.sum(
+      optax.softmax_cross_entropy_with_integer_labels(x, targets) * g))(logits)
+  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_token_statistics_separate_objectives():

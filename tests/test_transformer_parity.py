@@ -113,8 +113,8 @@ def test_gemma_matches_transformers(tmp_path, heads, kv_heads, hidden, head_dim,
 
 
 def test_scan_remat_and_attention_impls_agree(tmp_path):
-  """scan_layers on/off and the jax.nn.dot_product_attention path give the same logits; remat
-  policies the same gradients."""
+  """scan_layers on/off, causal query blocks and the jax.nn.dot_product_attention path give the
+  same logits; remat policies and query blocks the same gradients."""
   make_chameleon(tmp_path, 6, 2, 48, False, layers=2)
   ids = random_ids(96, seq=9, seed=2)
   module, params = hf.from_pretrained(str(tmp_path), dtype='float32', scan_layers=True)
@@ -128,13 +128,15 @@ def test_scan_remat_and_attention_impls_agree(tmp_path):
 
   grad = jax.jit(grad, static_argnums=1)
   ref_grad = grad(params, module.config.replace(remat_policy='none'))
-  for change in [dict(scan_layers=False), dict(attention_impl='auto')]:
+  assert module.config.attention_chunk >= ids.shape[1]  # the reference is one block
+  for change in [dict(scan_layers=False), dict(attention_impl='auto'), dict(attention_chunk=4)]:
     cfg = module.config.replace(**change)
     out = run(DecoderLM(cfg), unscanned if not cfg.scan_layers else params, ids)
     np.testing.assert_allclose(out, reference, atol=1e-5, rtol=0, err_msg=str(change))
-  for policy in ['nothing_saveable']:  # remat changes what is stored, not the gradients
+  # remat changes what is stored, and query blocks which keys are read, not the gradients
+  for change in [dict(remat_policy='nothing_saveable'), dict(remat_policy='none', attention_chunk=4)]:
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
-                 grad(params, module.config.replace(remat_policy=policy)), ref_grad)
+                 grad(params, module.config.replace(**change)), ref_grad)
 
 
 def _tiny(family='chameleon', **kw):
@@ -178,6 +180,14 @@ def test_packed_segments_match_separate_examples(family):
   assert np.isfinite(np.asarray(packed)).all()  # padding rows too
   np.testing.assert_allclose(packed[:, :5], alone_a, atol=1e-5, rtol=0)
   np.testing.assert_allclose(packed[:, 5:9], alone_b, atol=1e-5, rtol=0)
+  # Causal query blocks of 4 (the examples straddle them) agree everywhere, padding included, also
+  # with the padding first, where its block reads fewer keys than the whole row.
+  rows = np.concatenate([row, np.roll(row, 2, axis=1)])
+  segments, positions = (np.concatenate([x, np.roll(x, 2, axis=1)]) for x in (segments, positions))
+  whole = run(module, params, rows, positions=positions, segment_ids=segments)
+  blocks = run(DecoderLM(config.replace(attention_chunk=4)), params, rows, positions=positions,
+               segment_ids=segments)
+  np.testing.assert_allclose(blocks, whole, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize('scan_layers', [True, False])

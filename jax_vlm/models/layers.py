@@ -183,27 +183,50 @@ def attention_mask(q_segment_ids: Array, q_slots: Array, kv_segment_ids: Array,
   return (causal & same & real)[:, None]
 
 
+def _einsum_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+  """q [b, kv_heads, group, q, d], k/v [b, kv_heads, kv, d], mask [b, 1, q, kv] -> like q.
+
+  Heads lead (the layout batched matmuls want; about 10% faster on CPU than sequence-major).
+  """
+  logits = jnp.einsum('bkgsd,bktd->bkgst', q, k, preferred_element_type=jnp.float32)
+  logits = logits * (q.shape[-1] ** -0.5)
+  logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum('bkgst,bktd->bkgsd', probs, v)
+
+
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, impl: str = 'xla',
-                          is_causal: bool = False) -> Array:
+                          is_causal: bool = False, causal_chunk: int = 0) -> Array:
   """Grouped-query attention.
 
   q [batch, q, heads, head_dim], k/v [batch, kv, kv_heads, head_dim], mask bool [batch, 1, q, kv]
   -> [batch, q, heads, head_dim]. Query head h uses kv head h // (heads // kv_heads), as in
   transformers' repeat_kv. `impl`: 'xla' = einsum with a float32 softmax; 'cudnn' / 'auto' =
   jax.nn.dot_product_attention (cuDNN flash attention; 'auto' picks it only on GPU in 16-bit).
-  `is_causal` promises the mask is (at most) causal with aligned slots, letting cuDNN skip blocks.
-  Fully masked query rows (padding) get a uniform softmax, never NaN.
+  `is_causal` promises the mask is (at most) causal with aligned slots (query i sees keys <= i),
+  letting cuDNN skip blocks; with it, 'xla' and `causal_chunk > 0` split the queries into blocks
+  of `causal_chunk` and block j only reads keys `[0, end of block j)`: the same result with about
+  half the attention FLOPs and memory for long rows (2x faster fwd+bwd at 2,100 tokens on CPU).
+  Fully masked query rows (padding) get a uniform softmax over all keys, never NaN.
   """
   batch, q_len, heads, head_dim = q.shape
-  kv_heads = k.shape[2]
+  kv_len, kv_heads = k.shape[1], k.shape[2]
   if impl == 'xla':
-    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
-    logits = jnp.einsum('bskgd,btkd->bkgst', q, k, preferred_element_type=jnp.float32)
-    logits = logits * (head_dim ** -0.5)
-    logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum('bkgst,btkd->bskgd', probs, v)
-    return out.reshape(batch, q_len, heads, head_dim)
+    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim).transpose(0, 2, 3, 1, 4)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    if is_causal and causal_chunk > 0 and q_len == kv_len and q_len > causal_chunk:
+      blocks = []
+      for start in range(0, q_len, causal_chunk):
+        end = min(q_len, start + causal_chunk)
+        blocks.append(_einsum_attention(q[:, :, :, start:end], k[:, :, :end], v[:, :, :end],
+                                        mask[:, :, start:end, :end]))
+      out = jnp.concatenate(blocks, axis=3)
+      # Rows that see no key average all values, as the unchunked softmax does.
+      seen = jnp.any(mask, axis=-1)[:, :, None, :, None]  # [b, 1, 1, q, 1]
+      out = jnp.where(seen, out, jnp.mean(v, axis=2, keepdims=True)[:, :, None])
+    else:
+      out = _einsum_attention(q, k, v, mask)
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, heads, head_dim)
   implementation = None
   if impl == 'cudnn':
     implementation = 'cudnn'
@@ -256,7 +279,8 @@ class Attention(nn.Module):
       new_cache_kv = (k_cache, v_cache)
       k, v = k_cache.astype(c.dtype), v_cache.astype(c.dtype)
 
-    out = dot_product_attention(q, k, v, mask, c.attention_impl, is_causal=cache_kv is None)
+    out = dot_product_attention(q, k, v, mask, c.attention_impl, is_causal=cache_kv is None,
+                                causal_chunk=c.attention_chunk)
     out = nn.with_logical_constraint(out, q_axes)
     out = proj('o_proj', out, (c.d_model,), ('heads', 'head_dim'), ('embed',))
     return out, new_cache_kv
