@@ -9,8 +9,8 @@ jitted with shardings and donation, on one CPU device), and transformers'
 ChameleonForConditionalGeneration (its `model` + `lm_head`) or GemmaForCausalLM trained by
 torch.optim.AdamW; then reports tokens/s of each and the ratio. Generation: one image of
 `gen_tokens` tokens for K candidates after a prompt of one image + an action (prefill once, K rows
-decode), a plain jitted KV-cache loop (`DecoderLM` + `KVCache`, image tokens only) against
-transformers' `generate(num_return_sequences=K)`. MFU is against this machine's measured fp32
+decode), jax_vlm.sampler.Sampler.generate_images (image tokens only) against transformers'
+`generate(num_return_sequences=K, do_sample=True, top_k=0)`. MFU is against this machine's measured fp32
 matmul peak (a large jnp.dot), since CPUs have no datasheet bf16 peak worth quoting.
 
 CPU runs use float32 compute (bf16 matmuls are emulated and slow on most CPUs) and no remat.
@@ -157,7 +157,10 @@ def bench_torch_train(size, family, batch, steps) -> dict:
 
 
 def bench_jax_generate(size, family, candidates, gen_tokens, scan=True) -> dict:
-  """Prefill one prompt, tile the cache K times, sample `gen_tokens` image tokens per row."""
+  """jax_vlm.sampler.Sampler.generate_images: prefill once, repeat the cache K times, sample
+  `gen_tokens` image tokens per row in one jitted while_loop (the product's sampler)."""
+  from bench_sampler import BenchVocab
+  from jax_vlm import sampler as S
   from jax_vlm.models import transformer
   from jax_vlm.models.config import TransformerConfig
   config = jax_config(size, family, 1, 1, scan)
@@ -166,34 +169,24 @@ def bench_jax_generate(size, family, candidates, gen_tokens, scan=True) -> dict:
   prompt_len = SIZES[size]['prompt']
   params = jax.jit(lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32)))(jax.random.PRNGKey(0))
   params = jax.tree.map(lambda x: x.unbox() if hasattr(x, 'unbox') else x, params,
-                        is_leaf=lambda x: hasattr(x, 'unbox'))
-  image_mask = jnp.arange(c.vocab_size) >= c.vocab_size - NUM_IMAGE_CODES[size]
+                        is_leaf=lambda x: hasattr(x, 'unbox'))['params']
+  vocab = BenchVocab(c.vocab_size - NUM_IMAGE_CODES[size], NUM_IMAGE_CODES[size])
+  sampler = S.Sampler(model, vocab, cache_len=prompt_len + gen_tokens)
+  prompt = jax.random.randint(jax.random.PRNGKey(1), (prompt_len,), 1, c.vocab_size)
+  prompts = [jax.device_get(prompt)]
 
-  @jax.jit
-  def generate(params, prompt, rng):
-    cache = transformer.init_cache(c, 1, prompt_len + gen_tokens)
-    logits, cache = model.apply(params, prompt, cache=cache)
-    cache = transformer.repeat_cache(cache, candidates)
-    last = jnp.repeat(logits[:, -1], candidates, axis=0)
+  def generate(seed):
+    return sampler.generate_images(params, prompts, jax.random.PRNGKey(seed),
+                                   num_candidates=candidates, num_image_tokens=gen_tokens)
 
-    def body(i, carry):
-      cache, last, rng, out = carry
-      rng, sub = jax.random.split(rng)
-      tok = jax.random.categorical(sub, jnp.where(image_mask, last, -jnp.inf))
-      logits, cache = model.apply(params, tok[:, None], cache=cache)
-      return cache, logits[:, -1], rng, out.at[:, i].set(tok)
-
-    out = jnp.zeros((candidates, gen_tokens), jnp.int32)
-    return jax.lax.fori_loop(0, gen_tokens, body, (cache, last, rng, out))[3]
-
-  prompt = jax.random.randint(jax.random.PRNGKey(1), (1, prompt_len), 1, c.vocab_size)
   t0 = time.perf_counter()
-  generate(params, prompt, jax.random.PRNGKey(2)).block_until_ready()
+  generate(2)  # compiles; returns numpy, so the device work is done
   first = time.perf_counter() - t0
   t0 = time.perf_counter()
-  out = generate(params, prompt, jax.random.PRNGKey(3)).block_until_ready()
+  out = generate(3)
   elapsed = time.perf_counter() - t0
-  assert bool(jnp.all(image_mask[out]))
+  assert out.tokens.shape == (1, candidates, gen_tokens)
+  assert vocab.image_token_mask()[out.tokens].all()
   return {'tokens_per_s': candidates * gen_tokens / elapsed, 'seconds': elapsed,
           'first_call_s': first}
 
@@ -204,7 +197,8 @@ def bench_torch_generate(size, family, candidates, gen_tokens) -> dict:
   prompt_len = SIZES[size]['prompt']
   vocab = SIZES[size]['model']['vocab_size']
   prompt = torch.randint(1, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(1))
-  kwargs = dict(max_new_tokens=gen_tokens, min_new_tokens=gen_tokens, do_sample=True,
+  # top_k=0: plain sampling at temperature 1, as the JAX side (transformers' default is top-k 50).
+  kwargs = dict(max_new_tokens=gen_tokens, min_new_tokens=gen_tokens, do_sample=True, top_k=0,
                 num_return_sequences=candidates, use_cache=True, pad_token_id=0)
   with torch.no_grad():
     t0 = time.perf_counter()

@@ -28,6 +28,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import Any, Sequence
@@ -579,6 +580,19 @@ DEFAULT_POINTS = (
 )
 
 
+_OOM = re.compile(r'Ran out of memory.*?required for HLO temporaries \(([\d.]+)G\) exceeds '
+                  r'available HBM \(([\d.]+)G\)')
+
+
+def out_of_memory(message: str) -> dict[str, Any]:
+  """The compiler's 'Ran out of memory on HBM' error as a result: `fits` False, the temporaries it
+  needed and the HBM it had (GiB per chip); {} for any other error."""
+  m = _OOM.search(message)
+  if not m:
+    return {}
+  return {'fits': False, 'temp_gib': float(m.group(1)), 'hbm_per_chip_gib': float(m.group(2))}
+
+
 def run_sweep(config, topologies: Sequence[str], points: Sequence[str], name: str = '',
               decode: bool = True, log=print, on_row=None) -> list[dict[str, Any]]:
   """Compiles every (topology, point); a point with `topology=NAME` runs on that topology only.
@@ -599,7 +613,7 @@ def run_sweep(config, topologies: Sequence[str], points: Sequence[str], name: st
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         r = {'topology': topology, 'rules': point.get('rules'), 'mode': point.get('mode', 'full'),
              'remat': point.get('remat'), 'mesh_text': text, 'error': first,
-             'compile_s': time.perf_counter() - t0}
+             'compile_s': time.perf_counter() - t0, **out_of_memory(first)}
       row = sweep_row(name, r)
       rows.append(row)
       if on_row is not None:

@@ -103,6 +103,18 @@ def test_cpu_compile_reports_memory_cost_and_decode():
   assert 'COMPILER-ESTIMATED' in text and 'decode step (batch 8' in text
 
 
+def test_out_of_hbm_compile_error_is_a_does_not_fit_row():
+  # The message libtpu gave for Anole-7B LoRA on v5e:16x16 with remat=dots.
+  msg = ('RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO '
+         'temporaries (29.68G) exceeds available HBM (15.75G).')
+  assert aot.out_of_memory(msg) == {'fits': False, 'temp_gib': 29.68, 'hbm_per_chip_gib': 15.75}
+  assert aot.out_of_memory('mesh axes do not divide 8 devices') == {}
+  row = aot.sweep_row('anole', {'topology': 'v5e:16x16', 'error': msg, 'mesh_text': 'rules=fsdp',
+                                **aot.out_of_memory(msg)})
+  assert row['fits'] is False and row['temp_gib'] == 29.68
+  assert '| NO | - | 15.75 | 29.68 |' in aot.sweep_markdown([row])
+
+
 def test_sweep_table_keeps_failed_points(tmp_path):
   cfg = train_smoke.get_config('fsdp')
   rows = aot.run_sweep(cfg, ['cpu'], ['rules=fsdp', 'rules=fsdp_tp,tensor=3'], name='smoke',
