@@ -12,8 +12,8 @@ from tests.test_transformer_parity import _random_params, _tiny, run
 ATOL = 2e-5
 
 
-def _model(family, scan_layers=True):
-  config = _tiny(family, scan_layers=scan_layers, vocab_size=48)
+def _model(family, scan_layers=True, remat_policy='none'):
+  config = _tiny(family, scan_layers=scan_layers, vocab_size=48, remat_policy=remat_policy)
   module = DecoderLM(config)
   return config, module, _random_params(module, np.zeros((1, 4), np.int32), seed=7)
 
@@ -25,14 +25,17 @@ def _step_fn(module):
   return step
 
 
-@pytest.mark.parametrize('family,scan_layers', [('chameleon', True), ('gemma', False)])
-def test_decoding_matches_full_forward_at_every_position(family, scan_layers):
-  config, module, params = _model(family, scan_layers)
+@pytest.mark.parametrize('family,scan_layers,remat', [
+    ('chameleon', True, 'none'), ('gemma', False, 'none'), ('chameleon', False, 'nothing_saveable'),
+    ('gemma', True, 'nothing_saveable')])
+def test_decoding_matches_full_forward_at_every_position(family, scan_layers, remat):
+  """The cache is written in place layer by layer (scanned or not, under remat or not)."""
+  config, module, params = _model(family, scan_layers, remat)
   ids = np.random.RandomState(0).randint(0, 48, (2, 9)).astype(np.int32)
   full = run(module, params, ids)
   step = _step_fn(module)
   cache = init_cache(config, batch=2, max_len=12)
-  assert cache.k.shape == (config.num_layers, 2, 12, config.num_kv_heads, config.head_dim)
+  assert cache.k.shape == (config.num_layers, 2, config.num_kv_heads, 12, config.head_dim)
   logits, cache = step(params, ids[:, :4], cache, np.ones((2, 4), np.int32))  # prefill 4
   outs = [logits]
   for t in range(4, 9):  # then one token a step

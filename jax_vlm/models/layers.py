@@ -196,11 +196,13 @@ def _einsum_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, impl: str = 'xla',
-                          is_causal: bool = False, causal_chunk: int = 0) -> Array:
+                          is_causal: bool = False, causal_chunk: int = 0,
+                          kv_heads_major: bool = False) -> Array:
   """Grouped-query attention.
 
-  q [batch, q, heads, head_dim], k/v [batch, kv, kv_heads, head_dim], mask bool [batch, 1, q, kv]
-  -> [batch, q, heads, head_dim]. Query head h uses kv head h // (heads // kv_heads), as in
+  q [batch, q, heads, head_dim], k/v [batch, kv, kv_heads, head_dim] (or, with `kv_heads_major`,
+  [batch, kv_heads, kv, head_dim]: the KV cache's layout, which 'xla' reads without a transpose),
+  mask bool [batch, 1, q, kv] -> [batch, q, heads, head_dim]. Query head h uses kv head h // (heads // kv_heads), as in
   transformers' repeat_kv. `impl`: 'xla' = einsum with a float32 softmax; 'cudnn' / 'auto' =
   jax.nn.dot_product_attention (cuDNN flash attention; 'auto' picks it only on GPU in 16-bit).
   `is_causal` promises the mask is (at most) causal with aligned slots (query i sees keys <= i),
@@ -210,10 +212,14 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, impl: str =
   Fully masked query rows (padding) get a uniform softmax over all keys, never NaN.
   """
   batch, q_len, heads, head_dim = q.shape
-  kv_len, kv_heads = k.shape[1], k.shape[2]
+  if kv_heads_major and impl != 'xla':
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    kv_heads_major = False
+  kv_len, kv_heads = (k.shape[2], k.shape[1]) if kv_heads_major else (k.shape[1], k.shape[2])
   if impl == 'xla':
     q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim).transpose(0, 2, 3, 1, 4)
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    if not kv_heads_major:
+      k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     if is_causal and causal_chunk > 0 and q_len == kv_len and q_len > causal_chunk:
       blocks = []
       for start in range(0, q_len, causal_chunk):
@@ -252,9 +258,12 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x: Array, sin: Array, cos: Array, mask: Array,
                cache_kv: Optional[tuple[Array, Array]], cache_index: Optional[Array],
-               deterministic: bool = True):
-    """x [batch, seq, embed]; cache_kv ([batch, max_len, kv_heads, head_dim] x 2) or None;
-    cache_index [] the slot of x's first token. Returns (out [batch, seq, embed], new cache_kv)."""
+               layer: Any = None, deterministic: bool = True):
+    """x [batch, seq, embed]; cache_kv: every layer's keys and values
+    ([layers, batch, kv_heads, max_len, head_dim] x 2) or None; cache_index [] the slot of x's
+    first token; layer: this layer's index into the cache (int or [] int32). Writes x's keys and
+    values into its layer's slots in place (a decode step copies no cache) and returns
+    (out [batch, seq, embed], new cache_kv)."""
     c = self.config
     proj = functools.partial(_projection, c, deterministic=deterministic)
     q = proj('q_proj', x, (c.num_heads, c.head_dim), ('embed',), ('heads', 'head_dim'))
@@ -272,15 +281,21 @@ class Attention(nn.Module):
 
     new_cache_kv = None
     if cache_kv is not None:
-      k_cache, v_cache = cache_kv
-      start = (0, cache_index, 0, 0)
-      k_cache = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
-      v_cache = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
+      start = (layer, 0, 0, cache_index, 0)
+
+      def write_and_read(cache, new):
+        new = new.transpose(0, 2, 1, 3)[None].astype(cache.dtype)  # [1, b, kv_heads, seq, d]
+        cache = lax.dynamic_update_slice(cache, new, start)
+        read = (cache[layer] if isinstance(layer, int) else
+                lax.dynamic_index_in_dim(cache, layer, 0, keepdims=False))
+        return cache, read.astype(c.dtype)
+
+      (k_cache, k), (v_cache, v) = write_and_read(cache_kv[0], k), write_and_read(cache_kv[1], v)
       new_cache_kv = (k_cache, v_cache)
-      k, v = k_cache.astype(c.dtype), v_cache.astype(c.dtype)
 
     out = dot_product_attention(q, k, v, mask, c.attention_impl, is_causal=cache_kv is None,
-                                causal_chunk=c.attention_chunk)
+                                causal_chunk=c.attention_chunk,
+                                kv_heads_major=cache_kv is not None)
     out = nn.with_logical_constraint(out, q_axes)
     out = proj('o_proj', out, (c.d_model,), ('heads', 'head_dim'), ('embed',))
     return out, new_cache_kv

@@ -14,7 +14,7 @@ them explicitly for packed rows, where each example restarts at 0).
 
 KV cache (for samplers; everything has a fixed shape, so it lives in `lax.while_loop` state):
 
-    KVCache.k, .v       [layers, batch, max_len, kv_heads, head_dim]   keys after RoPE, values
+    KVCache.k, .v       [layers, batch, kv_heads, max_len, head_dim]   keys after RoPE, values
     KVCache.segment_ids [batch, max_len] int32   segment of each written slot, 0 = empty / padding
     KVCache.next_position [batch] int32          RoPE position the row's next real token gets
     KVCache.index       [] int32                 next slot to write (the same for all rows)
@@ -59,8 +59,8 @@ Array = jax.Array
 @flax.struct.dataclass
 class KVCache:
   """Fixed-size key/value cache; see the module docstring for the layout."""
-  k: Array  # [layers, batch, max_len, kv_heads, head_dim]
-  v: Array  # [layers, batch, max_len, kv_heads, head_dim]
+  k: Array  # [layers, batch, kv_heads, max_len, head_dim]
+  v: Array  # [layers, batch, kv_heads, max_len, head_dim]
   segment_ids: Array  # [batch, max_len] int32, 0 = empty slot or padding
   next_position: Array  # [batch] int32
   index: Array  # [] int32
@@ -76,7 +76,8 @@ class KVCache:
 
 def init_cache(config: TransformerConfig, batch: int, max_len: int, dtype=None) -> KVCache:
   """An empty cache for `batch` rows of up to `max_len` tokens (dtype defaults to config.dtype)."""
-  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+  # Heads before slots: attention reads a layer's [batch, kv_heads, max_len, head_dim] as is.
+  shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
   dtype = dtype or config.dtype
   return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                  segment_ids=jnp.zeros((batch, max_len), jnp.int32),
@@ -92,7 +93,7 @@ def repeat_cache(cache: KVCache, k: int) -> KVCache:
 
 def cache_logical_axes() -> KVCache:
   """Logical axis names of each cache field (a KVCache of tuples), for building shardings."""
-  kv = ('layers', 'batch', 'length', 'kv_heads', 'head_dim')
+  kv = ('layers', 'batch', 'kv_heads', 'length', 'head_dim')
   return KVCache(k=kv, v=kv, segment_ids=('batch', 'length'), next_position=('batch',), index=())
 
 
@@ -101,23 +102,28 @@ class DecoderLayer(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, sin, cos, mask, cache_kv, cache_index, deterministic=True):
-    """x [batch, seq, embed] -> (x, new cache_kv); see Attention for the other arguments."""
+  def __call__(self, carry, sin, cos, mask, cache_index, deterministic=True):
+    """carry = (x [batch, seq, embed], cache_kv or None, layer) -> (carry, None), the form
+    nn.scan wants: the whole stacked cache rides in the carry and each layer writes its own slots
+    in place (scanning the cache as per-layer inputs/outputs would copy all of it every step).
+    `layer` is this layer's index ([] int32 under scan, else an int; advanced here). See Attention for the rest."""
+    x, cache_kv, layer = carry
     c = self.config
     norm = lambda name: RMSNorm(c.norm_eps, c.norm_plus_one, c.dtype, c.param_dtype, name=name)
     attn = Attention(c, name='self_attn')
     mlp = MLP(c, name='mlp')
     if c.swin_norm:
       # Chameleon's swin_norm: normalise each branch's output before adding it to the residual.
-      h, new_kv = attn(x, sin, cos, mask, cache_kv, cache_index, deterministic)
+      h, cache_kv = attn(x, sin, cos, mask, cache_kv, cache_index, layer, deterministic)
       x = x + norm('input_layernorm')(h)
       x = x + norm('post_attention_layernorm')(mlp(x, deterministic))
     else:
       h = norm('input_layernorm')(x)
-      h, new_kv = attn(h, sin, cos, mask, cache_kv, cache_index, deterministic)
+      h, cache_kv = attn(h, sin, cos, mask, cache_kv, cache_index, layer, deterministic)
       x = x + h
       x = x + mlp(norm('post_attention_layernorm')(x), deterministic)
-    return nn.with_logical_constraint(x, ('batch', 'length', 'embed')), new_kv
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    return (x, cache_kv, layer + 1), None
 
 
 class DecoderLM(nn.Module):
@@ -129,14 +135,14 @@ class DecoderLM(nn.Module):
     self.embed_tokens = Embed(c.vocab_size, c.d_model, c.scale_embeddings, c.dtype, c.param_dtype)
     layer_cls = DecoderLayer
     if c.remat_policy != 'none':
-      # static_argnums counts self as 0: `deterministic` is argument 7.
+      # static_argnums counts self as 0: `deterministic` is argument 6.
       layer_cls = nn.remat(layer_cls, policy=remat_policy_fn(c.remat_policy),
-                           prevent_cse=not c.scan_layers, static_argnums=(7,))
+                           prevent_cse=not c.scan_layers, static_argnums=(6,))
     if c.scan_layers:
       self.layers = nn.scan(
           layer_cls, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-          # (sin, cos, mask, cache_kv, cache_index, deterministic); only the cache is per layer.
-          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast),
+          # (sin, cos, mask, cache_index, deterministic); the cache travels in the carry.
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
           length=c.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})(c)
     else:
       self.layers = [layer_cls(c) for _ in range(c.num_layers)]  # named layers_0, layers_1, ...
@@ -179,16 +185,13 @@ class DecoderLM(nn.Module):
 
     x = nn.with_logical_constraint(self.embed_tokens(token_ids), ('batch', 'length', 'embed'))
     if c.scan_layers:
-      x, new_kv = self.layers(x, sin, cos, mask, cache_kv, index, deterministic)
+      carry = (x, cache_kv, jnp.zeros((), jnp.int32))
+      carry, _ = self.layers(carry, sin, cos, mask, index, deterministic)
     else:
-      new_k, new_v = [], []
-      for i, layer in enumerate(self.layers):
-        layer_kv = None if cache is None else (cache.k[i], cache.v[i])
-        x, layer_kv = layer(x, sin, cos, mask, layer_kv, index, deterministic)
-        if layer_kv is not None:
-          new_k.append(layer_kv[0])
-          new_v.append(layer_kv[1])
-      new_kv = (jnp.stack(new_k), jnp.stack(new_v)) if cache is not None else None
+      carry = (x, cache_kv, 0)  # a static layer index: static cache slices
+      for layer in self.layers:
+        carry, _ = layer(carry, sin, cos, mask, index, deterministic)
+    x, new_kv, _ = carry
     hidden = self.norm(x)
     logits = self.logits_from_hidden(hidden)
 
