@@ -365,9 +365,11 @@ def roofline_seconds(flops: float, bytes_accessed: float, spec: ChipSpec) -> flo
 def per_layer_counts(config, devices: Sequence, seq_len: int, global_batch: int,
                      decode_rows: int | None) -> dict[str, dict[str, float]]:
   """Compiler FLOPs and bytes of the full-depth programs, extrapolated from unscanned 1- and
-  2-layer compiles of the same widths, mesh and batch: count(L) = c1 + (L - 1) * (c2 - c1).
+  2-layer compiles of the same widths, mesh and batch: count(L) = c1 + (L - 1) * (c2 - c1); also
+  `seconds`, XLA's optimal_seconds extrapolated the same way, when libtpu gives it for both.
 
-  Needed because XLA's cost analysis counts a `scan` (while-loop) body once, not once per layer.
+  Needed because XLA's cost analysis (optimal_seconds included) counts a `scan` (while-loop) body
+  once, not once per layer.
   """
   import ml_collections
   depth = int(config.model.num_layers)
@@ -382,11 +384,13 @@ def per_layer_counts(config, devices: Sequence, seq_len: int, global_batch: int,
     for name, lowered in programs.items():
       cost = _cost(lowered.compile())
       counts.setdefault(name, []).append((float(cost.get('flops', 0.0)),
-                                          float(cost.get('bytes accessed', 0.0))))
+                                          float(cost.get('bytes accessed', 0.0)),
+                                          _xla_seconds(cost)))
   out = {}
-  for name, ((f1, b1), (f2, b2)) in counts.items():
+  for name, ((f1, b1, t1), (f2, b2, t2)) in counts.items():
     out[name] = {'flops': f1 + (depth - 1) * (f2 - f1),
-                 'bytes_accessed': b1 + (depth - 1) * (b2 - b1)}
+                 'bytes_accessed': b1 + (depth - 1) * (b2 - b1),
+                 'seconds': t1 + (depth - 1) * (t2 - t1) if t1 and t2 and t2 >= t1 else None}
   return out
 
 
@@ -401,10 +405,12 @@ def analyze_topology(config, topology: str, devices: Sequence | None = None,
   `model_flops_per_step`, mesh, batch and timing details, and `decode` (same fields for one decode
   step) when asked. On 'cpu' HBM, peak FLOP/s, fits and MFU are None.
 
-  Step times are compile-time ESTIMATES: XLA's `optimal_seconds` when libtpu gives one, else
-  (`estimate_source` says which) a per-chip roofline max(FLOPs / peak, bytes / HBM bandwidth) of
-  the compiler's own counts, extrapolated over the layers (`per_layer_counts`); neither includes
-  communication that does not overlap, so real steps are slower.
+  Step times are compile-time ESTIMATES (`estimate_source` says which): XLA's `optimal_seconds`
+  when libtpu gives one (extrapolated over the layers from 1- and 2-layer compiles when the model
+  is scanned, since XLA counts a scan body once), else a per-chip roofline max(FLOPs / peak,
+  bytes / HBM bandwidth) of the compiler's own counts, extrapolated the same way
+  (`per_layer_counts`); neither includes communication that does not overlap, so real steps are
+  slower.
   """
   devices = topology_devices(topology) if devices is None else list(devices)
   spec = None if topology == 'cpu' else chip_spec(topology)
@@ -427,17 +433,26 @@ def analyze_topology(config, topology: str, devices: Sequence | None = None,
   dec = lower_decode_step(parts, rows, parts.seq_len).compile() if decode else None
   dcost = _cost(dec) if decode else {}
 
-  est, dest, source = _xla_seconds(cost), _xla_seconds(dcost), 'xla optimal_seconds'
+  # A scanned program's own estimate counts one layer (see per_layer_counts): not usable.
+  scanned = bool(parts.model_config.scan_layers) and parts.model_config.num_layers > 1
+  est, dest = (None, None) if scanned else (_xla_seconds(cost), _xla_seconds(dcost))
+  source = 'xla optimal_seconds'
   counts = None
   if spec is not None and estimate_time and (est is None or (decode and dest is None)):
     counts = per_layer_counts(config, devices, parts.seq_len, parts.global_batch,
                               rows if decode else None)
-    source = 'roofline of compiler FLOPs/bytes (1-2 layer extrapolation), no communication'
+
+    def extrapolated(name):
+      c = counts[name]
+      if c['seconds']:
+        return c['seconds'], 'xla optimal_seconds (1-2 layer extrapolation)'
+      return (roofline_seconds(c['flops'], c['bytes_accessed'], spec),
+              'roofline of compiler FLOPs/bytes (1-2 layer extrapolation), no communication')
+
     if est is None:
-      est = roofline_seconds(counts['train']['flops'], counts['train']['bytes_accessed'], spec)
+      est, source = extrapolated('train')
     if decode and dest is None:
-      dest = roofline_seconds(counts['decode']['flops'], counts['decode']['bytes_accessed'],
-                              spec)
+      dest = extrapolated('decode')[0]
   tokens = parts.global_batch * parts.seq_len
   model_flops = parts.model_config.flops_per_token(parts.seq_len) * tokens
   result = {
