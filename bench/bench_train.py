@@ -10,8 +10,8 @@ ChameleonForConditionalGeneration (its `model` + `lm_head`) or GemmaForCausalLM 
 torch.optim.AdamW; then reports tokens/s of each and the ratio. Generation: one image of
 `gen_tokens` tokens for K candidates after a prompt of one image + an action (prefill once, K rows
 decode), jax_vlm.sampler.Sampler.generate_images (image tokens only) against transformers'
-`generate(num_return_sequences=K, do_sample=True, top_k=0)`. MFU is against this machine's measured fp32
-matmul peak (a large jnp.dot), since CPUs have no datasheet bf16 peak worth quoting.
+`generate(num_return_sequences=K, do_sample=True, top_k=0)`. MFU is against this machine's
+measured fp32 matmul peak (a large jnp.dot), since CPUs have no datasheet bf16 peak worth quoting.
 
 CPU runs use float32 compute (bf16 matmuls are emulated and slow on most CPUs) and no remat.
 """

@@ -202,44 +202,45 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, impl: str =
 
   q [batch, q, heads, head_dim], k/v [batch, kv, kv_heads, head_dim] (or, with `kv_heads_major`,
   [batch, kv_heads, kv, head_dim]: the KV cache's layout, which 'xla' reads without a transpose),
-  mask bool [batch, 1, q, kv] -> [batch, q, heads, head_dim]. Query head h uses kv head h // (heads // kv_heads), as in
-  transformers' repeat_kv. `impl`: 'xla' = einsum with a float32 softmax; 'cudnn' / 'auto' =
-  jax.nn.dot_product_attention (cuDNN flash attention; 'auto' picks it only on GPU in 16-bit).
+  mask bool [batch, 1, q, kv] -> [batch, q, heads, head_dim]. Query head h uses kv head
+  h // (heads // kv_heads), as in transformers' repeat_kv. `impl`: 'xla' = einsum with a float32
+  softmax; 'cudnn' / 'auto' = jax.nn.dot_product_attention (cuDNN flash attention; 'auto' picks it
+  only on GPU in 16-bit).
   `is_causal` promises the mask is (at most) causal with aligned slots (query i sees keys <= i),
   letting cuDNN skip blocks; with it, 'xla' and `causal_chunk > 0` split the queries into blocks
   of `causal_chunk` and block j only reads keys `[0, end of block j)`: the same result with about
   half the attention FLOPs and memory for long rows (2x faster fwd+bwd at 2,100 tokens on CPU).
   Fully masked query rows (padding) get a uniform softmax over all keys, never NaN.
   """
-  batch, q_len, heads, head_dim = q.shape
-  if kv_heads_major and impl != 'xla':
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    kv_heads_major = False
-  kv_len, kv_heads = (k.shape[2], k.shape[1]) if kv_heads_major else (k.shape[1], k.shape[2])
-  if impl == 'xla':
-    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim).transpose(0, 2, 3, 1, 4)
-    if not kv_heads_major:
+  if impl != 'xla':
+    if kv_heads_major:
       k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    if is_causal and causal_chunk > 0 and q_len == kv_len and q_len > causal_chunk:
-      blocks = []
-      for start in range(0, q_len, causal_chunk):
-        end = min(q_len, start + causal_chunk)
-        blocks.append(_einsum_attention(q[:, :, :, start:end], k[:, :, :end], v[:, :, :end],
-                                        mask[:, :, start:end, :end]))
-      out = jnp.concatenate(blocks, axis=3)
-      # Rows that see no key average all values, as the unchunked softmax does.
-      seen = jnp.any(mask, axis=-1)[:, :, None, :, None]  # [b, 1, 1, q, 1]
-      out = jnp.where(seen, out, jnp.mean(v, axis=2, keepdims=True)[:, :, None])
-    else:
-      out = _einsum_attention(q, k, v, mask)
-    return out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, heads, head_dim)
-  implementation = None
-  if impl == 'cudnn':
-    implementation = 'cudnn'
-  elif impl == 'auto' and jax.default_backend() == 'gpu' and q.dtype in (jnp.bfloat16, jnp.float16):
-    implementation = 'cudnn'
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                      implementation=implementation)
+    implementation = None
+    if impl == 'cudnn':
+      implementation = 'cudnn'
+    elif (impl == 'auto' and jax.default_backend() == 'gpu'
+          and q.dtype in (jnp.bfloat16, jnp.float16)):
+      implementation = 'cudnn'
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                        implementation=implementation)
+  if not kv_heads_major:
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  batch, q_len, heads, head_dim = q.shape
+  kv_heads, kv_len = k.shape[1], k.shape[2]
+  q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim).transpose(0, 2, 3, 1, 4)
+  if is_causal and causal_chunk > 0 and q_len == kv_len and q_len > causal_chunk:
+    blocks = []
+    for start in range(0, q_len, causal_chunk):
+      end = min(q_len, start + causal_chunk)
+      blocks.append(_einsum_attention(q[:, :, :, start:end], k[:, :, :end], v[:, :, :end],
+                                      mask[:, :, start:end, :end]))
+    out = jnp.concatenate(blocks, axis=3)
+    # Rows that see no key average all values, as the unchunked softmax does.
+    seen = jnp.any(mask, axis=-1)[:, :, None, :, None]  # [b, 1, 1, q, 1]
+    out = jnp.where(seen, out, jnp.mean(v, axis=2, keepdims=True)[:, :, None])
+  else:
+    out = _einsum_attention(q, k, v, mask)
+  return out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, heads, head_dim)
 
 
 def _projection(config: TransformerConfig, name: str, x: Array, features, in_axes, out_axes,
@@ -286,8 +287,7 @@ class Attention(nn.Module):
       def write_and_read(cache, new):
         new = new.transpose(0, 2, 1, 3)[None].astype(cache.dtype)  # [1, b, kv_heads, seq, d]
         cache = lax.dynamic_update_slice(cache, new, start)
-        read = (cache[layer] if isinstance(layer, int) else
-                lax.dynamic_index_in_dim(cache, layer, 0, keepdims=False))
+        read = lax.dynamic_index_in_dim(cache, layer, 0, keepdims=False)
         return cache, read.astype(c.dtype)
 
       (k_cache, k), (v_cache, v) = write_and_read(cache_kv[0], k), write_and_read(cache_kv[1], v)

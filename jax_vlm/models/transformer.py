@@ -106,7 +106,8 @@ class DecoderLayer(nn.Module):
     """carry = (x [batch, seq, embed], cache_kv or None, layer) -> (carry, None), the form
     nn.scan wants: the whole stacked cache rides in the carry and each layer writes its own slots
     in place (scanning the cache as per-layer inputs/outputs would copy all of it every step).
-    `layer` is this layer's index ([] int32 under scan, else an int; advanced here). See Attention for the rest."""
+    `layer` is this layer's index ([] int32 under scan, else an int; advanced here). See
+    Attention for the rest."""
     x, cache_kv, layer = carry
     c = self.config
     norm = lambda name: RMSNorm(c.norm_eps, c.norm_plus_one, c.dtype, c.param_dtype, name=name)
@@ -188,7 +189,7 @@ class DecoderLM(nn.Module):
       carry = (x, cache_kv, jnp.zeros((), jnp.int32))
       carry, _ = self.layers(carry, sin, cos, mask, index, deterministic)
     else:
-      carry = (x, cache_kv, 0)  # a static layer index: static cache slices
+      carry = (x, cache_kv, 0)
       for layer in self.layers:
         carry, _ = layer(carry, sin, cos, mask, index, deterministic)
     x, new_kv, _ = carry
