@@ -48,10 +48,11 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv):
   del argv
-  from jax_vlm import sharding
+  from jax_vlm.training import sharding
   # Before anything touches a device.
   sharding.maybe_initialize_distributed()
-  from jax_vlm import stages, trainer
+  from jax_vlm.pipeline import stages
+  from jax_vlm.training import trainer
   stages.project_logging()
 
   try:
@@ -60,7 +61,7 @@ def main(argv):
       raise UserError('No config given; pass --config configs/NAME.py.')
     if not _WORKDIR.value:
       raise UserError('No workdir given; pass --workdir DIR for the outputs.')
-    from jax_vlm.datasets import resolve_paths
+    from jax_vlm.input.datasets import resolve_paths
     config = resolve_paths(config, _WORKDIR.value)  # '{workdir}' templates in the config's paths
     names = _STAGES.value or list(config.get('stages', ('train_dynamics',)))
     if any(n in ('train_dynamics', 'train_fdp') for n in names):

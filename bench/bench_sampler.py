@@ -2,7 +2,7 @@
 
   python bench/bench_sampler.py [--sizes world,mid] [--mid_gen_tokens 1024] [--repeats 2]
 
-Image mode (FDP) with jax_vlm.sampler: one prompt is prefilled ONCE, its cache repeated K times,
+Image mode (FDP) with jax_vlm.inference.sampler: one prompt is prefilled ONCE, its cache repeated K times,
 and the K rows decode `gen` image tokens together in one jitted while_loop. Sizes:
   world  configs/action_world.py's model (d_model 128, 4 layers), a 5x5-code frame + action
          prompt (~37 tokens), 25 image tokens.
@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jax_vlm import sampler as S  # noqa: E402
+from jax_vlm.inference import sampler as S  # noqa: E402
 from jax_vlm.models.config import TransformerConfig  # noqa: E402
 from jax_vlm.models.transformer import DecoderLM  # noqa: E402
 

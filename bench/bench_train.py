@@ -9,7 +9,7 @@ jitted with shardings and donation, on one CPU device), and transformers'
 ChameleonForConditionalGeneration (its `model` + `lm_head`) or GemmaForCausalLM trained by
 torch.optim.AdamW; then reports tokens/s of each and the ratio. Generation: one image of
 `gen_tokens` tokens for K candidates after a prompt of one image + an action (prefill once, K rows
-decode), jax_vlm.sampler.Sampler.generate_images (image tokens only) against transformers'
+decode), jax_vlm.inference.sampler.Sampler.generate_images (image tokens only) against transformers'
 `generate(num_return_sequences=K, do_sample=True, top_k=0)`. MFU is against this machine's
 measured fp32 matmul peak (a large jnp.dot), since CPUs have no datasheet bf16 peak worth quoting.
 
@@ -73,7 +73,7 @@ def jax_config(size: str, family: str, batch: int, steps: int, scan: bool):
 
 def bench_jax_train(size, family, batch, steps, scan=True) -> dict:
   """Tokens/s of the trainer's compiled step (first step = compile, not timed)."""
-  from jax_vlm import sharding, trainer
+  from jax_vlm.training import sharding, trainer
   config = jax_config(size, family, batch, steps, scan)
   with tempfile.TemporaryDirectory() as tmp:
     t = trainer.Trainer(config, tmp, devices=jax.devices()[:1])
@@ -157,10 +157,11 @@ def bench_torch_train(size, family, batch, steps) -> dict:
 
 
 def bench_jax_generate(size, family, candidates, gen_tokens, scan=True) -> dict:
-  """jax_vlm.sampler.Sampler.generate_images: prefill once, repeat the cache K times, sample
+  """jax_vlm.inference.sampler.Sampler.generate_images: prefill once, repeat the cache K times, sample
   `gen_tokens` image tokens per row in one jitted while_loop (the product's sampler)."""
   from bench_sampler import BenchVocab
-  from jax_vlm import sampler as S
+
+  from jax_vlm.inference import sampler as S
   from jax_vlm.models import transformer
   from jax_vlm.models.config import TransformerConfig
   config = jax_config(size, family, 1, 1, scan)

@@ -25,16 +25,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import bench_train  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-import bench_train  # noqa: E402
-
 
 def train_runner(size: str, scan: bool):
   """(run one step, compiled HLO text) for the trainer's step on one device."""
-  from jax_vlm import sharding, trainer
+  from jax_vlm.training import sharding, trainer
   batch = bench_train.SIZES[size]['batch']
   config = bench_train.jax_config(size, 'chameleon', batch, 1, scan)
   t = trainer.Trainer(config, tempfile.mkdtemp(), devices=jax.devices()[:1])

@@ -4,7 +4,7 @@
 
 'default': 2,000 labelled / 20,000 unlabelled / 500 + 500 test examples; 'smoke': 10x fewer, a
 shorter tokenizer training with a looser accuracy bar. Stages write under WORKDIR/<stage>/; paths
-here are templates with '{workdir}' that jax_vlm.datasets.resolve_paths fills in at run time.
+here are templates with '{workdir}' that jax_vlm.input.datasets.resolve_paths fills in at run time.
 """
 
 import ml_collections
@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       num_embeddings=128, norm_groups=2, patch_encoder=True)
   config.checkpoint.vqgan_dir = '{workdir}/train_tokenizer/params'
 
-  # Tokenizer training (jax_vlm/vq_training.py); see its module docstring for the tricks.
+  # Tokenizer training (jax_vlm/training/vq_training.py); see its module docstring for the tricks.
   t = config.vq_train = ml_collections.ConfigDict()
   # The cosine schedule's length; training stops early once every validation frame reads back
   # (measured: step 1,100 of 3,000, held-out 100% of 1,000 frames, 25 codes used, 76 s on 2 cores).

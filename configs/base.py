@@ -70,7 +70,7 @@ def vqgan_config(**overrides) -> ml_collections.ConfigDict:
 def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # The stages train.py runs, in order (see jax_vlm/stages.py), and per-stage dotted overrides,
+  # The stages train.py runs, in order (see jax_vlm/pipeline/stages.py), and per-stage dotted overrides,
   # as (key, value) pairs, e.g. config.stage_overrides.train_fdp =
   # (('data.recognition_weights', False),) (dotted dict keys do not survive ConfigDict copies).
   config.stages = ('train_dynamics',)
@@ -135,7 +135,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 3
   config.train.lr_schedule = 'cosine'  # 'cosine' (warmup + cosine decay) | 'constant' (warmup only)
-  # 'dataset' (jax_vlm.input_pipeline) | 'synthetic' (random batches: tests, benchmarks)
+  # 'dataset' (jax_vlm.input.pipeline) | 'synthetic' (random batches: tests, benchmarks)
   config.train.data_source = 'dataset'
   # Params to start from: Orbax params dir or an earlier stage's name ('' = checkpoint.model_dir).
   config.train.init_from = ''
@@ -148,7 +148,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.mesh.data = 1
   config.mesh.fsdp = -1  # -1 fills the rest of the devices
   config.mesh.tensor = 1
-  config.mesh.rules = 'fsdp'  # name of a logical-axis rule preset, see jax_vlm/sharding.py
+  config.mesh.rules = 'fsdp'  # name of a logical-axis rule preset, see jax_vlm/training/sharding.py
   # Replaces single rules of the preset: 'mlp=tensor,vocab=' (logical=mesh axes, '+' joins two).
   config.mesh.rule_overrides = ''
 
@@ -164,18 +164,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.model = ''
 
-  # Sampler settings beyond the ones above (jax_vlm/sampler.py).
+  # Sampler settings beyond the ones above (jax_vlm/inference/sampler.py).
   config.sampler.cache_len = 0  # KV cache slots; 0 = data.max_seq_len
   config.sampler.prompt_buckets = ()  # prompts are left-padded to the smallest bucket that fits
   config.sampler.num_image_tokens = 1024  # tokens per generated frame (25 in the action world)
 
-  # The IDP verifier that ranks K sampled frames (jax_vlm/verifier.py).
+  # The IDP verifier that ranks K sampled frames (jax_vlm/inference/verifier.py).
   config.verifier = ml_collections.ConfigDict()
   config.verifier.rank_by = 'mean'  # 'mean' (length-normalised) | 'sum' action log-likelihood
   config.verifier.params = ''  # '' = the sampler's params; else a stage name or params dir
   config.verifier.batch_size = 16  # candidates scored per forward pass
 
-  # IDP bootstrapping: label unlabelled pairs, keep a stratified top-K (jax_vlm/bootstrap.py).
+  # IDP bootstrapping: label unlabelled pairs, keep a stratified top-K (jax_vlm/method/bootstrap.py).
   config.bootstrap = ml_collections.ConfigDict()
   config.bootstrap.labeller_stage = 'train_dynamics'  # stage whose `params` label the pairs
   config.bootstrap.unlabelled = ''  # record prefix; '' = WORKDIR/tokenize/unlabelled

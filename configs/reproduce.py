@@ -1,4 +1,4 @@
-"""The embedded world's reproduction (jax_vlm/reproduce.py): configs/action_world.py plus the
+"""The embedded world's reproduction (jax_vlm/pipeline/reproduce.py): configs/action_world.py plus the
 experiment's settings, so every knob can be overridden from the command line.
 
   python -m jax_vlm.reproduce --config configs/reproduce.py[:default|smoke] --workdir DIR \

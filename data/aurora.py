@@ -18,8 +18,8 @@ import json
 import os
 from typing import Any, Optional, Sequence, Union
 
+from data.errors import UserError
 from data.records import MAX_ACTION_CHARS, clean_action
-from jax_vlm.errors import UserError
 
 PathLike = Union[str, os.PathLike]
 

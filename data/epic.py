@@ -20,8 +20,8 @@ import dataclasses
 import os
 from typing import Optional, Union
 
+from data.errors import UserError
 from data.records import MAX_ACTION_CHARS, clean_action
-from jax_vlm.errors import UserError
 
 PathLike = Union[str, os.PathLike]
 

@@ -15,14 +15,44 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-from jax_vlm import image_processing
-from jax_vlm.errors import UserError
+from data.errors import UserError
 
 PathLike = Union[str, os.PathLike]
+_SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+  """16-bit and 32-bit integer / float grayscale -> 8-bit 'L' (full range kept)."""
+  values = np.asarray(image)
+  if image.mode in _SIXTEEN_BIT_MODES:
+    values = values.astype(np.float64) / 257.0  # 65535 -> 255
+  elif image.mode == 'I':
+    # PIL opens 16-bit PNGs as 'I'; 8-bit data stored as 'I' keeps its values.
+    values = values.astype(np.float64) / (257.0 if values.max(initial=0) > 255 else 1.0)
+  else:  # 'F'
+    values = values.astype(np.float64)
+  return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), 'L')
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+  """Any PIL image -> 8-bit RGB, with transparent pixels composited on a white background."""
+  if image.mode == 'RGB':
+    return image
+  if image.mode in _SIXTEEN_BIT_MODES + ('I', 'F'):
+    image = _to_8bit(image)
+  rgba = np.asarray(image.convert('RGBA'))
+  if not (rgba[..., 3] < 255).any():
+    return image.convert('RGB')
+  # Blend on white exactly as the reference does (float64, then truncation to uint8).
+  alpha = rgba[..., 3:] / 255.0
+  rgb = (1 - alpha) * 255 + alpha * rgba[..., :3]
+  return Image.fromarray(rgb.astype(np.uint8), 'RGB')
+
+
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
   """PIL image of any mode -> uint8 [h, w, 3], the one conversion the image tokenizer uses too."""
-  return np.asarray(image_processing.to_rgb(image), dtype=np.uint8)
+  return np.asarray(to_rgb(image), dtype=np.uint8)
 
 
 def load_rgb(path: PathLike) -> np.ndarray:
@@ -90,10 +120,18 @@ def read_rgb_bytes(path: PathLike) -> tuple[bytes, str]:
   return encode_png(image), 'png'
 
 
-def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """Scales the short side to `size`, crops the centre: `[h, w, 3]` -> `[size, size, 3]` uint8.
+def resize_and_center_crop(image, size: int):
+  """Shorter side -> `size` (Lanczos, aspect kept), then the centred square.
 
-  The same resize (Lanczos) and crop as the image tokenizer's preprocessing.
+  A PIL image gives a PIL image (the image tokenizer's preprocessing); a `[h, w, 3]` array gives a
+  `[size, size, 3]` uint8 array.
   """
-  pil = Image.fromarray(np.asarray(image, dtype=np.uint8))
-  return np.asarray(image_processing.resize_and_center_crop(pil, size), dtype=np.uint8)
+  if not isinstance(image, Image.Image):
+    pil = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    return np.asarray(resize_and_center_crop(pil, size), dtype=np.uint8)
+  width, height = image.size
+  scale = size / min(width, height)
+  image = image.resize((round(scale * width), round(scale * height)), Image.LANCZOS)
+  x0 = (image.width - size) // 2
+  y0 = (image.height - size) // 2
+  return image.crop((x0, y0, x0 + size, y0 + size))

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 import cv2
 import numpy as np
 
-from jax_vlm.errors import UserError
+from data.errors import UserError
 
 PathLike = Union[str, os.PathLike]
 

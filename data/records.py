@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import msgpack
 import numpy as np
 
-from jax_vlm.errors import UserError
+from data.errors import UserError
 
 FORMAT = 'jax_vlm.example/1'
 _NDARRAY_EXT = 42

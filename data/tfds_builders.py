@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data import aurora, images, records
-from jax_vlm.errors import UserError
+from data.errors import UserError
 
 PathLike = Union[str, os.PathLike]
 

@@ -1,15 +1,6 @@
-"""Errors a user can cause (a path, a config value, a checkpoint, an image).
+"""Errors a user can cause; defined in data/errors.py (the lowest layer) so data/ raises the same
+`UserError` that the entry points catch."""
 
-Raise `UserError` with one sentence that names the thing and says what to do; entry points catch it
-and print the sentence instead of a traceback.
-"""
+from data.errors import UserError, require
 
-
-class UserError(Exception):
-  """A problem with the user's input, explained in one sentence."""
-
-
-def require(condition: bool, message: str) -> None:
-  """Raises UserError(message) unless condition holds."""
-  if not condition:
-    raise UserError(message)
+__all__ = ['UserError', 'require']

@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation (jax_vlm/aot.py): tables, errors, the JSON writer, a CPU-device compile
+"""Ahead-of-time compilation (jax_vlm/tools/aot.py): tables, errors, the JSON writer, a CPU-device compile
 of the real train step, and (only where libtpu is importable) a compile for a TPU topology."""
 
 import json
@@ -11,8 +11,9 @@ import jax
 import pytest
 
 from configs import train_smoke
-from jax_vlm import aot, trainer
 from jax_vlm.errors import UserError
+from jax_vlm.tools import aot
+from jax_vlm.training import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,7 +12,7 @@ from PIL import Image
 from data.aurora import load_aurora_bench
 from jax_vlm.errors import UserError
 from jax_vlm.evaluation import aurora
-from jax_vlm.judge import JudgeResult, JudgeUnavailable
+from jax_vlm.evaluation.judge import JudgeResult, JudgeUnavailable
 from tests.test_metrics import make_tiny_clip_dir, make_tiny_dino_dir
 
 SAMPLE = '/work/shared/aurora_bench_sample'
@@ -271,7 +271,7 @@ def test_eval_py_entry_point(bench, tmp_path):
 
 
 def test_real_judge_client_against_a_local_server(bench, tmp_path):
-  from jax_vlm.judge import JudgeClient
+  from jax_vlm.evaluation.judge import JudgeClient
   from tests.test_judge import _reply, _Server
   _, items, _, _ = bench
   server = _Server()

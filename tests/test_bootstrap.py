@@ -13,14 +13,15 @@ import pytest
 from configs import base
 from data import action_world as W
 from data.records import RecordSource, write_records
-from jax_vlm import bootstrap as B
-from jax_vlm import checkpointing, stages
 from jax_vlm.errors import UserError
+from jax_vlm.inference.sampler import Sampler
+from jax_vlm.method import bootstrap as B
+from jax_vlm.method.selection import stratified_top_k
 from jax_vlm.models.config import TransformerConfig
 from jax_vlm.models.transformer import DecoderLM
-from jax_vlm.sampler import Sampler
-from jax_vlm.selection import stratified_top_k
-from jax_vlm.vocab import UnifiedVocab
+from jax_vlm.pipeline import stages
+from jax_vlm.tokens.vocab import UnifiedVocab
+from jax_vlm.training import checkpointing
 
 NUM_CODES = 16
 N = 4  # codes per frame

@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 
-from jax_vlm import checkpointing
-from jax_vlm.metrics_writer import read_jsonl
+from jax_vlm.training import checkpointing
+from jax_vlm.training.metrics_writer import read_jsonl
 from tests.test_train import FLAGS, STEPS, run_python, subprocess_env, train_cmd
 
 
@@ -109,8 +109,8 @@ def _flatten(tree, prefix=''):
 CORRUPT_RUN = """
 import glob, os
 from configs import train_smoke
-from jax_vlm import trainer
-from jax_vlm.metrics_writer import read_jsonl
+from jax_vlm.training import trainer
+from jax_vlm.training.metrics_writer import read_jsonl
 
 workdir = WORKDIR
 config = train_smoke.get_config('fsdp')
@@ -145,7 +145,8 @@ NAN_RUN = """
 import os
 import numpy as np
 from configs import train_smoke
-from jax_vlm import checkpointing, trainer
+from jax_vlm.training import checkpointing
+from jax_vlm.training import trainer
 import jax
 
 class NaNAtStep3(trainer.SyntheticSource):

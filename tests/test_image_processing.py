@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from jax_vlm.errors import UserError
-from jax_vlm.image_processing import load_image, postprocess, preprocess, to_rgb
+from jax_vlm.tokens.image_processing import load_image, postprocess, preprocess, to_rgb
 
 
 def _scaled(values) -> np.ndarray:

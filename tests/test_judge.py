@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_vlm import judge
 from jax_vlm.errors import UserError
+from jax_vlm.evaluation import judge
 from jax_vlm.evaluation.aurora import summarize
 
 JUDGE_OUTPUTS = '/work/shared/judge_outputs'

@@ -4,9 +4,10 @@ import jax
 import numpy as np
 
 from configs import train_smoke
-from jax_vlm import checkpointing, export, optim, trainer
-from jax_vlm import train_step as ts
 from jax_vlm.models.transformer import DecoderLM
+from jax_vlm.tools import export
+from jax_vlm.training import checkpointing, optim, trainer
+from jax_vlm.training import train_step as ts
 from tests.test_train import run_python
 
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from jax_vlm.errors import UserError
-from jax_vlm.metrics import image_metrics, text_metrics
+from jax_vlm.evaluation.metrics import image_metrics, text_metrics
 
 
 def _bytes_to_unicode() -> dict[int, str]:

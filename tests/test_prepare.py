@@ -17,13 +17,13 @@ from PIL import Image
 from data import keyframes
 from data.images import load_rgb
 from data.records import RecordSource
-from jax_vlm import prepare
-from jax_vlm import vq_training as vt
-from jax_vlm.datasets import open_split
 from jax_vlm.errors import UserError
-from jax_vlm.image_processing import preprocess
+from jax_vlm.input.datasets import open_split
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig
-from jax_vlm.sequences import recognition_weights
+from jax_vlm.tokens.image_processing import preprocess
+from jax_vlm.tokens.sequences import recognition_weights
+from jax_vlm.tools import prepare
+from jax_vlm.training import vq_training as vt
 
 CFG = VQGANConfig(resolution=16, base_channels=32, channel_multiplier=(1, 2), num_res_blocks=1,
                   z_channels=8, embed_dim=8, num_embeddings=16)
@@ -34,7 +34,7 @@ def _random_params(rng):
   tiny model compiles for seconds): scaled normal kernels, zero biases, unit norm scales."""
   import flax
 
-  from jax_vlm.convert.vqgan import expected_param_shapes
+  from jax_vlm.weights.vqgan import expected_param_shapes
   flat = {}
   for path, shape in expected_param_shapes(CFG).items():
     if path[-1] == 'kernel':
@@ -294,8 +294,8 @@ def test_cli_aurora_and_errors(vqgan, aurora_root, tmp_path, capsys):
 def test_convert_cli_writes_a_vqgan_directory(vqgan, tmp_path):
   torch = pytest.importorskip('torch')
   yaml = pytest.importorskip('yaml')
-  from jax_vlm.convert import __main__ as convert_cli
-  from jax_vlm.convert.vqgan import vqgan_params_to_torch_state_dict
+  from jax_vlm.tools import convert as convert_cli
+  from jax_vlm.weights.vqgan import vqgan_params_to_torch_state_dict
   _, params, _ = vqgan
   ckpt = str(tmp_path / 'vqgan.ckpt')
   torch.save({'state_dict': vqgan_params_to_torch_state_dict(params)}, ckpt)

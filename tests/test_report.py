@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from jax_vlm import report
+from jax_vlm.evaluation import report
 
 
 class _Collector(html.parser.HTMLParser):

@@ -8,12 +8,12 @@ import time
 import pytest
 
 from configs import reproduce as preset
-from jax_vlm import reproduce as R
-from jax_vlm import stages
+from jax_vlm.pipeline import reproduce as R
+from jax_vlm.pipeline import stages
 
 
 def test_variant_settings_reach_each_stage(tmp_path):
-  from jax_vlm.datasets import resolve_paths
+  from jax_vlm.input.datasets import resolve_paths
   config = preset.get_config('smoke')
   config.stage_overrides.train_fdm = (('train.learning_rate', 1e-5),)  # the user's own wins
   rc = resolve_paths(R.reproduction_config(config, seed=3), str(tmp_path))

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_vlm import sampler as S
-from jax_vlm import sequences
 from jax_vlm.errors import UserError
+from jax_vlm.inference import sampler as S
 from jax_vlm.models.config import TransformerConfig
 from jax_vlm.models.transformer import DecoderLM
-from jax_vlm.vocab import UnifiedVocab, build_word_tokenizer
+from jax_vlm.tokens import sequences
+from jax_vlm.tokens.vocab import UnifiedVocab, build_word_tokenizer
 
 NUM_CODES = 16
 WORDS = ['move', 'the', 'red', 'blue', 'circle', 'square', 'up', 'down', 'left', 'right']

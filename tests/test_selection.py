@@ -3,7 +3,7 @@
 import pytest
 
 from jax_vlm.errors import UserError
-from jax_vlm.selection import stratified_top_k
+from jax_vlm.method.selection import stratified_top_k
 
 
 def _items():

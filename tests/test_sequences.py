@@ -1,12 +1,12 @@
-"""Token layout, loss masks, recognition weights, padding and packing (jax_vlm.sequences)."""
+"""Token layout, loss masks, recognition weights, padding and packing (jax_vlm.tokens.sequences)."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
-from jax_vlm import sequences as seqs
 from jax_vlm.errors import UserError
+from jax_vlm.tokens import sequences as seqs
 
 
 @dataclasses.dataclass

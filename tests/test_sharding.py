@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from configs import train_smoke
-from jax_vlm import sharding, trainer
 from jax_vlm.errors import UserError
+from jax_vlm.training import sharding, trainer
 from tests.test_train import run_python
 
 
@@ -88,8 +88,8 @@ MESH_RUN = """
 import json, sys
 import jax
 from configs import train_smoke
-from jax_vlm import trainer
-from jax_vlm.metrics_writer import read_jsonl
+from jax_vlm.training import trainer
+from jax_vlm.training.metrics_writer import read_jsonl
 
 def spec(x):
   s = list(x.sharding.spec)

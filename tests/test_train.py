@@ -14,8 +14,8 @@ import optax
 import pytest
 
 from configs import train_smoke
-from jax_vlm import optim, trainer
-from jax_vlm import train_step as ts
+from jax_vlm.training import optim, trainer
+from jax_vlm.training import train_step as ts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One compilation cache for all child processes of this test session: children that build the same

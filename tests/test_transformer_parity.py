@@ -11,10 +11,10 @@ import pytest
 import torch
 import transformers
 
-from jax_vlm.convert import hf
 from jax_vlm.models import lora
 from jax_vlm.models.config import TransformerConfig
 from jax_vlm.models.transformer import DecoderLM
+from jax_vlm.weights import hf
 
 TOL = 1e-4
 TINY_VQ = dict(embed_dim=4, num_embeddings=16, base_channels=32, channel_multiplier=[1],

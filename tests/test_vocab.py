@@ -10,7 +10,7 @@ from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocab
 
 from configs.base import get_base_config
 from jax_vlm.errors import UserError
-from jax_vlm.vocab import UnifiedVocab, build_word_tokenizer, chameleon_image_token_name
+from jax_vlm.tokens.vocab import UnifiedVocab, build_word_tokenizer, chameleon_image_token_name
 
 NUM_CODES = 120  # includes three-digit codes such as 105 -> IMGIMGBAFZ
 SPECIALS = ['<unk>', '<s>', '</s>', '<pad>', '<racm3:break>', '<eoss>']

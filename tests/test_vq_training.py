@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from data.action_world import WorldConfig
-from jax_vlm import vq_training as vt
 from jax_vlm.errors import UserError
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig
+from jax_vlm.training import vq_training as vt
 
 # 2x2 cells of 8 px: 16x16 frames, 2x2 codes.
 WORLD = WorldConfig(rows=2, cols=2, colors=('red', 'blue'), shapes=('square', 'cross'),

@@ -18,9 +18,9 @@ import torch
 import yaml
 
 from configs.base import vqgan_config
-from jax_vlm.convert import vqgan as convert
 from jax_vlm.errors import UserError
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig, vq_losses
+from jax_vlm.weights import vqgan as convert
 
 RES = 16
 BATCH = 2

@@ -11,11 +11,12 @@ import pytest
 from configs import action_world
 from data import records
 from data.action_world import Scene, WorldConfig, load_split, render
-from jax_vlm import datasets, stages, world_stages
-from jax_vlm import vq_training as vt
 from jax_vlm.errors import UserError
+from jax_vlm.input import datasets
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig
-from jax_vlm.sequences import recognition_weights
+from jax_vlm.pipeline import stages, world_stages
+from jax_vlm.tokens.sequences import recognition_weights
+from jax_vlm.training import vq_training as vt
 
 # 3x3 cells: 24x24 frames, 9 codes a frame (fast to compile and run).
 TINY = WorldConfig(rows=3, cols=3, colors=('red', 'green', 'blue'), shapes=('square', 'cross'),

@@ -22,7 +22,7 @@ from data.action_world.splits import (
   write_world,
 )
 from data.action_world.world import Scene, WorldConfig, render
-from jax_vlm.errors import UserError
+from data.errors import UserError
 
 
 def _print_stats(stats: dict) -> None:

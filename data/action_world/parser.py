@@ -28,7 +28,7 @@ from data.action_world.world import (
   WorldObject,
   cell_masks,
 )
-from jax_vlm.errors import require
+from data.errors import require
 
 _ABSTAIN = 40.0  # pixels closer than this (RGB distance) to the background do not vote
 _BLUR_KERNEL = np.array([0.2, 0.6, 0.2], np.float32)  # a slight separable blur for templates

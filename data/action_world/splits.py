@@ -48,7 +48,7 @@ from data.action_world.world import (
   random_scene,
   render,
 )
-from jax_vlm.errors import require
+from data.errors import require
 
 SPLITS = ('labelled', 'unlabelled', 'test', 'test_compositional')
 _STREAM = {'test_compositional': 1, 'test': 2, 'labelled': 3, 'unlabelled': 4, 'held_out': 5}

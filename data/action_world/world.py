@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from jax_vlm.errors import UserError, require
+from data.errors import UserError, require
 
 # Well separated flat colours (names are the words the phrasings use).
 PALETTE = {

@@ -28,9 +28,9 @@ import tqdm
 
 from data.images import encode_png, load_rgb
 from jax_vlm.errors import UserError, require
-from jax_vlm.judge import JudgeClient, JudgeResult
-from jax_vlm.metrics.image_metrics import ClipScorer, DinoScorer, l1_distance
-from jax_vlm.report import ReportItem, write_html_report
+from jax_vlm.evaluation.judge import JudgeClient, JudgeResult
+from jax_vlm.evaluation.metrics.image_metrics import ClipScorer, DinoScorer, l1_distance
+from jax_vlm.evaluation.report import ReportItem, write_html_report
 
 ITEMS_FILE = 'items.jsonl'
 METRICS_FILE = 'metrics.json'

@@ -1,8 +1,8 @@
 """Exact evaluation on the embedded action world: FDP with best-of-K verification, IDP, probe.
 
-FDP: for every test triplet the FDP model samples K candidate next frames (jax_vlm.sampler, at
+FDP: for every test triplet the FDP model samples K candidate next frames (jax_vlm.inference.sampler, at
 `sampler.temperature`); the IDP model scores each by log p(action | src, candidate)
-(jax_vlm.verifier, ranked by `verifier.rank_by`); the best wins. Candidates are decoded with the
+(jax_vlm.inference.verifier, ranked by `verifier.rank_by`); the best wins. Candidates are decoded with the
 world's trained VQGAN, read back with `data.action_world.parse_frame` and scored against the true
 next scene with `score_prediction`: edit success, minimal editing, item score = min of the two (the
 world's analogue of the paper's GPT-4o judge) and exact scene match. The largest K is sampled once
@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jax_vlm import stages
 from jax_vlm.errors import require
+from jax_vlm.pipeline import stages
 
 SPLITS = ('test', 'test_compositional')
 K_LIST = (1, 2, 4, 8)
@@ -162,11 +162,11 @@ class WorldModels:
 
   def __init__(self, config: ml_collections.ConfigDict):
     from data.action_world import load_world_config
-    from jax_vlm import vq_training as vt
+    from jax_vlm.inference.sampler import Sampler
     from jax_vlm.models.config import TransformerConfig
     from jax_vlm.models.transformer import DecoderLM
-    from jax_vlm.sampler import Sampler
-    from jax_vlm.vocab import UnifiedVocab
+    from jax_vlm.tokens.vocab import UnifiedVocab
+    from jax_vlm.training import vq_training as vt
     self.config = config
     self.world = load_world_config(config.world.dir)
     self.num_codes = self.world.num_cells
@@ -188,14 +188,14 @@ class WorldModels:
     self._scenes: dict[bytes, Any] = {}
 
   def action_ids(self, text: str) -> np.ndarray:
-    from jax_vlm import sequences
+    from jax_vlm.tokens import sequences
     ids, _ = sequences.action_ids_of({'action': text}, self.vocab, self.action_max_tokens)
     return ids
 
   # --- frames --------------------------------------------------------------------------------
   def frames(self, codes: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """codes [m, n] -> uint8 frames [m, H, W, 3] (VQGAN decode), in batches of one shape."""
-    from jax_vlm import vq_training as vt
+    from jax_vlm.training import vq_training as vt
     codes = np.asarray(codes, np.int32).reshape(-1, *self.code_grid)
     out = []
     for start in range(0, len(codes), batch_size):
@@ -237,8 +237,8 @@ class WorldModels:
 
   def greedy_actions(self, params, items: Sequence[dict], batch_size: int) -> list[str]:
     """Greedy IDP action text for each item's (src, tgt)."""
-    from jax_vlm import sequences
-    from jax_vlm.sampler import SamplingParams
+    from jax_vlm.inference.sampler import SamplingParams
+    from jax_vlm.tokens import sequences
     batch_size = max(1, min(batch_size, len(items)))
     texts = []
     for start in range(0, len(items), batch_size):
@@ -256,8 +256,8 @@ class WorldModels:
                       batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(summed, mean) log p(action <eos> | src, candidate), each [len(items), K]; each distinct
     (item, candidate) is scored once."""
-    from jax_vlm import sequences
-    from jax_vlm.verifier import SequenceScorer
+    from jax_vlm.inference.verifier import SequenceScorer
+    from jax_vlm.tokens import sequences
     rows_total = candidates.shape[0] * candidates.shape[1]
     scorer = SequenceScorer(self.module, idp_params, self.vocab.pad_id,
                             max(1, min(batch_size, rows_total)), (self.score_bucket,))
@@ -334,7 +334,7 @@ def idp_evaluation(models: WorldModels, idp_params, items: Sequence[dict], batch
                    ) -> tuple[dict, list[str]]:
   """Greedy IDP on one split: summary (canonical/effect match, parsed, BLEU, ROUGE) and texts."""
   from data.action_world import score_action_text
-  from jax_vlm.metrics import text_metrics
+  from jax_vlm.evaluation.metrics import text_metrics
   texts = models.greedy_actions(idp_params, items, batch_size)
   rows = []
   for it, text in zip(items, texts):
@@ -349,7 +349,7 @@ def idp_evaluation(models: WorldModels, idp_params, items: Sequence[dict], batch
 
 
 def _sampling(config):
-  from jax_vlm.sampler import SamplingParams
+  from jax_vlm.inference.sampler import SamplingParams
   return SamplingParams.from_config(config.sampler)
 
 
@@ -389,7 +389,7 @@ def evaluate_world(config: ml_collections.ConfigDict, workdir: str, fdp_params, 
   wins) and the IDP evaluation.
   """
   from data.action_world import render
-  from jax_vlm.report import ReportItem, write_html_report
+  from jax_vlm.evaluation.report import ReportItem, write_html_report
   s = settings(config)
   out_dir = out_dir or os.path.join(workdir, 'evaluate')
   os.makedirs(out_dir, exist_ok=True)
@@ -490,8 +490,8 @@ def learning_curve(models: WorldModels, config, workdir: str, stage: str, items:
 
 
 def probe(models: WorldModels, config, params, items: Sequence[dict]) -> dict:
-  """Trajectory preference probe shares (jax_vlm.probe) for `params` on `items`."""
-  from jax_vlm import probe as probe_lib
+  """Trajectory preference probe shares (jax_vlm.method.probe) for `params` on `items`."""
+  from jax_vlm.method import probe as probe_lib
   triplets = [probe_lib.Triplet(it['src_codes'], models.action_ids(it['action']),
                                 it['tgt_codes']) for it in items]
   return probe_lib.run_probe(models.module, params, models.vocab, triplets,
@@ -511,14 +511,14 @@ def random_init_params(models: WorldModels, seed: int) -> Any:
 
 
 def _stage_params(workdir: str, stage: str):
-  from jax_vlm import checkpointing
+  from jax_vlm.training import checkpointing
   path = os.path.join(workdir, stage, 'params')
   require(os.path.isdir(path), f'{path} does not exist; run the {stage} stage first.')
   return checkpointing.load_params(path)
 
 
 def _resolved(config, workdir):
-  from jax_vlm.datasets import resolve_paths
+  from jax_vlm.input.datasets import resolve_paths
   return resolve_paths(config, workdir)
 
 
@@ -606,7 +606,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# The reproduction's FDP variants (jax_vlm/reproduce.py): trainer.train_fdp_stage (the FDP
+# The reproduction's FDP variants (jax_vlm/pipeline/reproduce.py): trainer.train_fdp_stage (the FDP
 # objective only) with each variant's data and loss. The stage's name picks the variant; settings
 # in config.stage_overrides.<name> win over these.
 
@@ -623,7 +623,7 @@ FDP_VARIANTS = {
 
 def fdp_variant_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   """Trains the FDP variant named by the stage folder (see FDP_VARIANTS)."""
-  from jax_vlm import trainer
+  from jax_vlm.training import trainer
   name = os.path.basename(os.path.abspath(stage_dir))
   require(name in FDP_VARIANTS, f'{stage_dir} is not the folder of an FDP variant stage; use one '
           f'of {", ".join(FDP_VARIANTS)}.')

@@ -4,7 +4,7 @@ Frames become grids of codebook indices (`encode`) and grids of indices become f
 (`decode`); the transformer only ever sees the indices. The module keeps the parameter tree in
 the shape of taming's state dict (`encoder/down_0_block_1/norm1/scale` for
 `encoder.down.0.block.1.norm1.weight`) so checkpoint conversion is a rename plus a transpose
-(jax_vlm/convert/vqgan.py).
+(jax_vlm/weights/vqgan.py).
 
 Every method can be called on its own:
   `VQGAN(cfg).apply({'params': p}, images, method=VQGAN.encode)`

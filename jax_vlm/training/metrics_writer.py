@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 
-from jax_vlm import sharding
+from jax_vlm.training import sharding
 
 BAR_KEYS = ('loss', 'idp_loss', 'fdp_loss', 'tokens_per_s', 'mfu')
 

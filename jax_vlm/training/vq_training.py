@@ -360,7 +360,7 @@ def train_vqgan(vq_config: VQGANConfig, world_config, *, num_steps: int, batch_s
   Every `eval_every` steps (0: never) the round-trip frame accuracy on `val_frames` validation
   frames is measured; training stops early once it reaches `target_accuracy`.
   """
-  from jax_vlm.metrics_writer import MetricsWriter
+  from jax_vlm.training.metrics_writer import MetricsWriter
 
   require(num_steps > 0 and batch_size > 0,
           f'vq_train.num_steps={num_steps} and vq_train.batch_size={batch_size} must be positive.')

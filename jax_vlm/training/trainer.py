@@ -14,7 +14,7 @@ current step, saves, and returns with status 'preempted'. A non-finite loss stop
 UserError naming the step before anything is saved, so the last good checkpoint stays intact.
 Config mistakes (unknown keys, impossible meshes, batch sizes) are reported before compilation.
 
-`train_dynamics_stage` / `train_fdp_stage` are the stage-runner entry points (jax_vlm/stages.py).
+`train_dynamics_stage` / `train_fdp_stage` are the stage-runner entry points (jax_vlm/pipeline/stages.py).
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jax_vlm import checkpointing, optim, sharding, stages
-from jax_vlm import train_step as ts
 from jax_vlm.errors import UserError, require
-from jax_vlm.metrics_writer import MetricsWriter
 from jax_vlm.models.config import TransformerConfig
+from jax_vlm.pipeline import stages
+from jax_vlm.training import checkpointing, optim, sharding
+from jax_vlm.training import train_step as ts
+from jax_vlm.training.metrics_writer import MetricsWriter
 
 # Sections whose keys this module owns; an unknown key there is a typo, not an extension.
 CHECKED_SECTIONS = ('train', 'mesh', 'objectives')
@@ -164,10 +165,10 @@ class SyntheticSource:
 
 
 class PipelineSource:
-  """Wraps jax_vlm.input_pipeline's DynamicsIterator (JSON state via its get/set_state)."""
+  """Wraps jax_vlm.input.pipeline's DynamicsIterator (JSON state via its get/set_state)."""
 
   def __init__(self, iterator):
-    from jax_vlm import input_pipeline
+    from jax_vlm.input import pipeline as input_pipeline
     self._ip = input_pipeline
     self.iterator = iterator
 
@@ -189,7 +190,7 @@ def make_batch_source(config, local_batch_size: int):
   """The batch source named by `train.data_source` for this process."""
   if config.train.data_source == 'synthetic':
     return SyntheticSource(config, local_batch_size, jax.process_index())
-  from jax_vlm import input_pipeline
+  from jax_vlm.input import pipeline as input_pipeline
   source, vocab = _open_dataset(config)
   it = input_pipeline.make_dynamics_iterator(
       source, vocab, data_cfg=config.data, objectives_cfg=config.objectives,
@@ -203,8 +204,8 @@ def _open_dataset(config):
           'the build_data/tokenize stages) or set train.data_source=synthetic.')
   require(os.path.isdir(config.data.dir),
           f'data set directory {config.data.dir} does not exist; run the data stages first.')
-  from jax_vlm import datasets  # written by the data engineers: opens a prepared split
-  from jax_vlm.vocab import UnifiedVocab
+  from jax_vlm.input import datasets  # written by the data engineers: opens a prepared split
+  from jax_vlm.tokens.vocab import UnifiedVocab
   vocab = UnifiedVocab.from_config(config.vocab)
   return datasets.open_split(config.data, 'train'), vocab
 

@@ -12,9 +12,8 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from data.images import resize_and_center_crop, to_rgb
 from jax_vlm.errors import UserError
-
-_SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')
 
 
 def load_image(path: str) -> Image.Image:
@@ -30,34 +29,6 @@ def load_image(path: str) -> Image.Image:
                     'it.') from None
 
 
-def _to_8bit(image: Image.Image) -> Image.Image:
-  """16-bit and 32-bit integer / float grayscale -> 8-bit 'L' (full range kept)."""
-  values = np.asarray(image)
-  if image.mode in _SIXTEEN_BIT_MODES:
-    values = values.astype(np.float64) / 257.0  # 65535 -> 255
-  elif image.mode == 'I':
-    # PIL opens 16-bit PNGs as 'I'; 8-bit data stored as 'I' keeps its values.
-    values = values.astype(np.float64) / (257.0 if values.max(initial=0) > 255 else 1.0)
-  else:  # 'F'
-    values = values.astype(np.float64)
-  return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), 'L')
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-  """Any PIL image -> 8-bit RGB, with transparent pixels composited on a white background."""
-  if image.mode == 'RGB':
-    return image
-  if image.mode in _SIXTEEN_BIT_MODES + ('I', 'F'):
-    image = _to_8bit(image)
-  rgba = np.asarray(image.convert('RGBA'))
-  if not (rgba[..., 3] < 255).any():
-    return image.convert('RGB')
-  # Blend on white exactly as the reference does (float64, then truncation to uint8).
-  alpha = rgba[..., 3:] / 255.0
-  rgb = (1 - alpha) * 255 + alpha * rgba[..., :3]
-  return Image.fromarray(rgb.astype(np.uint8), 'RGB')
-
-
 def _as_pil(image) -> Image.Image:
   if isinstance(image, Image.Image):
     return image
@@ -70,17 +41,6 @@ def _as_pil(image) -> Image.Image:
     raise UserError(f'image array of dtype {array.dtype} and shape {array.shape} is not an image '
                     'we read; pass uint8 [h, w], [h, w, 3] or [h, w, 4], or uint16 [h, w].')
   return Image.fromarray(array)  # uint16 [h, w] becomes mode 'I;16'
-
-
-def resize_and_center_crop(image: Image.Image, resolution: int) -> Image.Image:
-  """Shorter side -> `resolution` (Lanczos, aspect kept), then the centred square."""
-  width, height = image.size
-  scale = resolution / min(width, height)
-  new_size = (round(scale * width), round(scale * height))
-  image = image.resize(new_size, Image.LANCZOS)
-  x0 = (image.width - resolution) // 2
-  y0 = (image.height - resolution) // 2
-  return image.crop((x0, y0, x0 + resolution, y0 + resolution))
 
 
 def preprocess(image, resolution: int = 512) -> np.ndarray:

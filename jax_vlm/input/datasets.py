@@ -86,7 +86,7 @@ def split_prefixes(data_cfg, split: str) -> list[str]:
   require(bool(data_cfg.dir), 'data.dir is empty; point it at a prepared data set (e.g. '
           '{workdir}/tokenize after the tokenize stage).')
   require(WORKDIR not in str(data_cfg.dir), f'data.dir={data_cfg.dir!r} still holds {WORKDIR}; '
-          'resolve it with jax_vlm.datasets.resolve_paths(config, workdir) first.')
+          'resolve it with jax_vlm.input.datasets.resolve_paths(config, workdir) first.')
   if split != 'train':
     return record_prefixes(os.path.join(data_cfg.dir, split))
   names = tuple(_opt(data_cfg, 'train_splits', DEFAULT_TRAIN_SPLITS))

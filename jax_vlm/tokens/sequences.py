@@ -54,7 +54,7 @@ BATCH_KEYS = ('token_ids', 'positions', 'segment_ids', 'loss_weights', 'task', '
 
 
 class VocabLike(Protocol):
-  """What this module needs from `jax_vlm.vocab.UnifiedVocab`."""
+  """What this module needs from `jax_vlm.tokens.vocab.UnifiedVocab`."""
   bos_id: int
   eos_id: int
   boi_id: int

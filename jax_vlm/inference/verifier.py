@@ -11,7 +11,7 @@ holds its own module, params and vocabulary, and `check_same_vocab` refuses a sa
 vocabulary differs (image codes and special tokens must mean the same in both).
 
 `sequence_logprobs` (the teacher-forced scorer) is also what the trajectory preference probe
-(jax_vlm/probe.py) uses, for FDP as well as IDP sequences.
+(jax_vlm/method/probe.py) uses, for FDP as well as IDP sequences.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_vlm import sampler as sampler_lib
-from jax_vlm import sequences
 from jax_vlm.errors import require
+from jax_vlm.inference import sampler as sampler_lib
 from jax_vlm.models.transformer import DecoderLM
+from jax_vlm.tokens import sequences
 
 Array = jax.Array
 RANK_BY = ('mean', 'sum')

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_vlm import optim
+from jax_vlm.training import optim
 
 OBJECTIVES = ('idp', 'fdp')  # index = task id in the batch
 

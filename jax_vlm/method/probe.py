@@ -13,7 +13,7 @@ and reports the share of items where it does (strictly higher; ties count as not
 different target); items with no such partner are left out of that negative's share.
 
 The scoring functions are arguments, so the share computation is testable on its own;
-`model_scorers` builds them from a model with jax_vlm.verifier.SequenceScorer.
+`model_scorers` builds them from a model with jax_vlm.inference.verifier.SequenceScorer.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from jax_vlm import sequences
 from jax_vlm.errors import require
-from jax_vlm.verifier import SequenceScorer
+from jax_vlm.inference.verifier import SequenceScorer
+from jax_vlm.tokens import sequences
 
 NEGATIVES = ('random_action', 'random_target', 'copied_source', 'swapped')
 ScoreFn = Callable[[Sequence['Triplet']], np.ndarray]

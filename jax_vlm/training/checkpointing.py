@@ -107,7 +107,7 @@ def load_params(path: str, abstract_params: Any | None = None) -> Any:
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise UserError(f'params checkpoint {path} does not exist; pass a directory written by '
-                    'train.py or jax_vlm.export.')
+                    'train.py or jax_vlm.tools.export.')
   with ocp.StandardCheckpointer() as ckptr:
     try:
       if abstract_params is None:

@@ -10,7 +10,7 @@ Per-stage settings: `config.stage_overrides.<stage>` (if the config has it) is a
 
 Register a stage where it is defined:
 
-    from jax_vlm import stages
+    from jax_vlm.pipeline import stages
 
     @stages.register('build_data')
     def build_data(config, stage_dir): ...
@@ -35,7 +35,7 @@ StageFn = Callable[[ml_collections.ConfigDict, str], None]
 
 _REGISTRY: dict[str, StageFn] = {}
 # Modules that register stages when imported; imported on the first lookup.
-STAGE_MODULES = ['jax_vlm.trainer', 'jax_vlm.bootstrap', 'jax_vlm.world_stages',
+STAGE_MODULES = ['jax_vlm.training.trainer', 'jax_vlm.method.bootstrap', 'jax_vlm.pipeline.world_stages',
                  'jax_vlm.evaluation.world']
 DONE = 'DONE'
 

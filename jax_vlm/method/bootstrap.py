@@ -8,7 +8,7 @@ write them as a synthetic FDP data set.
               (`data.action_world.parse_action` + `action_type`; labels the world cannot parse
               are class 'unparsed', dropped unless `bootstrap.keep_unparsed`); for real data the
               first word (a verb) or one class for all (`bootstrap.class_key`).
-  3. select   `jax_vlm.selection.stratified_top_k` by label_score within class, K =
+  3. select   `jax_vlm.method.selection.stratified_top_k` by label_score within class, K =
               `bootstrap.num_selected` (a fraction <= 1.0 of the candidates, or a count).
   4. write    records in the labelled data's format (data/records.py): src_codes, tgt_codes,
               action, action_type, recognition_weights, example_id, split='synthetic',
@@ -34,10 +34,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from jax_vlm import sequences, stages
 from jax_vlm.errors import UserError, require
-from jax_vlm.sampler import Sampler, SamplingParams
-from jax_vlm.selection import stratified_top_k
+from jax_vlm.inference.sampler import Sampler, SamplingParams
+from jax_vlm.method.selection import stratified_top_k
+from jax_vlm.pipeline import stages
+from jax_vlm.tokens import sequences
 
 UNPARSED = 'unparsed'
 CLASS_KEYS = ('world', 'first_word', 'none')
@@ -257,10 +258,10 @@ def _world_config(data_cfg):
 def bootstrap_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   """Labels WORKDIR/tokenize/unlabelled with the trained IDP model and writes the synthetic set."""
   from data.records import RecordSource
-  from jax_vlm import checkpointing
   from jax_vlm.models.config import TransformerConfig
   from jax_vlm.models.transformer import DecoderLM
-  from jax_vlm.vocab import UnifiedVocab
+  from jax_vlm.tokens.vocab import UnifiedVocab
+  from jax_vlm.training import checkpointing
 
   cfg = config.bootstrap
   workdir = os.path.dirname(os.path.abspath(stage_dir))

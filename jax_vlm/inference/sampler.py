@@ -45,9 +45,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_vlm import sequences
 from jax_vlm.errors import UserError, require
 from jax_vlm.models.transformer import DecoderLM, KVCache, init_cache, repeat_cache
+from jax_vlm.tokens import sequences
 
 Array = jax.Array
 NEG_INF = -1e30  # finite, so masked logits stay finite under CFG's differences

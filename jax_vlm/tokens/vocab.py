@@ -125,7 +125,7 @@ class UnifiedVocab:
   # --- text -----------------------------------------------------------------------------------
 
   def encode_text(self, text: str) -> list[int]:
-    """Text -> token ids, without bos/eos (jax_vlm/sequences.py adds those)."""
+    """Text -> token ids, without bos/eos (jax_vlm/tokens/sequences.py adds those)."""
     return list(self.tokenizer.encode(text, add_special_tokens=False))
 
   def decode_text(self, ids) -> str:

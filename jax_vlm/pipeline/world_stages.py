@@ -2,7 +2,7 @@
 
   build_data       writes the splits (data.action_world.write_world) to WORKDIR/build_data:
                    <split>.jsonl, world_config.json, tokenizer/
-  train_tokenizer  trains the world's small VQGAN (jax_vlm.vq_training) on random scenes, measures
+  train_tokenizer  trains the world's small VQGAN (jax_vlm.training.vq_training) on random scenes, measures
                    decode(encode(frame)) -> parse_frame on held-out frames, writes
                    WORKDIR/train_tokenizer/params/ (load with vq_training.load_vqgan),
                    metrics.json and metrics.jsonl, and fails with a UserError when the held-out
@@ -19,7 +19,7 @@
                    episode and step; written with UNLABELLED_SCHEMA (the triplet schema without
                    the non-empty action rule). Also tokenize/metrics.json: codebook usage and the
                    round-trip parse accuracy of every split's frames.
-Paths in the config may hold '{workdir}' (jax_vlm.datasets.resolve_paths).
+Paths in the config may hold '{workdir}' (jax_vlm.input.datasets.resolve_paths).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from jax_vlm import stages
-from jax_vlm.datasets import resolve_paths
 from jax_vlm.errors import UserError, require
+from jax_vlm.input.datasets import resolve_paths
+from jax_vlm.pipeline import stages
 
 # The triplet schema minus 'action' (whose rule rejects empty text): unlabelled pairs have none.
 _UNLABELLED_DROP = ('action',)
@@ -108,7 +108,7 @@ def _vq_config(config):
 @stages.register('train_tokenizer')
 def train_tokenizer(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   """Trains the world's VQGAN, checks it on held-out frames, writes `stage_dir/params`."""
-  from jax_vlm import vq_training as vt
+  from jax_vlm.training import vq_training as vt
   config = resolve_paths(config, _workdir(stage_dir))
   world = world_config_of(config)
   vq_config = _vq_config(config)
@@ -165,7 +165,7 @@ def _examples_for_split(name: str, raw: list[dict], codes: np.ndarray, features:
                         ) -> list[dict]:
   """Record dicts of one split; codes `[2n, h', w']`, features `[2n, h', w', c]` (src, tgt
   interleaved)."""
-  from jax_vlm.sequences import recognition_weights
+  from jax_vlm.tokens.sequences import recognition_weights
   out = []
   for i, ex in enumerate(raw):
     src_codes = codes[2 * i].reshape(-1).astype(np.int32)
@@ -193,7 +193,7 @@ def encode_frames(params, vq_config, frames: np.ndarray, batch_size: int,
                   fn=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """uint8 frames `[n, h, w, 3]` -> (codes `[n, h', w']` int32, features `[n, h', w', c]` f32,
   decoded frames `[n, h, w, 3]` uint8), in batches of one compiled shape."""
-  from jax_vlm import vq_training as vt
+  from jax_vlm.training import vq_training as vt
   fn = fn or vt.make_encode_decode_fn(vt.VQGAN(vq_config))
   codes, feats, recon = [], [], []
   n = len(frames)
@@ -213,7 +213,7 @@ def encode_frames(params, vq_config, frames: np.ndarray, batch_size: int,
 def tokenize(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   """Encodes every split's frames once and writes `stage_dir/<split>` record sets."""
   from data.action_world import SPLITS, Scene, load_split, load_world_config, parse_frame, render
-  from jax_vlm import vq_training as vt
+  from jax_vlm.training import vq_training as vt
   config = resolve_paths(config, _workdir(stage_dir))
   world_dir = _world_dir(config)
   world = load_world_config(world_dir)

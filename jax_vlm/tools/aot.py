@@ -1,0 +1,711 @@
+"""Ahead-of-time compilation for TPU slices on a CPU host: will this config fit, and how fast?
+
+  python -m jax_vlm.aot --config configs/anole_7b.py --topology v5e:16x16 [--config.mesh.fsdp=...]
+      [--json FILE]
+  python -m jax_vlm.aot --config configs/anole_7b.py --sweep --topology v5e:8x8,v5e:16x16 \
+      [--points 'rules=fsdp;rules=fsdp_tp,tensor=4,mode=lora'] --markdown F.md --csv F.csv
+
+The real train step (the trainer's pieces: mesh, logical rules, sharded `TrainState`, optimizer,
+`train_step.train_step`, jitted with the same in/out shardings and donation) and one sampler decode
+step (`DecoderLM` with a `KVCache`) are lowered with `ShapeDtypeStruct`s carrying shardings and
+compiled by libtpu for a TPU topology description (`jax.experimental.topologies`), so no TPU is
+needed; libtpu must be importable (`pip install "jax[tpu]==<jax version>"`, or on PYTHONPATH).
+
+From the compiled program it reports, per chip: argument, output and temporary memory
+(`memory_analysis()`) against the chip's HBM, the compiler's FLOP count and XLA's estimated step
+time (`cost_analysis()['optimal_seconds']`; where libtpu has none, a roofline of the compiler's
+FLOP and byte counts), and the MFU that estimate implies. The times are COMPILE-TIME ESTIMATES,
+not measurements, and leave out communication: use them to rank meshes, not to quote throughput.
+With `--topology cpu` the same code path compiles against this host's CPU devices (tests).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import io
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any, Sequence
+
+from jax_vlm.errors import UserError, require
+
+GIB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipSpec:
+  """One TPU chip generation: HBM per chip, peak dense bf16 FLOP/s and HBM bytes/s per chip."""
+  name: str
+  hbm_gib: float
+  peak_bf16_flops: float
+  hbm_bytes_per_s: float
+
+
+# Keyed by the generation prefix of libtpu's topology names ('v5e:16x16' -> 'v5e').
+CHIPS: dict[str, ChipSpec] = {
+    'v4': ChipSpec('TPU v4', 32.0, 275e12, 1228e9),
+    'v5e': ChipSpec('TPU v5e', 16.0, 197e12, 819e9),
+    'v5p': ChipSpec('TPU v5p', 95.0, 459e12, 2765e9),
+    'v6e': ChipSpec('TPU v6e', 32.0, 918e12, 1640e9),
+}
+# libtpu's TPU_ACCELERATOR_TYPE name for a slice of n chips (silences its metadata lookups).
+_ACCELERATOR_TYPE = {'v4': 'v4-{cores}', 'v5e': 'v5litepod-{chips}', 'v5p': 'v5p-{cores}',
+                     'v6e': 'v6e-{chips}'}
+
+# Sequences of the paper's FDP/IDP examples: two 1,024-token images plus an action.
+PAPER_SEQ_LEN = 2100
+PAPER_GLOBAL_BATCH = 96
+PAPER_LORA_RANK = 16
+
+SWEEP_COLUMNS = ('config', 'topology', 'chips', 'rules', 'mesh', 'mode', 'remat', 'global_batch',
+                 'fits', 'memory_per_chip_gib', 'hbm_per_chip_gib', 'argument_gib', 'output_gib',
+                 'temp_gib', 'estimated_step_s', 'mfu', 'decode_memory_gib',
+                 'decode_estimated_s', 'compile_s', 'error')
+
+
+# ------------------------------------------------------------------------------------------------
+# Topologies and chips.
+
+
+def chip_spec(topology: str) -> ChipSpec:
+  """The chip of a topology name like 'v5e:16x16' (UserError for an unknown generation)."""
+  prefix = topology.split(':', 1)[0].strip().lower()
+  require(prefix in CHIPS, f'TPU topology {topology!r} names no known chip; use one of '
+          f'{", ".join(k + ":AxB[xC]" for k in CHIPS)}, e.g. v5e:16x16 or v5p:4x4x4.')
+  return CHIPS[prefix]
+
+
+def libtpu_available() -> bool:
+  return importlib.util.find_spec('libtpu') is not None
+
+
+def _require_libtpu() -> None:
+  import jax
+  require(libtpu_available(),
+          'libtpu is not installed, so nothing can be compiled for TPU topologies; run '
+          f'pip install "jax[tpu]=={jax.__version__}" (or put libtpu on PYTHONPATH).')
+
+
+def set_tpu_env(topology: str) -> None:
+  """Environment libtpu reads when it loads, so it does not look for a real TPU VM (call before
+  the first topology is loaded; values already set are kept)."""
+  prefix = topology.split(':', 1)[0].lower()
+  dims = topology.split(':', 1)[1].split('x') if ':' in topology else []
+  if prefix in _ACCELERATOR_TYPE and dims and all(d.isdigit() for d in dims):
+    chips = math.prod(int(d) for d in dims)
+    os.environ.setdefault('TPU_ACCELERATOR_TYPE',
+                          _ACCELERATOR_TYPE[prefix].format(chips=chips, cores=2 * chips))
+  os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
+  os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+  # Compiling only: several AOT processes may share libtpu (otherwise its lockfile refuses).
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+
+
+def topology_devices(topology: str) -> list:
+  """The devices of a TPU topology ('v5e:16x16'), or this host's CPU devices for 'cpu'."""
+  import jax
+  if topology == 'cpu':
+    return list(jax.devices('cpu'))
+  chip_spec(topology)
+  _require_libtpu()
+  from jax.experimental import topologies
+  try:
+    desc = topologies.get_topology_desc(platform='tpu', topology_name=topology)
+  except Exception as e:  # libtpu raises JaxRuntimeError / RuntimeError with its own text
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if 'lockfile' in first:
+      raise UserError(f'libtpu is in use by another process ({first}); set '
+                      'ALLOW_MULTIPLE_LIBTPU_LOAD=1 or wait for it to finish.') from None
+    raise UserError(f'TPU topology {topology!r} does not exist for libtpu ({first}); use a name '
+                    'like v5e:4x8, v5e:16x16, v5p:4x4x4 or v4:2x2x2.') from None
+  return list(desc.devices)
+
+
+def devices_per_chip(devices: Sequence) -> int:
+  """TensorCores exposed as separate devices per chip (2 on v4 without megacore, else 1)."""
+  return len({getattr(d, 'core_on_chip', 0) for d in devices}) or 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Batch size and config points.
+
+
+def aot_global_batch(requested: int, data_parallel: int, accum_steps: int = 1) -> int:
+  """`requested` if the mesh divides it, else the nearest multiple of data*fsdp*accum (ties up,
+  never 0): 96 stays 96 on 32 data-parallel chips and becomes 128 on 64, 256 on 256."""
+  unit = data_parallel * accum_steps
+  return max(unit, int(math.floor(requested / unit + 0.5)) * unit)
+
+
+def parse_point(text: str) -> dict[str, str]:
+  """'rules=fsdp_tp,tensor=4,mode=lora,remat=dots' -> {'rules': 'fsdp_tp', ...}."""
+  out = {}
+  for item in filter(None, (t.strip() for t in text.split(','))):
+    require('=' in item, f'sweep point item {item!r} is not key=value; write points like '
+            "'rules=fsdp_tp,tensor=4,mode=lora,remat=dots'.")
+    key, value = (s.strip() for s in item.split('=', 1))
+    out[key] = value
+  return out
+
+
+_SHORT_KEYS = {'rules': 'mesh.rules', 'data': 'mesh.data', 'fsdp': 'mesh.fsdp',
+               'tensor': 'mesh.tensor', 'mode': 'train.mode', 'remat': 'model.remat_policy',
+               'accum': 'train.grad_accum_steps', 'batch': 'train.global_batch_size'}
+
+
+def apply_point(config, point: dict[str, str]):
+  """A copy of `config` with a sweep point applied (short keys or dotted config keys). 'dp' rules
+  put every chip on the data axis; 'mode=lora' sets the paper's rank 16 if the config has none."""
+  import ml_collections
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in point.items():
+    path = _SHORT_KEYS.get(key, key).split('.')
+    node = config
+    for part in path[:-1]:
+      require(part in node, f'sweep point key {key!r} is not in the config; use one of '
+              f'{", ".join(_SHORT_KEYS)} or a dotted config key.')
+      node = node[part]
+    require(path[-1] in node, f'sweep point key {key!r} is not in the config; use one of '
+            f'{", ".join(_SHORT_KEYS)} or a dotted config key.')
+    old = node[path[-1]]
+    if isinstance(old, bool):
+      node[path[-1]] = value.lower() in ('1', 'true', 'yes')
+    elif isinstance(old, int):
+      node[path[-1]] = int(value)
+    elif isinstance(old, float):
+      node[path[-1]] = float(value)
+    else:
+      node[path[-1]] = value
+  if point.get('rules') == 'dp' and 'data' not in point and 'fsdp' not in point:
+    config.mesh.update(data=-1, fsdp=1, tensor=1)
+  if config.train.mode == 'lora' and int(config.model.lora_rank) == 0:
+    config.model.lora_rank = PAPER_LORA_RANK
+  return config
+
+
+# ------------------------------------------------------------------------------------------------
+# Building and compiling the steps.
+
+
+@dataclasses.dataclass
+class TrainStepParts:
+  """The jitted train step and abstract arguments (with shardings) to lower it with."""
+  step_fn: Any  # jax.jit(train_step, in_shardings, out_shardings, donate_argnums=(0,))
+  state: Any  # TrainState of ShapeDtypeStructs with shardings
+  batch: dict  # ShapeDtypeStructs [global_batch, seq] with the batch sharding
+  mesh: Any
+  rules: Any
+  model: Any  # DecoderLM
+  model_config: Any  # TransformerConfig
+  global_batch: int
+  seq_len: int
+
+
+def build_train_step(config, devices: Sequence, seq_len: int | None = None,
+                     global_batch: int | None = None) -> TrainStepParts:
+  """The trainer's train step for `devices` (which may be a TPU topology's), nothing compiled.
+
+  Mirrors `trainer.Trainer.__init__` with the same public pieces (validate_config, make_mesh,
+  logical_rules, make_optimizer, init_train_state, train_step), but keeps every array abstract:
+  the Trainer makes a concrete PRNG key while the mesh is set, which cannot run on devices that
+  only exist as a topology description. tests/test_aot.py checks the two lower to the same program.
+  `global_batch` defaults to config.train.global_batch_size rounded to what the mesh needs.
+  """
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from jax_vlm.models.config import TransformerConfig
+  from jax_vlm.models.transformer import DecoderLM
+  from jax_vlm.training import optim, sharding
+  from jax_vlm.training import train_step as ts
+  from jax_vlm.training import trainer as trainer_lib
+
+  devices = list(devices)
+  seq_len = int(seq_len or min(config.data.max_seq_len, config.model.max_positions))
+  shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, len(devices))))
+  accum = int(config.train.grad_accum_steps)
+  if global_batch is None:
+    global_batch = aot_global_batch(int(config.train.global_batch_size),
+                                    shape['data'] * shape['fsdp'], accum)
+  import ml_collections
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.train.global_batch_size = int(global_batch)
+  trainer_lib.validate_config(config, len(devices))
+
+  mesh = sharding.make_mesh(config.mesh, devices)
+  rules = sharding.logical_rules(config.mesh)
+  model_config = TransformerConfig.from_config(config.model)
+  model = DecoderLM(model_config)
+  mode = config.train.mode
+  tx, schedule = optim.make_optimizer(config.train, lambda p: optim.trainable_mask(p, mode))
+  init = lambda rng: ts.init_train_state(rng, model, tx)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # PRNGKey(0)'s shape, never materialised
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract_boxed = jax.eval_shape(init, key)
+    state_shardings = sharding.state_shardings(abstract_boxed, mesh, rules)
+  abstract_state = nn.unbox(abstract_boxed)
+  sharding.check_divisible(abstract_state, state_shardings)
+  mask = optim.trainable_mask(abstract_state.params, mode)
+  step = lambda state, batch: ts.train_step(
+      state, batch, model=model, tx=tx, mask=mask, accum_steps=accum,
+      objective_weights=(float(config.objectives.idp_loss_weight),
+                         float(config.objectives.fdp_loss_weight)),
+      schedule=schedule)
+  batch_sharding = sharding.batch_sharding(mesh)
+  step_fn = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+                    out_shardings=(state_shardings, sharding.replicated(mesh)),
+                    donate_argnums=(0,))
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                       abstract_state, state_shardings)
+  rows = (global_batch, seq_len)
+  batch = {name: jax.ShapeDtypeStruct(rows, dtype, sharding=batch_sharding)
+           for name, dtype in (('token_ids', jnp.int32), ('positions', jnp.int32),
+                               ('segment_ids', jnp.int32), ('loss_weights', jnp.float32))}
+  batch['task'] = jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=batch_sharding)
+  return TrainStepParts(step_fn, state, batch, mesh, rules, model, model_config, global_batch,
+                        seq_len)
+
+
+def lower_train_step(parts: TrainStepParts):
+  """`step_fn.lower(state, batch)` under the mesh and logical rules (activation constraints)."""
+  import flax.linen as nn
+  import jax
+  with jax.set_mesh(parts.mesh), nn.logical_axis_rules(parts.rules):
+    return parts.step_fn.lower(parts.state, parts.batch)
+
+
+def lower_decode_step(parts: TrainStepParts, batch: int, max_len: int):
+  """One sampler step: `DecoderLM` on one new token per row with a `KVCache` of `max_len` slots.
+
+  Params keep the training dtype and sharding; the cache (in the compute dtype) is split by its
+  logical axes (`cache_logical_axes`) and donated, as a `lax.while_loop` sampler would carry it.
+  """
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from jax_vlm.models import transformer
+  from jax_vlm.training import sharding
+
+  model, c, mesh, rules = parts.model, parts.model_config, parts.mesh, parts.rules
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    cache = jax.eval_shape(lambda: transformer.init_cache(c, batch, max_len))
+    cache_shardings = jax.tree.map(
+        lambda names: sharding.logical_to_shardings(jax.sharding.PartitionSpec(*names), mesh,
+                                                    rules),
+        transformer.cache_logical_axes(), is_leaf=lambda x: isinstance(x, tuple))
+  params_sh = jax.tree.map(lambda s: s.sharding, parts.state.params)
+  tokens_sh = sharding.batch_sharding(mesh)
+
+  def decode(params, token_ids, cache):
+    logits, cache = model.apply({'params': params}, token_ids, cache=cache)
+    return logits[:, -1], cache
+
+  fn = jax.jit(decode, in_shardings=(params_sh, tokens_sh, cache_shardings),
+               out_shardings=(tokens_sh, cache_shardings), donate_argnums=(2,))
+  cache = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), cache,
+                       cache_shardings)
+  tokens = jax.ShapeDtypeStruct((batch, 1), jnp.int32, sharding=tokens_sh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    return fn.lower(parts.state.params, tokens, cache)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading the compiled program.
+
+
+def _cost(compiled) -> dict[str, float]:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return dict(cost or {})
+
+
+def memory_report(compiled, hbm_per_device_gib: float | None) -> dict[str, Any]:
+  """Per-device bytes of the compiled program (GiB): arguments, outputs, temporaries, code; the
+  peak is arguments + outputs - aliased (donated) + temporaries + code."""
+  m = compiled.memory_analysis()
+  arg, out = m.argument_size_in_bytes, m.output_size_in_bytes
+  alias, temp = m.alias_size_in_bytes, m.temp_size_in_bytes
+  code = m.generated_code_size_in_bytes
+  total = arg + out - alias + temp + code
+  report = {'argument_gib': arg / GIB, 'output_gib': out / GIB, 'alias_gib': alias / GIB,
+            'temp_gib': temp / GIB, 'code_gib': code / GIB, 'memory_gib': total / GIB}
+  report['fits'] = None if hbm_per_device_gib is None else total / GIB <= hbm_per_device_gib
+  return report
+
+
+def estimate_mfu(model_flops_per_step: float, estimated_step_s: float | None, num_chips: int,
+                 peak_flops_per_chip: float | None) -> float | None:
+  """MFU implied by a step time: model FLOPs / (time * chips * peak), None without both."""
+  if not estimated_step_s or not peak_flops_per_chip or estimated_step_s <= 0:
+    return None
+  return model_flops_per_step / (estimated_step_s * num_chips * peak_flops_per_chip)
+
+
+def _xla_seconds(cost: dict[str, float]) -> float | None:
+  """XLA's own step-time estimate; libtpu gives a negative sentinel when it has none (e.g. for
+  programs with loops or collectives), which means 'unknown'."""
+  t = cost.get('optimal_seconds')
+  return float(t) if t is not None and t > 0 else None
+
+
+def roofline_seconds(flops: float, bytes_accessed: float, spec: ChipSpec) -> float:
+  """max(compute time, HBM time) per chip from the compiler's counts; ignores communication."""
+  return max(flops / spec.peak_bf16_flops, bytes_accessed / spec.hbm_bytes_per_s)
+
+
+def per_layer_counts(config, devices: Sequence, seq_len: int, global_batch: int,
+                     decode_rows: int | None) -> dict[str, dict[str, float]]:
+  """Compiler FLOPs and bytes of the full-depth programs, extrapolated from unscanned 1- and
+  2-layer compiles of the same widths, mesh and batch: count(L) = c1 + (L - 1) * (c2 - c1); also
+  `seconds`, XLA's optimal_seconds extrapolated the same way, when libtpu gives it for both.
+
+  Needed because XLA's cost analysis (optimal_seconds included) counts a `scan` (while-loop) body
+  once, not once per layer.
+  """
+  import ml_collections
+  depth = int(config.model.num_layers)
+  counts = {}
+  for layers in (1, 2):
+    cfg = ml_collections.ConfigDict(config.to_dict())
+    cfg.model.update(num_layers=layers, scan_layers=False)
+    parts = build_train_step(cfg, devices, seq_len=seq_len, global_batch=global_batch)
+    programs = {'train': lower_train_step(parts)}
+    if decode_rows:
+      programs['decode'] = lower_decode_step(parts, decode_rows, seq_len)
+    for name, lowered in programs.items():
+      cost = _cost(lowered.compile())
+      counts.setdefault(name, []).append((float(cost.get('flops', 0.0)),
+                                          float(cost.get('bytes accessed', 0.0)),
+                                          _xla_seconds(cost)))
+  out = {}
+  for name, ((f1, b1, t1), (f2, b2, t2)) in counts.items():
+    out[name] = {'flops': f1 + (depth - 1) * (f2 - f1),
+                 'bytes_accessed': b1 + (depth - 1) * (b2 - b1),
+                 'seconds': t1 + (depth - 1) * (t2 - t1) if t1 and t2 and t2 >= t1 else None}
+  return out
+
+
+def analyze_topology(config, topology: str, devices: Sequence | None = None,
+                     decode: bool = True, seq_len: int | None = None,
+                     global_batch: int | None = None, num_candidates: int | None = None,
+                     estimate_time: bool = True) -> dict[str, Any]:
+  """Compiles the train step (and a decode step) for `topology` and returns the report dict.
+
+  Keys: `fits`, `memory_per_chip_gib`, `hbm_per_chip_gib`, `estimated_step_s`, `mfu` (implied by
+  that estimate), `argument_gib`, `output_gib`, `temp_gib`, `compiler_flops` (per chip),
+  `model_flops_per_step`, mesh, batch and timing details, and `decode` (same fields for one decode
+  step) when asked. On 'cpu' HBM, peak FLOP/s, fits and MFU are None.
+
+  Step times are compile-time ESTIMATES (`estimate_source` says which): XLA's `optimal_seconds`
+  when libtpu gives one (extrapolated over the layers from 1- and 2-layer compiles when the model
+  is scanned, since XLA counts a scan body once), else a per-chip roofline max(FLOPs / peak,
+  bytes / HBM bandwidth) of the compiler's own counts, extrapolated the same way
+  (`per_layer_counts`); neither includes communication that does not overlap, so real steps are
+  slower.
+  """
+  devices = topology_devices(topology) if devices is None else list(devices)
+  spec = None if topology == 'cpu' else chip_spec(topology)
+  per_chip = devices_per_chip(devices)
+  num_chips = len(devices) // per_chip
+  hbm_device = None if spec is None else spec.hbm_gib / per_chip
+  peak = None if spec is None else spec.peak_bf16_flops
+
+  t0 = time.perf_counter()
+  parts = build_train_step(config, devices, seq_len=seq_len, global_batch=global_batch)
+  compiled = lower_train_step(parts).compile()
+  compile_s = time.perf_counter() - t0
+  mem = memory_report(compiled, hbm_device)
+  cost = _cost(compiled)
+  mesh_shape = dict(parts.mesh.shape)
+  dp = mesh_shape['data'] * mesh_shape['fsdp']
+  k = int(num_candidates or config.sampler.num_candidates)
+  # K candidates of one prompt, rounded up so the batch axis splits over data*fsdp.
+  rows = int(math.ceil(k / dp)) * dp
+  dec = lower_decode_step(parts, rows, parts.seq_len).compile() if decode else None
+  dcost = _cost(dec) if decode else {}
+
+  # A scanned program's own estimate counts one layer (see per_layer_counts): not usable.
+  scanned = bool(parts.model_config.scan_layers) and parts.model_config.num_layers > 1
+  est, dest = (None, None) if scanned else (_xla_seconds(cost), _xla_seconds(dcost))
+  source = 'xla optimal_seconds'
+  counts = None
+  if spec is not None and estimate_time and (est is None or (decode and dest is None)):
+    counts = per_layer_counts(config, devices, parts.seq_len, parts.global_batch,
+                              rows if decode else None)
+
+    def extrapolated(name):
+      c = counts[name]
+      if c['seconds']:
+        return c['seconds'], 'xla optimal_seconds (1-2 layer extrapolation)'
+      return (roofline_seconds(c['flops'], c['bytes_accessed'], spec),
+              'roofline of compiler FLOPs/bytes (1-2 layer extrapolation), no communication')
+
+    if est is None:
+      est, source = extrapolated('train')
+    if decode and dest is None:
+      dest = extrapolated('decode')[0]
+  tokens = parts.global_batch * parts.seq_len
+  model_flops = parts.model_config.flops_per_token(parts.seq_len) * tokens
+  result = {
+      'topology': topology, 'chip': spec.name if spec else 'cpu', 'chips': num_chips,
+      'devices': len(devices), 'mesh': mesh_shape, 'rules': config.mesh.rules,
+      'mode': config.train.mode, 'remat': parts.model_config.remat_policy,
+      'lora_rank': parts.model_config.lora_rank, 'global_batch': parts.global_batch,
+      'seq_len': parts.seq_len, 'fits': mem['fits'],
+      'memory_per_chip_gib': mem['memory_gib'] * per_chip,
+      'hbm_per_chip_gib': spec.hbm_gib if spec else None,
+      'argument_gib': mem['argument_gib'], 'output_gib': mem['output_gib'],
+      'alias_gib': mem['alias_gib'], 'temp_gib': mem['temp_gib'], 'code_gib': mem['code_gib'],
+      'compiler_flops': float(cost.get('flops', 0.0)),
+      'compiler_flops_all_layers': counts['train']['flops'] if counts else None,
+      'model_flops_per_step': model_flops,
+      'estimated_step_s': est, 'estimate_source': source if est else None,
+      'estimated_tokens_per_s': tokens / est if est else None,
+      'mfu': estimate_mfu(model_flops, est, num_chips, peak),
+      'peak_flops_per_chip': peak, 'compile_s': time.perf_counter() - t0,
+      'train_compile_s': compile_s,
+      'times_are': 'compile-time ESTIMATES, not measurements',
+  }
+  if decode:
+    dmem = memory_report(dec, hbm_device)
+    result['decode'] = {
+        'batch': rows, 'max_len': parts.seq_len, 'fits': dmem['fits'],
+        'memory_per_chip_gib': dmem['memory_gib'] * per_chip, 'argument_gib': dmem['argument_gib'],
+        'temp_gib': dmem['temp_gib'], 'estimated_step_s': dest,
+        'estimated_tokens_per_s': rows / dest if dest else None,
+        'compiler_flops': float(dcost.get('flops', 0.0))}
+  return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Output.
+
+
+def write_json(path: str, result: Any) -> None:
+  """Writes `result` (a dict or a list of them) as indented JSON, creating the folder."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(result, f, indent=2, sort_keys=True, default=str)
+    f.write('\n')
+
+
+def _fmt(value, digits=2) -> str:
+  if value is None:
+    return '-'
+  if isinstance(value, bool):
+    return 'yes' if value else 'NO'
+  if isinstance(value, float):
+    return f'{value:.{digits}f}'
+  return str(value)
+
+
+def format_report(r: dict[str, Any]) -> str:
+  """Human-readable lines for one compiled point."""
+  lines = [f'{r["topology"]} ({r["chips"]} x {r["chip"]}), mesh {r["mesh"]}, rules {r["rules"]}, '
+           f'mode {r["mode"]}, remat {r["remat"]}, global batch {r["global_batch"]} x '
+           f'{r["seq_len"]} tokens',
+           'train step, per chip:',
+           f'  arguments {r["argument_gib"]:.2f} GiB, outputs {r["output_gib"]:.2f} GiB '
+           f'(donated/aliased {r["alias_gib"]:.2f}), temporaries {r["temp_gib"]:.2f} GiB',
+           f'  total {r["memory_per_chip_gib"]:.2f} GiB of {_fmt(r["hbm_per_chip_gib"], 0)} GiB '
+           f'HBM: {"fits" if r["fits"] else "does NOT fit" if r["fits"] is False else "n/a"}',
+           f'  compiler FLOPs {r["compiler_flops"]:.3e} per chip; model FLOPs '
+           f'{r["model_flops_per_step"]:.3e} per step',
+           f'  COMPILER-ESTIMATED step time {r["estimated_step_s"] or 0:.3g} s '
+           f'-> MFU {_fmt(r["mfu"] and 100 * r["mfu"], 1)}% (an estimate, not a measurement; '
+           f'{r["estimate_source"] or "no estimate"})']
+  d = r.get('decode')
+  if d:
+    lines += [f'decode step (batch {d["batch"]}, cache {d["max_len"]} slots), per chip:',
+              f'  total {d["memory_per_chip_gib"]:.2f} GiB '
+              f'({"fits" if d["fits"] else "does NOT fit" if d["fits"] is False else "n/a"}), '
+              f'COMPILER-ESTIMATED {_fmt(d["estimated_step_s"] and 1e3 * d["estimated_step_s"])}'
+              ' ms per token step']
+  lines.append(f'compiled in {r["compile_s"]:.0f} s')
+  return '\n'.join(lines)
+
+
+def sweep_row(name: str, r: dict[str, Any]) -> dict[str, Any]:
+  """One table row (SWEEP_COLUMNS) from a report, or from {'error': ...} for a failed point."""
+  mesh = r.get('mesh')
+  row = {'config': name, 'topology': r.get('topology'), 'chips': r.get('chips'),
+         'rules': r.get('rules'), 'mode': r.get('mode'), 'remat': r.get('remat'),
+         'mesh': 'x'.join(str(mesh[a]) for a in ('data', 'fsdp', 'tensor')) if mesh else
+         r.get('mesh_text'), 'global_batch': r.get('global_batch'), 'fits': r.get('fits'),
+         'error': r.get('error', '')}
+  for key in ('memory_per_chip_gib', 'hbm_per_chip_gib', 'argument_gib', 'output_gib',
+              'temp_gib', 'estimated_step_s', 'mfu', 'compile_s'):
+    row[key] = r.get(key)
+  d = r.get('decode') or {}
+  row['decode_memory_gib'] = d.get('memory_per_chip_gib')
+  row['decode_estimated_s'] = d.get('estimated_step_s')
+  return row
+
+
+def _estimate_note(mfu: float | None) -> str:
+  """A warning for a time estimate no chip can reach (the roofline undercounted the work)."""
+  if mfu is not None and mfu > 1.0:
+    return 'time estimate implausible (MFU > 100%): ignore est. step s'
+  return ''
+
+
+def sweep_markdown(rows: list[dict[str, Any]]) -> str:
+  head = ['config', 'topology', 'chips', 'rules', 'mesh d×f×t', 'mode', 'remat', 'batch', 'fits',
+          'GiB/chip', 'HBM', 'temp GiB', 'est. step s', 'est. MFU', 'decode GiB',
+          'est. decode ms', 'compile s', 'note']
+  out = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for r in rows:
+    mfu = None if r['mfu'] is None else f'{100 * r["mfu"]:.1f}%'
+    dec = None if r['decode_estimated_s'] is None else 1e3 * r['decode_estimated_s']
+    cells = [r['config'], r['topology'], r['chips'], r['rules'], r['mesh'], r['mode'],
+             r['remat'], r['global_batch'], r['fits'], r['memory_per_chip_gib'],
+             r['hbm_per_chip_gib'], r['temp_gib'], r['estimated_step_s'], mfu,
+             r['decode_memory_gib'], dec, r['compile_s'] and round(r['compile_s']),
+             (r['error'] or '').replace('|', '/') or _estimate_note(r['mfu'])]
+    out.append('| ' + ' | '.join(_fmt(c) for c in cells) + ' |')
+  return '\n'.join(out) + '\n'
+
+
+def sweep_csv(rows: list[dict[str, Any]]) -> str:
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=list(SWEEP_COLUMNS))
+  w.writeheader()
+  for r in rows:
+    w.writerow({k: r.get(k) for k in SWEEP_COLUMNS})
+  return buf.getvalue()
+
+
+DEFAULT_POINTS = (
+    'rules=fsdp,mode=lora',
+    'rules=fsdp,mode=full',
+    'rules=fsdp_tp,tensor=4,mode=full',
+    'rules=fsdp_tp,tensor=8,mode=full',
+    'rules=dp,mode=lora',
+    'rules=fsdp,mode=lora,remat=dots',
+)
+
+
+_OOM = re.compile(r'Ran out of memory.*?required for HLO temporaries \(([\d.]+)G\) exceeds '
+                  r'available HBM \(([\d.]+)G\)')
+
+
+def out_of_memory(message: str) -> dict[str, Any]:
+  """The compiler's 'Ran out of memory on HBM' error as a result: `fits` False, the temporaries it
+  needed and the HBM it had (GiB per chip); {} for any other error."""
+  m = _OOM.search(message)
+  if not m:
+    return {}
+  return {'fits': False, 'temp_gib': float(m.group(1)), 'hbm_per_chip_gib': float(m.group(2))}
+
+
+def run_sweep(config, topologies: Sequence[str], points: Sequence[str], name: str = '',
+              decode: bool = True, log=print, on_row=None) -> list[dict[str, Any]]:
+  """Compiles every (topology, point); a point with `topology=NAME` runs on that topology only.
+  Failures (a mesh that does not divide, compile errors) become rows with an `error` note instead
+  of stopping the sweep."""
+  rows = []
+  for topology in topologies:
+    devices = topology_devices(topology)
+    for text in points:
+      point = parse_point(text)
+      if point.pop('topology', topology) != topology:
+        continue  # the point names another topology
+      t0 = time.perf_counter()
+      try:
+        cfg = apply_point(config, point)
+        r = analyze_topology(cfg, topology, devices=devices, decode=decode)
+      except (UserError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        r = {'topology': topology, 'rules': point.get('rules'), 'mode': point.get('mode', 'full'),
+             'remat': point.get('remat'), 'mesh_text': text, 'error': first,
+             'compile_s': time.perf_counter() - t0, **out_of_memory(first)}
+      row = sweep_row(name, r)
+      rows.append(row)
+      if on_row is not None:
+        on_row(rows)  # e.g. rewrite the tables, so a long sweep that is stopped keeps its rows
+      log(f'[{topology}] {text}: ' + (f'error: {row["error"]}' if row['error'] else
+          f'{row["memory_per_chip_gib"]:.2f} GiB/chip, fits={row["fits"]}, est. step '
+          f'{_fmt(row["estimated_step_s"], 3)} s, est. MFU {_fmt(row["mfu"], 3)}, '
+          f'{row["compile_s"]:.0f} s to compile'))
+  return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line.
+
+
+def main(argv=None) -> int:
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flag = config_flags.DEFINE_config_file('config', None, 'configs/NAME.py[:ARG]')
+  topology_flag = flags.DEFINE_list('topology', ['v5e:16x16'],
+                                    "TPU topology, e.g. v5e:16x16, v5p:4x4x4; several for --sweep;"
+                                    " 'cpu' = this host's devices.")
+  json_flag = flags.DEFINE_string('json', None, 'Write the report (or sweep rows) as JSON here.')
+  sweep_flag = flags.DEFINE_bool('sweep', False, 'Compile every --points entry on each topology.')
+  points_flag = flags.DEFINE_string('points', ';'.join(DEFAULT_POINTS),
+                                    "Sweep points separated by ';', each 'key=value,...' with keys "
+                                    f"{', '.join(_SHORT_KEYS)} or dotted config keys.")
+  md_flag = flags.DEFINE_string('markdown', None, 'Sweep: write the markdown table here.')
+  csv_flag = flags.DEFINE_string('csv', None, 'Sweep: write the CSV table here.')
+  name_flag = flags.DEFINE_string('name', None, 'Sweep: config name in the table.')
+  decode_flag = flags.DEFINE_bool('decode', True, 'Also compile one sampler decode step.')
+  seq_flag = flags.DEFINE_integer('seq_len', None, 'Tokens per row (default data.max_seq_len).')
+
+  def run(_):
+    try:
+      config = config_flag.value
+      require(config is not None, 'No config given; pass --config configs/NAME.py.')
+      topologies = topology_flag.value
+      if topologies and topologies[0] != 'cpu':
+        set_tpu_env(topologies[0])
+      import jax
+      if 'JAX_PLATFORMS' not in os.environ:
+        jax.config.update('jax_platforms', 'cpu')  # the host compiles; TPUs are descriptions
+      if sweep_flag.value:
+        points = [p for p in points_flag.value.split(';') if p.strip()]
+        name = name_flag.value or os.path.splitext(os.path.basename(
+            config_flags.get_config_filename(flags.FLAGS['config'])))[0]
+        def save(rows):
+          if md_flag.value:
+            with open(md_flag.value, 'w') as f:
+              f.write(sweep_markdown(rows))
+          if csv_flag.value:
+            with open(csv_flag.value, 'w') as f:
+              f.write(sweep_csv(rows))
+          if json_flag.value:
+            write_json(json_flag.value, rows)
+
+        t0 = time.perf_counter()
+        rows = run_sweep(config, topologies, points, name=name, decode=decode_flag.value,
+                         log=lambda s: print(s, flush=True), on_row=save)
+        print(sweep_markdown(rows))
+        print(f'sweep took {time.perf_counter() - t0:.0f} s')
+        return
+      require(len(topologies) == 1, 'Several --topology values need --sweep; pass one topology.')
+      result = analyze_topology(config, topologies[0], decode=decode_flag.value,
+                                seq_len=seq_flag.value)
+      print(format_report(result))
+      if json_flag.value:
+        write_json(json_flag.value, result)
+    except UserError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(1)
+
+  app.run(run, argv=argv)
+  return 0
+
+
+if __name__ == '__main__':
+  main()
