@@ -9,22 +9,17 @@ A problem with the user's input stops the run with one sentence (exit code 1); r
 written to the workdir are kept and a rerun continues from them.
 """
 
-import importlib
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jax_vlm.errors import UserError
+from jax_vlm import evaluation  # noqa: F401  (registers the benchmarks)
+from jax_vlm.core import registry
+from jax_vlm.core.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, configs/NAME.py[:ARG].')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (metrics, records, report).')
-
-# benchmark name -> 'module:function' taking (config, workdir) and returning the metrics.
-BENCHMARKS = {
-    'aurora_bench': 'jax_vlm.evaluation.aurora:run',
-    'action_world': 'jax_vlm.evaluation.world:run',
-}
 
 _FLAG_ALIASES = {'--config.model': '--config.eval.model',
                  '--config.bench_root': '--config.eval.bench_root'}
@@ -49,11 +44,10 @@ def main(argv):
       raise UserError('No workdir given; pass --workdir DIR for the outputs.')
     # A world config (it has a `world` section) names no benchmark: the world is the benchmark.
     benchmark = config.eval.get('benchmark', '') or ('action_world' if 'world' in config else '')
-    if benchmark not in BENCHMARKS:
-      raise UserError(f'Unknown eval.benchmark {benchmark!r}; use one of {sorted(BENCHMARKS)}.')
-    module, function = BENCHMARKS[benchmark].split(':')
-    run = getattr(importlib.import_module(module), function)
-    metrics = run(config, _WORKDIR.value)
+    names = registry.names('benchmark')
+    if benchmark not in names:
+      raise UserError(f'Unknown eval.benchmark {benchmark!r}; use one of {names}.')
+    metrics = registry.get('benchmark', benchmark)(config, _WORKDIR.value)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

@@ -14,7 +14,10 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
+from jax_vlm.input.datasets import resolve_paths
+from jax_vlm.pipeline import stages
+from jax_vlm.training import sharding, trainer
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, configs/NAME.py[:ARG].')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder; one sub-folder per stage.')
@@ -48,11 +51,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv):
   del argv
-  from jax_vlm.training import sharding
   # Before anything touches a device.
   sharding.maybe_initialize_distributed()
-  from jax_vlm.pipeline import stages
-  from jax_vlm.training import trainer
   stages.project_logging()
 
   try:
@@ -61,7 +61,6 @@ def main(argv):
       raise UserError('No config given; pass --config configs/NAME.py.')
     if not _WORKDIR.value:
       raise UserError('No workdir given; pass --workdir DIR for the outputs.')
-    from jax_vlm.input.datasets import resolve_paths
     config = resolve_paths(config, _WORKDIR.value)  # '{workdir}' templates in the config's paths
     names = _STAGES.value or list(config.get('stages', ('train_dynamics',)))
     if any(n in ('train_dynamics', 'train_fdp') for n in names):

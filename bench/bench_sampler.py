@@ -2,8 +2,8 @@
 
   python bench/bench_sampler.py [--sizes world,mid] [--mid_gen_tokens 1024] [--repeats 2]
 
-Image mode (FDP) with jax_vlm.inference.sampler: one prompt is prefilled ONCE, its cache repeated K times,
-and the K rows decode `gen` image tokens together in one jitted while_loop. Sizes:
+Image mode (FDP) with inference/sampler.py: one prompt is prefilled ONCE, its cache repeated K
+times, and the K rows decode `gen` image tokens together in one jitted while_loop. Sizes:
   world  configs/action_world.py's model (d_model 128, 4 layers), a 5x5-code frame + action
          prompt (~37 tokens), 25 image tokens.
   mid    d_model 1024, 8 layers, vocab 65,536 (8,192 image codes), a ~1,050-token prompt (a

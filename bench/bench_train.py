@@ -157,7 +157,7 @@ def bench_torch_train(size, family, batch, steps) -> dict:
 
 
 def bench_jax_generate(size, family, candidates, gen_tokens, scan=True) -> dict:
-  """jax_vlm.inference.sampler.Sampler.generate_images: prefill once, repeat the cache K times, sample
+  """inference.sampler.Sampler.generate_images: prefill once, repeat the cache K times, sample
   `gen_tokens` image tokens per row in one jitted while_loop (the product's sampler)."""
   from bench_sampler import BenchVocab
 

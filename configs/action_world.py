@@ -10,13 +10,13 @@ here are templates with '{workdir}' that jax_vlm.input.datasets.resolve_paths fi
 import ml_collections
 
 from configs import base
+from data.action_world import SPECIAL_TOKENS, WorldConfig, vocabulary_words
 
 SIZES = ('default', 'smoke')
 
 
 def _text_vocab_size(size: str) -> int:
   """Number of ids in the world's word-level tokenizer (the image codes follow them)."""
-  from data.action_world import SPECIAL_TOKENS, WorldConfig, vocabulary_words
   words = set(vocabulary_words(WorldConfig.preset(size))) - set(SPECIAL_TOKENS)
   return len(SPECIAL_TOKENS) + len(words)
 

@@ -12,34 +12,13 @@ Sections (each function takes only the sub-config it needs):
 
 import ml_collections
 
+from jax_vlm.models.config import TransformerConfig
+from jax_vlm.training import config as training_config
+
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.family = 'chameleon'  # 'chameleon' (Chameleon/Anole) or 'gemma' (Liquid).
-  c.vocab_size = 65536
-  c.d_model = 4096
-  c.num_layers = 32
-  c.num_heads = 32
-  c.num_kv_heads = 32
-  c.head_dim = 128
-  c.mlp_dim = 11008
-  c.max_positions = 4096
-  c.rope_theta = 10000.0
-  c.norm_eps = 1e-5
-  c.qk_norm = True  # Chameleon's per-head QK LayerNorm.
-  c.swin_norm = False  # Chameleon-30B style post-norm inside the residual branch.
-  c.tie_embeddings = False
-  c.dtype = 'bfloat16'  # compute dtype
-  c.param_dtype = 'float32'
-  c.scan_layers = True
-  c.remat_policy = 'nothing_saveable'  # 'none' | 'nothing_saveable' | 'dots' | ...
-  c.attention_impl = 'xla'  # 'xla' (einsum) | 'cudnn' | 'auto' (jax.nn.dot_product_attention)
-  c.attention_chunk = 512  # 'xla' causal attention in query blocks that skip unseen keys; 0 = off
-  # LoRA adapters live inside the projection layers; rank 0 means none.
-  c.lora_rank = 0
-  c.lora_alpha = 32.0
-  c.lora_dropout = 0.0
-  c.lora_targets = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj')
+  """The model section: TransformerConfig's defaults (jax_vlm/models/config.py documents them)."""
+  c = ml_collections.ConfigDict(TransformerConfig.defaults())
   c.update(overrides)
   return c
 
@@ -70,8 +49,8 @@ def vqgan_config(**overrides) -> ml_collections.ConfigDict:
 def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # The stages train.py runs, in order (see jax_vlm/pipeline/stages.py), and per-stage dotted overrides,
-  # as (key, value) pairs, e.g. config.stage_overrides.train_fdp =
+  # The stages train.py runs, in order (see jax_vlm/pipeline/stages.py), and per-stage dotted
+  # overrides, as (key, value) pairs, e.g. config.stage_overrides.train_fdp =
   # (('data.recognition_weights', False),) (dotted dict keys do not survive ConfigDict copies).
   config.stages = ('train_dynamics',)
   config.stage_overrides = ml_collections.ConfigDict()
@@ -112,45 +91,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.length_buckets = ()  # pad to the smallest bucket that fits (single-process only)
   config.data.pack_lookahead = 8
 
-  config.objectives = ml_collections.ConfigDict()
-  config.objectives.schedule = 'alternate'  # 'alternate' | 'mixed'
-  config.objectives.idp_share = 1
-  config.objectives.fdp_share = 1
-  config.objectives.idp_loss_weight = 1.0  # 'mixed': per-objective weight on the summed token loss
-  config.objectives.fdp_loss_weight = 1.0
-
-  config.train = ml_collections.ConfigDict()
-  config.train.mode = 'full'  # 'full' | 'lora'
-  config.train.global_batch_size = 96
-  config.train.num_steps = 1000
-  config.train.learning_rate = 1e-4
-  config.train.warmup_steps = 50
-  config.train.end_lr_ratio = 0.1
-  config.train.weight_decay = 0.0
-  config.train.b1 = 0.9
-  config.train.b2 = 0.95
-  config.train.grad_clip_norm = 1.0
-  config.train.grad_accum_steps = 1
-  config.train.log_every = 10
-  config.train.checkpoint_every = 500
-  config.train.keep_checkpoints = 3
-  config.train.lr_schedule = 'cosine'  # 'cosine' (warmup + cosine decay) | 'constant' (warmup only)
-  # 'dataset' (jax_vlm.input.pipeline) | 'synthetic' (random batches: tests, benchmarks)
-  config.train.data_source = 'dataset'
-  # Params to start from: Orbax params dir or an earlier stage's name ('' = checkpoint.model_dir).
-  config.train.init_from = ''
-  config.train.peak_flops = 0.0  # peak FLOP/s per device for MFU; 0 = MFU not reported
-  config.train.progress_bar = True
-  config.train.tensorboard = True  # event files next to metrics.jsonl (tensorboardX)
-  config.train.save_on_preemption = True  # SIGTERM: finish the step, save, exit cleanly
-
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.data = 1
-  config.mesh.fsdp = -1  # -1 fills the rest of the devices
-  config.mesh.tensor = 1
-  config.mesh.rules = 'fsdp'  # name of a logical-axis rule preset, see jax_vlm/training/sharding.py
-  # Replaces single rules of the preset: 'mlp=tensor,vocab=' (logical=mesh axes, '+' joins two).
-  config.mesh.rule_overrides = ''
+  config.objectives = training_config.objectives_section()
+  config.train = training_config.train_section()
+  config.mesh = training_config.mesh_section()
 
   config.sampler = ml_collections.ConfigDict()
   config.sampler.num_candidates = 8
@@ -175,7 +118,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.verifier.params = ''  # '' = the sampler's params; else a stage name or params dir
   config.verifier.batch_size = 16  # candidates scored per forward pass
 
-  # IDP bootstrapping: label unlabelled pairs, keep a stratified top-K (jax_vlm/method/bootstrap.py).
+  # IDP bootstrapping: label unlabelled pairs, keep a stratified top-K (method/bootstrap.py).
   config.bootstrap = ml_collections.ConfigDict()
   config.bootstrap.labeller_stage = 'train_dynamics'  # stage whose `params` label the pairs
   config.bootstrap.unlabelled = ''  # record prefix; '' = WORKDIR/tokenize/unlabelled

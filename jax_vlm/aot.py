@@ -1,4 +1,4 @@
-"""`python -m jax_vlm.aot`: the command line of jax_vlm.tools.aot (see its module docstring)."""
+"""`python -m jax_vlm.aot`: runs jax_vlm.tools.aot as the program (see its docstring)."""
 
 import runpy
 

@@ -1,4 +1,4 @@
-"""`python -m jax_vlm.convert`: the command line of jax_vlm.tools.convert (see its module docstring)."""
+"""`python -m jax_vlm.convert`: runs jax_vlm.tools.convert as the program (see its docstring)."""
 
 import runpy
 

@@ -1,4 +1,4 @@
-"""`python -m jax_vlm.export`: the command line of jax_vlm.tools.export (see its module docstring)."""
+"""`python -m jax_vlm.export`: runs jax_vlm.tools.export as the program (see its docstring)."""
 
 import runpy
 

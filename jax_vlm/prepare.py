@@ -1,4 +1,4 @@
-"""`python -m jax_vlm.prepare`: the command line of jax_vlm.tools.prepare (see its module docstring)."""
+"""`python -m jax_vlm.prepare`: runs jax_vlm.tools.prepare as the program (see its docstring)."""
 
 import runpy
 

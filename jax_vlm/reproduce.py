@@ -1,4 +1,4 @@
-"""`python -m jax_vlm.reproduce`: the command line of jax_vlm.pipeline.reproduce (see its module docstring)."""
+"""`python -m jax_vlm.reproduce`: runs jax_vlm.pipeline.reproduce (see its docstring)."""
 
 import runpy
 

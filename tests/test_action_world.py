@@ -24,7 +24,7 @@ from data.action_world.world import (
   random_scene,
   render,
 )
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 
 CFG = WorldConfig()
 TINY = WorldConfig(num_labelled=60, num_unlabelled=300, num_test=30, num_test_compositional=30,

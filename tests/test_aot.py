@@ -1,5 +1,6 @@
-"""Ahead-of-time compilation (jax_vlm/tools/aot.py): tables, errors, the JSON writer, a CPU-device compile
-of the real train step, and (only where libtpu is importable) a compile for a TPU topology."""
+"""Ahead-of-time compilation (jax_vlm/tools/aot.py): tables, errors, the JSON writer, a CPU-device
+compile of the real train step, and (only where libtpu is importable) a compile for a TPU
+topology."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import jax
 import pytest
 
 from configs import train_smoke
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.tools import aot
 from jax_vlm.training import trainer
 
@@ -52,7 +53,7 @@ def test_mesh_that_does_not_divide_the_devices():
   cfg = train_smoke.get_config('fsdp')
   cfg.mesh.data = 3
   with pytest.raises(UserError, match='do not divide the 8 devices'):
-    aot.build_train_step(cfg, jax.devices()[:8])
+    aot.abstract_train_step(cfg, jax.devices()[:8])
 
 
 def test_sweep_points_parse_and_apply():
@@ -79,10 +80,10 @@ def test_json_writer(tmp_path):
 
 
 def test_same_program_as_the_trainer(tmp_path):
-  """build_train_step mirrors Trainer.__init__: both lower to the same StableHLO."""
+  """The AOT tool lowers the Trainer's own step (build_train_step): the same StableHLO."""
   cfg = train_smoke.get_config('fsdp_tp,lora')
   devices = jax.devices()[:8]
-  parts = aot.build_train_step(cfg, devices)
+  parts = aot.abstract_train_step(cfg, devices)
   t = trainer.Trainer(cfg, str(tmp_path), devices=devices)
   with jax.set_mesh(t.mesh), nn.logical_axis_rules(t.rules):
     theirs = t._step_fn.lower(parts.state, parts.batch).as_text()
@@ -178,6 +179,6 @@ def test_roofline_and_layer_extrapolation():
   devices = jax.devices()[:8]
   counts = aot.per_layer_counts(cfg, devices, 32, 8, decode_rows=None)
   cfg.model.scan_layers = False
-  parts = aot.build_train_step(cfg, devices)
+  parts = aot.abstract_train_step(cfg, devices)
   flops = aot._cost(aot.lower_train_step(parts).compile())['flops']
   assert counts['train']['flops'] == pytest.approx(flops, rel=0.02)

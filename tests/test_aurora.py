@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from data import aurora, epic, images
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 
 SAMPLE = '/work/shared/aurora_bench_sample'
 

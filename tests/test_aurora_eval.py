@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from data.aurora import load_aurora_bench
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.evaluation import aurora
 from jax_vlm.evaluation.judge import JudgeResult, JudgeUnavailable
 from tests.test_metrics import make_tiny_clip_dir, make_tiny_dino_dir

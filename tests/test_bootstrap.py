@@ -13,7 +13,7 @@ import pytest
 from configs import base
 from data import action_world as W
 from data.records import RecordSource, write_records
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.inference.sampler import Sampler
 from jax_vlm.method import bootstrap as B
 from jax_vlm.method.selection import stratified_top_k

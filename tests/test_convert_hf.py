@@ -10,7 +10,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.tools import convert as cli
 from jax_vlm.weights import hf
 from tests.test_transformer_parity import make_chameleon, make_gemma, random_ids, run, torch_logits

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.tokens.image_processing import load_image, postprocess, preprocess, to_rgb
 
 

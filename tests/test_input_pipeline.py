@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.input import pipeline as ip
 from jax_vlm.tokens import sequences as seqs
 from tests.test_sequences import TinyVocab

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.evaluation import judge
 from jax_vlm.evaluation.aurora import summarize
 

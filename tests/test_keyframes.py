@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data import keyframes
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 
 NUM_FRAMES = 120
 # The square's position changes at frames t in [start, stop) (from frame t - 1 to frame t).

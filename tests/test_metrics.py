@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.evaluation.metrics import image_metrics, text_metrics
 
 

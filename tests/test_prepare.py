@@ -17,7 +17,7 @@ from PIL import Image
 from data import keyframes
 from data.images import load_rgb
 from data.records import RecordSource
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.input.datasets import open_split
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig
 from jax_vlm.tokens.image_processing import preprocess

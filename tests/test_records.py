@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data import records
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 
 
 def triplet(i, n=16, **extra):

@@ -9,7 +9,7 @@ import pytest
 
 from configs import reproduce as preset
 from jax_vlm.pipeline import reproduce as R
-from jax_vlm.pipeline import stages
+from jax_vlm.pipeline import stages, tables
 
 
 def test_variant_settings_reach_each_stage(tmp_path):
@@ -60,7 +60,7 @@ def _run(seed, ft, fdm, k8_gain):
 
 
 def test_table_means_spreads_and_verdicts():
-  md, js = R.build_table([_run(0, 0.4, 0.3, 0.1), _run(1, 0.6, 0.5, 0.1)], 'cmd')
+  md, js = tables.build_table([_run(0, 0.4, 0.3, 0.1), _run(1, 0.6, 0.5, 0.1)], 'cmd')
   claims = {(c['claim'], c['subset']): c for c in js['claims']}
   fdm_vs_ft = claims[('FDM beats FT (item score, best-of-1)', 'test')]
   assert fdm_vs_ft['a'] == pytest.approx(0.4) and fdm_vs_ft['b'] == pytest.approx(0.5)
@@ -104,7 +104,7 @@ def test_smoke_reproduction_end_to_end(tmp_path):
     out = os.path.join(seed_dir, 'evaluate', variant)
     with open(os.path.join(out, 'metrics.json')) as f:
       m = json.load(f)
-    for subset in R.SUBSETS:
+    for subset in tables.SUBSETS:
       for k in (1, 2, 4, 8):
         s = m['splits'][subset]['fdp'][f'k={k}']['all']
         assert 0.0 <= s['item_score'] <= s['oracle'] <= 1.0

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.inference import sampler as S
 from jax_vlm.models.config import TransformerConfig
 from jax_vlm.models.transformer import DecoderLM

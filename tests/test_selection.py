@@ -2,7 +2,7 @@
 
 import pytest
 
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.method.selection import stratified_top_k
 
 

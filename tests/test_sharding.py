@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import train_smoke
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.training import sharding, trainer
 from tests.test_train import run_python
 

@@ -233,7 +233,7 @@ def test_lora_dropout_and_init_lora_params():
 
 
 def test_config_flops_and_validation():
-  from jax_vlm.errors import UserError
+  from jax_vlm.core.errors import UserError
   c = _tiny()
   assert c.flops_per_token(16) == 3 * c.flops_per_token(16, training=False)
   assert c.flops_per_token(32) > c.flops_per_token(16)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.inference import sampler as S
 from jax_vlm.inference import verifier as V
 from jax_vlm.inference.rollout import rollout

@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerFast
 from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocabularyMapping
 
 from configs.base import get_base_config
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.tokens.vocab import UnifiedVocab, build_word_tokenizer, chameleon_image_token_name
 
 NUM_CODES = 120  # includes three-digit codes such as 105 -> IMGIMGBAFZ

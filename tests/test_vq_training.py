@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data.action_world import WorldConfig
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig
 from jax_vlm.training import vq_training as vt
 

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from configs.base import vqgan_config
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig, vq_losses
 from jax_vlm.weights import vqgan as convert
 

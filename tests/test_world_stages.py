@@ -11,7 +11,7 @@ import pytest
 from configs import action_world
 from data import records
 from data.action_world import Scene, WorldConfig, load_split, render
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.input import datasets
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig
 from jax_vlm.pipeline import stages, world_stages

@@ -40,6 +40,7 @@ import time
 import numpy as np
 
 from data.action_world import actions as A
+from data.action_world.tokenizer import TOKEN_NAMES, write_tokenizer
 from data.action_world.world import (
   DEFAULT_CONFIG,
   Scene,
@@ -210,7 +211,6 @@ def write_world(out_dir: str, config: WorldConfig = DEFAULT_CONFIG, seed: int = 
 
   Returns the statistics (also stored in world_config.json under "build").
   """
-  from data.action_world.tokenizer import TOKEN_NAMES, write_tokenizer
 
   start = time.perf_counter()
   os.makedirs(out_dir, exist_ok=True)

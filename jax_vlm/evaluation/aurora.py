@@ -2,9 +2,9 @@
 
 A predictor is any callable `item -> frame` (`uint8 [h, w, 3]`) or `item -> Prediction` (K
 candidate frames, their verifier scores and the chosen index); `copy` (the source frame as the
-prediction) is built in, others are registered with `register_predictor`. Items that list no target
-(clevr, emu, epic) are not scored; items whose target file is missing are counted and left out, as
-in the paper (248 of the benchmark's 250 target-bearing items).
+prediction) is built in, others register with `registry.register('predictor', NAME)`. Items
+that list no target (clevr, emu, epic) are not scored; items whose target file is missing are
+counted and left out, as in the paper (248 of the benchmark's 250 target-bearing items).
 
 Outputs under the workdir:
   items.jsonl     one JSON record per item, appended as items finish; a rerun skips items already
@@ -26,8 +26,10 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import numpy as np
 import tqdm
 
+from data.aurora import load_aurora_bench
 from data.images import encode_png, load_rgb
-from jax_vlm.errors import UserError, require
+from jax_vlm.core import registry
+from jax_vlm.core.errors import UserError, require
 from jax_vlm.evaluation.judge import JudgeClient, JudgeResult
 from jax_vlm.evaluation.metrics.image_metrics import ClipScorer, DinoScorer, l1_distance
 from jax_vlm.evaluation.report import ReportItem, write_html_report
@@ -96,20 +98,17 @@ def copy_predictor(item) -> np.ndarray:
   return load_rgb(item.input_path)
 
 
-# name -> factory(config) -> Predictor. Model-backed predictors register themselves here.
-_PREDICTOR_FACTORIES: dict[str, Callable[[Any], Predictor]] = {
-    'copy': lambda config: copy_predictor}
-
-
-def register_predictor(name: str, factory: Callable[[Any], Predictor]) -> None:
-  """Makes `config.eval.model=name` build its predictor with `factory(config)`."""
-  _PREDICTOR_FACTORIES[name] = factory
+@registry.register('predictor', 'copy')
+def copy_factory(config) -> Predictor:
+  del config
+  return copy_predictor
 
 
 def make_predictor(name: str, config) -> Predictor:
-  require(name in _PREDICTOR_FACTORIES,
-          f'Unknown eval.model {name!r}; use one of {sorted(_PREDICTOR_FACTORIES)}.')
-  return _PREDICTOR_FACTORIES[name](config)
+  """The predictor `config.eval.model=name` names, built by its registered factory(config)."""
+  names = registry.names('predictor')
+  require(name in names, f'Unknown eval.model {name!r}; use one of {names}.')
+  return registry.get('predictor', name)(config)
 
 
 @dataclasses.dataclass
@@ -424,9 +423,9 @@ def evaluate_aurora_bench(items: Sequence[Any], predictor: Predictor, workdir: s
   return metrics
 
 
+@registry.register('benchmark', 'aurora_bench')
 def run(config, workdir: str) -> dict:
   """eval.py's entry for `config.eval.benchmark == 'aurora_bench'`."""
-  from data.aurora import load_aurora_bench
   eval_config = config.eval
   require(bool(eval_config.bench_root),
           'No AURORA-BENCH root given; pass --config.bench_root=DIR (a McGill-NLP/AURORA checkout '

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from jax_vlm.errors import UserError
+from data.images import encode_png
+from jax_vlm.core.errors import UserError
 
 JUDGE_PROMPT = (
     "You are a professional digital artist. You will have to evaluate the effectiveness of "
@@ -156,7 +157,6 @@ class JudgeUnavailable(UserError):
 
 def image_data_url(image: np.ndarray) -> str:
   """`uint8 [h, w, 3]` -> 'data:image/png;base64,...'."""
-  from data.images import encode_png
   return 'data:image/png;base64,' + base64.b64encode(encode_png(image)).decode('ascii')
 
 

@@ -16,7 +16,8 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from jax_vlm.errors import UserError
+from data.images import load_rgb
+from jax_vlm.core.errors import UserError
 
 ImageLike = Union[np.ndarray, str, os.PathLike, None]
 
@@ -67,7 +68,6 @@ def _img_tag(image: ImageLike, caption: str, css_class: str = '') -> str:
   else:
     try:
       if isinstance(image, (str, os.PathLike)):
-        from data.images import load_rgb
         image = load_rgb(image)
       body = f'<img src="{png_data_url(display_image(image))}" alt="{caption_html}">'
     except UserError as e:  # a page with one broken frame is still worth having

@@ -1,9 +1,9 @@
 """Exact evaluation on the embedded action world: FDP with best-of-K verification, IDP, probe.
 
-FDP: for every test triplet the FDP model samples K candidate next frames (jax_vlm.inference.sampler, at
+FDP: for every test triplet the FDP model samples K candidate next frames (inference/sampler.py, at
 `sampler.temperature`); the IDP model scores each by log p(action | src, candidate)
-(jax_vlm.inference.verifier, ranked by `verifier.rank_by`); the best wins. Candidates are decoded with the
-world's trained VQGAN, read back with `data.action_world.parse_frame` and scored against the true
+(inference/verifier.py, ranked by `verifier.rank_by`); the best wins. Candidates are decoded with
+the world's trained VQGAN, read back with `data.action_world.parse_frame` and scored against the true
 next scene with `score_prediction`: edit success, minimal editing, item score = min of the two (the
 world's analogue of the paper's GPT-4o judge) and exact scene match. The largest K is sampled once
 and best-of-first-k is reported for every k in `k_list` (the same samples for every k). `oracle`
@@ -38,8 +38,31 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jax_vlm.errors import require
-from jax_vlm.pipeline import stages
+from data.action_world import (
+  Scene,
+  load_world_config,
+  parse_frame,
+  render,
+  score_action_text,
+  score_prediction,
+)
+from data.records import RecordSource
+from jax_vlm.core import registry
+from jax_vlm.core.errors import require
+from jax_vlm.core.settings import section_with_defaults
+from jax_vlm.evaluation.metrics import text_metrics
+from jax_vlm.evaluation.report import ReportItem, write_html_report
+from jax_vlm.inference.sampler import Sampler, SamplingParams
+from jax_vlm.inference.verifier import SequenceScorer
+from jax_vlm.input.datasets import resolve_paths
+from jax_vlm.method import probe as probe_lib
+from jax_vlm.models import lora
+from jax_vlm.models.config import TransformerConfig
+from jax_vlm.models.transformer import DecoderLM
+from jax_vlm.tokens import sequences
+from jax_vlm.tokens.vocab import UnifiedVocab
+from jax_vlm.training import checkpointing
+from jax_vlm.training import vq_training as vt
 
 SPLITS = ('test', 'test_compositional')
 K_LIST = (1, 2, 4, 8)
@@ -67,7 +90,7 @@ DEFAULTS = dict(
 
 def settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config.world_eval` on top of DEFAULTS; unknown keys are a UserError."""
-  out = stages.section_with_defaults(DEFAULTS, config.get('world_eval', None), 'world_eval')
+  out = section_with_defaults(DEFAULTS, config.get('world_eval', None), 'world_eval')
   k_list = tuple(sorted(int(k) for k in out.k_list))
   require(k_list and k_list[0] >= 1, f'world_eval.k_list={out.k_list} must list K >= 1.')
   out.k_list = k_list
@@ -89,7 +112,6 @@ def best_of_first_k(ranking: np.ndarray, k: int) -> int:
 def score_candidates(src_scene, action: str, tgt_scene, predicted_scenes: Sequence[Any],
                      world_config) -> list[dict]:
   """score_prediction of each predicted scene, as plain floats."""
-  from data.action_world import score_prediction
   out = []
   for scene in predicted_scenes:
     s = score_prediction(src_scene, action, tgt_scene, scene, world_config)
@@ -128,8 +150,6 @@ def summarize(rows: Sequence[dict], keys: Sequence[str], type_key: str = 'action
 def load_items(config, workdir: str, split: str, max_items: int = 0) -> list[dict]:
   """Tokenized test triplets with their scenes: src_codes, tgt_codes [n], action, canonical,
   action_type, example_id, src_scene, tgt_scene (Scene)."""
-  from data.action_world import Scene
-  from data.records import RecordSource
   prefix = os.path.join(config.data.dir, split)
   require(os.path.isfile(prefix + '.meta.json'), f'No tokenized {split} split at {prefix}; run '
           f'the tokenize stage in {workdir} first.')
@@ -161,12 +181,6 @@ class WorldModels:
   """Module, vocabulary, sampler, VQGAN decoder and world config of a run (params per call)."""
 
   def __init__(self, config: ml_collections.ConfigDict):
-    from data.action_world import load_world_config
-    from jax_vlm.inference.sampler import Sampler
-    from jax_vlm.models.config import TransformerConfig
-    from jax_vlm.models.transformer import DecoderLM
-    from jax_vlm.tokens.vocab import UnifiedVocab
-    from jax_vlm.training import vq_training as vt
     self.config = config
     self.world = load_world_config(config.world.dir)
     self.num_codes = self.world.num_cells
@@ -188,14 +202,12 @@ class WorldModels:
     self._scenes: dict[bytes, Any] = {}
 
   def action_ids(self, text: str) -> np.ndarray:
-    from jax_vlm.tokens import sequences
     ids, _ = sequences.action_ids_of({'action': text}, self.vocab, self.action_max_tokens)
     return ids
 
   # --- frames --------------------------------------------------------------------------------
   def frames(self, codes: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """codes [m, n] -> uint8 frames [m, H, W, 3] (VQGAN decode), in batches of one shape."""
-    from jax_vlm.training import vq_training as vt
     codes = np.asarray(codes, np.int32).reshape(-1, *self.code_grid)
     out = []
     for start in range(0, len(codes), batch_size):
@@ -208,7 +220,6 @@ class WorldModels:
 
   def scenes(self, codes: np.ndarray) -> list:
     """codes [m, n] -> parsed scenes (decode + parse_frame), cached per distinct code grid."""
-    from data.action_world import parse_frame
     codes = np.asarray(codes, np.int32).reshape(len(codes), -1)
     keys = [c.tobytes() for c in codes]
     todo = sorted({k: i for i, k in enumerate(keys) if k not in self._scenes}.items(),
@@ -237,8 +248,6 @@ class WorldModels:
 
   def greedy_actions(self, params, items: Sequence[dict], batch_size: int) -> list[str]:
     """Greedy IDP action text for each item's (src, tgt)."""
-    from jax_vlm.inference.sampler import SamplingParams
-    from jax_vlm.tokens import sequences
     batch_size = max(1, min(batch_size, len(items)))
     texts = []
     for start in range(0, len(items), batch_size):
@@ -256,8 +265,6 @@ class WorldModels:
                       batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(summed, mean) log p(action <eos> | src, candidate), each [len(items), K]; each distinct
     (item, candidate) is scored once."""
-    from jax_vlm.inference.verifier import SequenceScorer
-    from jax_vlm.tokens import sequences
     rows_total = candidates.shape[0] * candidates.shape[1]
     scorer = SequenceScorer(self.module, idp_params, self.vocab.pad_id,
                             max(1, min(batch_size, rows_total)), (self.score_bucket,))
@@ -333,8 +340,6 @@ def reference_scores(models: WorldModels, items: Sequence[dict]) -> dict:
 def idp_evaluation(models: WorldModels, idp_params, items: Sequence[dict], batch_size: int = 64
                    ) -> tuple[dict, list[str]]:
   """Greedy IDP on one split: summary (canonical/effect match, parsed, BLEU, ROUGE) and texts."""
-  from data.action_world import score_action_text
-  from jax_vlm.evaluation.metrics import text_metrics
   texts = models.greedy_actions(idp_params, items, batch_size)
   rows = []
   for it, text in zip(items, texts):
@@ -349,7 +354,6 @@ def idp_evaluation(models: WorldModels, idp_params, items: Sequence[dict], batch
 
 
 def _sampling(config):
-  from jax_vlm.inference.sampler import SamplingParams
   return SamplingParams.from_config(config.sampler)
 
 
@@ -388,8 +392,6 @@ def evaluate_world(config: ml_collections.ConfigDict, workdir: str, fdp_params, 
   `config` has its '{workdir}' paths resolved; idp_params=None skips verification (candidate 0
   wins) and the IDP evaluation.
   """
-  from data.action_world import render
-  from jax_vlm.evaluation.report import ReportItem, write_html_report
   s = settings(config)
   out_dir = out_dir or os.path.join(workdir, 'evaluate')
   os.makedirs(out_dir, exist_ok=True)
@@ -455,7 +457,6 @@ def checkpoint_params(stage_dir: str, step: int, model_config=None) -> Any:
     state = ckptr.restore(path)
   params = state['params']
   if model_config is not None and model_config.lora_rank > 0:
-    from jax_vlm.models import lora
     params = lora.merge_lora(params, model_config)
   return params
 
@@ -471,7 +472,6 @@ def checkpoint_steps(stage_dir: str) -> list[int]:
 def learning_curve(models: WorldModels, config, workdir: str, stage: str, items: Sequence[dict],
                    key, batch_size: int = 64) -> list[dict]:
   """Held-out IDP canonical accuracy and FDP (one sample, no verifier) scores per checkpoint."""
-  from jax_vlm.models.config import TransformerConfig
   model_config = TransformerConfig.from_config(config.model)
   rows = []
   for step in checkpoint_steps(os.path.join(workdir, stage)):
@@ -491,7 +491,6 @@ def learning_curve(models: WorldModels, config, workdir: str, stage: str, items:
 
 def probe(models: WorldModels, config, params, items: Sequence[dict]) -> dict:
   """Trajectory preference probe shares (jax_vlm.method.probe) for `params` on `items`."""
-  from jax_vlm.method import probe as probe_lib
   triplets = [probe_lib.Triplet(it['src_codes'], models.action_ids(it['action']),
                                 it['tgt_codes']) for it in items]
   return probe_lib.run_probe(models.module, params, models.vocab, triplets,
@@ -511,14 +510,12 @@ def random_init_params(models: WorldModels, seed: int) -> Any:
 
 
 def _stage_params(workdir: str, stage: str):
-  from jax_vlm.training import checkpointing
   path = os.path.join(workdir, stage, 'params')
   require(os.path.isdir(path), f'{path} does not exist; run the {stage} stage first.')
   return checkpointing.load_params(path)
 
 
 def _resolved(config, workdir):
-  from jax_vlm.input.datasets import resolve_paths
   return resolve_paths(config, workdir)
 
 
@@ -564,7 +561,7 @@ def run_evaluations(config: ml_collections.ConfigDict, workdir: str, out_dir: st
   return summary
 
 
-@stages.register('evaluate')
+@registry.register('stage', 'evaluate')
 def evaluate_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   """The world evaluation stage: see the module docstring; writes under `stage_dir`."""
   workdir = os.path.dirname(os.path.abspath(stage_dir))
@@ -578,6 +575,7 @@ def _latest_fdp_stage(workdir: str) -> str:
   return 'train_dynamics'
 
 
+@registry.register('benchmark', 'action_world')
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """eval.py's entry: evaluates the pipeline in `workdir` (FDP stage: world_eval.fdp_stages[0] if
   set in the config, else the newest of train_fdm / train_fdp / train_dynamics) into
@@ -603,39 +601,3 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics['all'] = overall
   print(f'action_world: metrics, items and report in {out_dir}')
   return metrics
-
-
-# ------------------------------------------------------------------------------------------------
-# The reproduction's FDP variants (jax_vlm/pipeline/reproduce.py): trainer.train_fdp_stage (the FDP
-# objective only) with each variant's data and loss. The stage's name picks the variant; settings
-# in config.stage_overrides.<name> win over these.
-
-SYNTHETIC = '{workdir}/bootstrap/synthetic'
-FDP_VARIANTS = {
-    # FT: labelled data only, the standard (unweighted) loss.
-    'train_ft': {'data.extra_train': (), 'data.recognition_weights': False},
-    # FDM: labelled + IDP-labelled synthetic data, recognition-weighted loss.
-    'train_fdm': {'data.extra_train': (SYNTHETIC,), 'data.recognition_weights': True},
-    'train_fdm_no_synth': {'data.extra_train': (), 'data.recognition_weights': True},
-    'train_fdm_no_weight': {'data.extra_train': (SYNTHETIC,), 'data.recognition_weights': False},
-}
-
-
-def fdp_variant_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
-  """Trains the FDP variant named by the stage folder (see FDP_VARIANTS)."""
-  from jax_vlm.training import trainer
-  name = os.path.basename(os.path.abspath(stage_dir))
-  require(name in FDP_VARIANTS, f'{stage_dir} is not the folder of an FDP variant stage; use one '
-          f'of {", ".join(FDP_VARIANTS)}.')
-  workdir = os.path.dirname(os.path.abspath(stage_dir))
-  config = ml_collections.ConfigDict(config.to_dict())
-  given = dict(config.get('stage_overrides', {}).get(name, {}) or {})
-  for key, value in FDP_VARIANTS[name].items():
-    if key not in given:
-      section, leaf = key.split('.')
-      config[section][leaf] = value
-  trainer.train_fdp_stage(_resolved(config, workdir), stage_dir)
-
-
-for _name in FDP_VARIANTS:
-  stages.register(_name)(fdp_variant_stage)

@@ -2,7 +2,7 @@
 
     frames = rollout(sampler, params, src_codes, [action_1, action_2, ...], key)
 
-Each step samples K candidate next frames (jax_vlm/inference/sampler.py) for the current frame and the
+Each step samples K candidate next frames (inference/sampler.py) for the current frame and the
 step's action and keeps one: the IDP verifier's best when a `Verifier` is given, else candidate 0.
 Step t draws from `fold_in(key, t)`. Codes stay codes throughout (no VQGAN decode in the loop).
 """
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from jax_vlm.errors import require
+from jax_vlm.core.errors import require
 from jax_vlm.inference.sampler import Guidance, Sampler, SamplingParams
 from jax_vlm.inference.verifier import Verifier
 

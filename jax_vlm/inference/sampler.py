@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_vlm.errors import UserError, require
+from jax_vlm.core.errors import UserError, require
 from jax_vlm.models.transformer import DecoderLM, KVCache, init_cache, repeat_cache
 from jax_vlm.tokens import sequences
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_vlm.errors import require
+from jax_vlm.core.errors import require
 from jax_vlm.inference import sampler as sampler_lib
 from jax_vlm.models.transformer import DecoderLM
 from jax_vlm.tokens import sequences

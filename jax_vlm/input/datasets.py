@@ -22,7 +22,7 @@ from typing import Any
 import ml_collections
 
 from data.records import FORMAT, RecordSource
-from jax_vlm.errors import UserError, require
+from jax_vlm.core.errors import UserError, require
 
 WORKDIR = '{workdir}'
 META_SUFFIX = '.meta.json'

@@ -2,7 +2,7 @@
 
 Per task (IDP, FDP) one stream: this process's shard of the records (`source[i::n]`, so processes
 read disjoint examples), shuffled with a seed derived from (seed, task), reshuffled every epoch,
-repeated forever, laid out by `jax_vlm.tokens.sequences`. A batching iterator then draws from the streams
+repeated forever, laid out by `tokens.sequences`. A batching iterator then draws from the streams
 by the objective schedule:
   'alternate'  step k is one task: `idp_share` IDP steps, then `fdp_share` FDP steps, repeating.
   'mixed'      every batch has round(b * idp_share / (idp_share + fdp_share)) IDP rows (at least
@@ -36,7 +36,7 @@ from typing import Any, Mapping
 import grain
 import numpy as np
 
-from jax_vlm.errors import UserError, require
+from jax_vlm.core.errors import UserError, require
 from jax_vlm.tokens import sequences as seqs
 
 # Give up when this many examples in a row are rejected: the data has no usable examples.
@@ -355,7 +355,7 @@ def make_dynamics_iterator(source, vocab, *, data_cfg, objectives_cfg, global_ba
                            process_count: int | None = None) -> DynamicsIterator:
   """Endless iterator of this process's training batches (global_batch_size / process_count rows).
 
-  source: a grain RandomAccessDataSource (or any sequence) of example dicts, see jax_vlm.tokens.sequences.
+  source: a grain RandomAccessDataSource (or any sequence) of example dicts (tokens/sequences.py).
   vocab: anything with bos_id, eos_id, boi_id, eoi_id, pad_id, encode_text, codes_to_ids.
   data_cfg: config.data (max_seq_len, action_max_tokens, recognition_weights, num_workers and the
     optional packing, length_buckets, pack_lookahead). objectives_cfg: config.objectives.

@@ -34,11 +34,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from jax_vlm.errors import UserError, require
+from data.action_world import DEFAULT_CONFIG, action_type, load_world_config, parse_action
+from data.records import RecordSource, write_records
+from jax_vlm.core import registry
+from jax_vlm.core.errors import UserError, require
 from jax_vlm.inference.sampler import Sampler, SamplingParams
 from jax_vlm.method.selection import stratified_top_k
-from jax_vlm.pipeline import stages
+from jax_vlm.models.config import TransformerConfig
+from jax_vlm.models.transformer import DecoderLM
 from jax_vlm.tokens import sequences
+from jax_vlm.tokens.vocab import UnifiedVocab
+from jax_vlm.training import checkpointing
 
 UNPARSED = 'unparsed'
 CLASS_KEYS = ('world', 'first_word', 'none')
@@ -66,7 +72,6 @@ class Label:
 def classify(text: str, class_key: str = 'world', world_config=None) -> str:
   """The label's action class (see the module docstring); 'unparsed' when there is none."""
   if class_key == 'world':
-    from data.action_world import DEFAULT_CONFIG, action_type, parse_action
     canonical = parse_action(text, world_config or DEFAULT_CONFIG)
     return UNPARSED if canonical is None else action_type(canonical)
   if class_key == 'first_word':
@@ -81,7 +86,6 @@ def classify(text: str, class_key: str = 'world', world_config=None) -> str:
 def same_action(label: str, truth: str, class_key: str = 'world', world_config=None) -> bool:
   """Label matches the true action: canonical match in the world, else normalised text."""
   if class_key == 'world':
-    from data.action_world import DEFAULT_CONFIG, parse_action
     wc = world_config or DEFAULT_CONFIG
     canonical = parse_action(label, wc)
     return canonical is not None and canonical == parse_action(truth, wc)
@@ -213,7 +217,6 @@ def run_bootstrap(sampler: Sampler, params: Any, unlabelled: Sequence[Mapping[st
                   bootstrap_cfg, sampling: SamplingParams, max_new_tokens: int, out_dir: str,
                   key, world_config=None) -> dict[str, Any]:
   """Labels, selects and writes `out_dir/synthetic` + `out_dir/stats.json`; returns the stats."""
-  from data.records import write_records
 
   cfg = bootstrap_cfg
   require(cfg.decoding in DECODINGS,
@@ -250,18 +253,12 @@ def _world_config(data_cfg):
     return None
   if not os.path.isfile(os.path.join(data_cfg.dir, 'world_config.json')):
     return None
-  from data.action_world import load_world_config
   return load_world_config(data_cfg.dir)
 
 
-@stages.register('bootstrap')
+@registry.register('stage', 'bootstrap')
 def bootstrap_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   """Labels WORKDIR/tokenize/unlabelled with the trained IDP model and writes the synthetic set."""
-  from data.records import RecordSource
-  from jax_vlm.models.config import TransformerConfig
-  from jax_vlm.models.transformer import DecoderLM
-  from jax_vlm.tokens.vocab import UnifiedVocab
-  from jax_vlm.training import checkpointing
 
   cfg = config.bootstrap
   workdir = os.path.dirname(os.path.abspath(stage_dir))

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from jax_vlm.errors import require
+from jax_vlm.core.errors import require
 from jax_vlm.inference.verifier import SequenceScorer
 from jax_vlm.tokens import sequences
 

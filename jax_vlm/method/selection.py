@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from typing import TypeVar
 
-from jax_vlm.errors import require
+from jax_vlm.core.errors import require
 
 T = TypeVar('T')
 

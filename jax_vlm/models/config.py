@@ -1,7 +1,7 @@
 """`TransformerConfig`: the static description of a decoder-only transformer.
 
 One frozen (hashable) dataclass, so a module can hold it as a Linen attribute and `jax.jit` can
-treat it as static. Field names are those of `configs/base.py:model_config`; `dtype` and
+treat it as static. configs/base.py's model section is built from the field defaults; `dtype` and
 `param_dtype` are strings there and numpy/jnp dtypes here. What differs between the two families
 (MLP activation, embedding scale, norm style, QK norm) is derived from `family`, so a preset only
 names the family and the sizes.
@@ -17,8 +17,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jax_vlm.errors import UserError, require
+from jax_vlm.core.errors import UserError, require
 
 FAMILIES = ('chameleon', 'gemma')
 ATTENTION_IMPLS = ('xla', 'cudnn', 'auto')
@@ -37,8 +38,8 @@ def to_dtype(name: Any) -> jnp.dtype:
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-  """Sizes and switches of a `DecoderLM`; see configs/base.py:model_config for the defaults."""
-  family: str = 'chameleon'
+  """Sizes and switches of a `DecoderLM`, and the one place their defaults are written."""
+  family: str = 'chameleon'  # 'chameleon' (Chameleon/Anole) or 'gemma' (Liquid)
   vocab_size: int = 65536
   d_model: int = 4096
   num_layers: int = 32
@@ -49,25 +50,23 @@ class TransformerConfig:
   max_positions: int = 4096
   rope_theta: float = 10000.0
   norm_eps: float = 1e-5
-  qk_norm: bool = True
-  swin_norm: bool = False
+  qk_norm: bool = True  # Chameleon's per-head QK LayerNorm
+  swin_norm: bool = False  # Chameleon-30B style post-norm inside the residual branch
   tie_embeddings: bool = False
-  dtype: Any = jnp.dtype('bfloat16')
+  dtype: Any = jnp.dtype('bfloat16')  # compute dtype
   param_dtype: Any = jnp.dtype('float32')
   scan_layers: bool = True
-  remat_policy: str = 'nothing_saveable'
+  remat_policy: str = 'nothing_saveable'  # one of REMAT_POLICIES
+  # 'xla' (einsum) | 'cudnn' | 'auto' (jax.nn.dot_product_attention)
   attention_impl: str = 'xla'
   # 'xla' causal attention in query blocks of this many tokens, each reading only the keys it can
   # see (about half the FLOPs on long rows); 0 = one block.
   attention_chunk: int = 512
+  # LoRA adapters live inside the projection layers; rank 0 means none.
   lora_rank: int = 0
   lora_alpha: float = 32.0
   lora_dropout: float = 0.0
   lora_targets: tuple[str, ...] = LORA_TARGETS
-  # The transformers directory the weights came from (set by convert.hf.from_pretrained), so
-  # save_pretrained can keep that checkpoint's config.json extras and non-LM tensors. Not part of
-  # the architecture.
-  hf_source: str = ''
 
   def __post_init__(self):
     # Normalise dtypes and sequences so equal configs hash equal.
@@ -117,6 +116,15 @@ class TransformerConfig:
     return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
 
   # --- construction --------------------------------------------------------------------------
+  @classmethod
+  def defaults(cls) -> dict[str, Any]:
+    """The field defaults as config values (dtypes as names): configs/base.py's model section."""
+    out = {}
+    for f in dataclasses.fields(cls):
+      value = f.default
+      out[f.name] = value.name if isinstance(value, np.dtype) else value
+    return out
+
   @classmethod
   def from_config(cls, model_config, **overrides) -> 'TransformerConfig':
     """From `config.model` (a ConfigDict or a dict), ignoring keys that are not fields."""

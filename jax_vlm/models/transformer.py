@@ -37,6 +37,8 @@ would clamp silently). `repeat_cache(cache, k)` tiles rows (row i -> rows i*k ..
 candidates share one prefill (best-of-K). `cache_logical_axes()` names the cache axes for sharding.
 """
 
+import dataclasses
+
 import flax
 import flax.linen as nn
 import jax
@@ -128,8 +130,14 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderLM(nn.Module):
-  """Decoder-only transformer over a unified text + image-token vocabulary."""
+  """Decoder-only transformer over a unified text + image-token vocabulary.
+
+  `hf_source`: the transformers directory the weights were read from (weights.hf.from_pretrained),
+  so save_pretrained keeps that checkpoint's config.json extras and non-LM tensors. Provenance, not
+  architecture: it takes no part in equality or hashing, so one architecture compiles once.
+  """
   config: TransformerConfig
+  hf_source: str = dataclasses.field(default='', compare=False)
 
   def setup(self):
     c = self.config

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 
 Array = jax.Array
 

@@ -1,26 +1,21 @@
 """The stage runner: a run is `config.stages`, a list of names, each writing under WORKDIR/<stage>/.
 
-A stage is a function `fn(config, stage_dir)` registered by name. The runner runs them in order and
-writes `WORKDIR/<stage>/DONE` after a stage returns, so a pipeline that was killed continues with
-the first stage that has no DONE marker; a finished stage is skipped. A stage that stops early on
-purpose (preemption) raises `StageInterrupted`: no DONE is written and the runner returns.
+A stage is a function `fn(config, stage_dir)` registered by name in `jax_vlm.core.registry` (kind
+'stage') where it is defined; the modules that define stages are imported below. The runner runs
+them in order and writes `WORKDIR/<stage>/DONE` after a stage returns, so a pipeline that was killed
+continues with the first stage that has no DONE marker; a finished stage is skipped. A stage that
+stops early on purpose (preemption) raises `StageInterrupted`: no DONE is written and the runner
+returns.
 
 Per-stage settings: `config.stage_overrides.<stage>` (if the config has it) is a dict of dotted keys
 ('objectives.idp_share': 0) applied to a copy of the config for that stage only.
 
-Register a stage where it is defined:
-
-    from jax_vlm.pipeline import stages
-
-    @stages.register('build_data')
-    def build_data(config, stage_dir): ...
-
-and add its module to `STAGE_MODULES` below so the runner imports it (lazily) on first use.
+A new stage is a function registered with `@registry.register('stage', NAME)` in a module of this
+package (or of the layer that owns it), plus an import line here.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -29,51 +24,26 @@ from typing import Callable
 
 import ml_collections
 
-from jax_vlm.errors import require
+from jax_vlm.core import registry, settings
+from jax_vlm.core.errors import StageInterrupted, require
+from jax_vlm.evaluation import world as world_evaluation  # noqa: F401  (evaluate)
+from jax_vlm.method import bootstrap  # noqa: F401  (bootstrap)
+from jax_vlm.pipeline import (
+  fdp_variants,  # noqa: F401  (train_ft, train_fdm, ...)
+  world_stages,  # noqa: F401  (build_data, train_tokenizer, tokenize)
+)
+from jax_vlm.training import trainer  # noqa: F401  (train_dynamics, train_fdp)
 
 StageFn = Callable[[ml_collections.ConfigDict, str], None]
-
-_REGISTRY: dict[str, StageFn] = {}
-# Modules that register stages when imported; imported on the first lookup.
-STAGE_MODULES = ['jax_vlm.training.trainer', 'jax_vlm.method.bootstrap', 'jax_vlm.pipeline.world_stages',
-                 'jax_vlm.evaluation.world']
 DONE = 'DONE'
 
 
-class StageInterrupted(Exception):
-  """A stage stopped before finishing on purpose (e.g. preemption); rerun to continue it."""
-
-
-def register(name: str) -> Callable[[StageFn], StageFn]:
-  """Decorator: registers `fn(config, stage_dir)` as stage `name`."""
-  def wrap(fn: StageFn) -> StageFn:
-    if name in _REGISTRY and _REGISTRY[name] is not fn:
-      raise ValueError(f'stage {name!r} is registered twice')
-    _REGISTRY[name] = fn
-    return fn
-  return wrap
-
-
-def _load_modules() -> None:
-  for module in STAGE_MODULES:
-    try:
-      importlib.import_module(module)
-    except ModuleNotFoundError as e:
-      if e.name != module:  # a missing dependency inside the module is a real error
-        raise
-      logging.debug('stage module %s is not there (yet)', module)
-
-
 def registered() -> list[str]:
-  _load_modules()
-  return sorted(_REGISTRY)
+  return registry.names('stage')
 
 
 def get(name: str) -> StageFn:
-  _load_modules()
-  require(name in _REGISTRY,
-          f'stage {name!r} is not registered; use one of {", ".join(sorted(_REGISTRY))}.')
-  return _REGISTRY[name]
+  return registry.get('stage', name)
 
 
 def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -81,30 +51,7 @@ def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections
   overrides = config.get('stage_overrides', None)
   if not overrides or name not in overrides:
     return config
-  out = ml_collections.ConfigDict(config.to_dict())
-  for key, value in dict(overrides[name]).items():
-    *parents, leaf = key.split('.')
-    node = out
-    for p in parents:
-      require(p in node, f'stage_overrides.{name} key {key!r} does not exist in the config; fix '
-              'the key.')
-      node = node[p]
-    require(leaf in node, f'stage_overrides.{name} key {key!r} does not exist in the config; fix '
-            'the key.')
-    node[leaf] = value
-  return out
-
-
-def section_with_defaults(defaults: dict, given, name: str) -> ml_collections.ConfigDict:
-  """`config.<name>` (`given`, may be None) on top of `defaults`; unknown keys are a UserError."""
-  out = ml_collections.ConfigDict(dict(defaults))
-  if given:
-    unknown = sorted(set(given.keys()) - set(defaults))
-    require(not unknown, f'config.{name} has unknown key(s) {", ".join(unknown)}; use '
-            f'{", ".join(sorted(defaults))}.')
-    for k in given.keys():
-      out[k] = given[k]
-  return out
+  return settings.with_overrides(config, overrides[name], f'stage_overrides.{name}')
 
 
 def is_done(workdir: str, name: str) -> bool:

@@ -2,7 +2,8 @@
 
   build_data       writes the splits (data.action_world.write_world) to WORKDIR/build_data:
                    <split>.jsonl, world_config.json, tokenizer/
-  train_tokenizer  trains the world's small VQGAN (jax_vlm.training.vq_training) on random scenes, measures
+  train_tokenizer  trains the world's small VQGAN (training/vq_training.py) on random scenes,
+                   measures
                    decode(encode(frame)) -> parse_frame on held-out frames, writes
                    WORKDIR/train_tokenizer/params/ (load with vq_training.load_vqgan),
                    metrics.json and metrics.jsonl, and fails with a UserError when the held-out
@@ -33,16 +34,29 @@ import jax
 import ml_collections
 import numpy as np
 
-from jax_vlm.errors import UserError, require
+from data import records
+from data.action_world import (
+  SPLITS,
+  Scene,
+  WorldConfig,
+  load_split,
+  load_world_config,
+  parse_frame,
+  render,
+  write_world,
+)
+from jax_vlm.core import registry
+from jax_vlm.core.errors import UserError, require
 from jax_vlm.input.datasets import resolve_paths
-from jax_vlm.pipeline import stages
+from jax_vlm.models.vqgan import VQGANConfig
+from jax_vlm.tokens.sequences import recognition_weights
+from jax_vlm.training import vq_training as vt
 
 # The triplet schema minus 'action' (whose rule rejects empty text): unlabelled pairs have none.
 _UNLABELLED_DROP = ('action',)
 
 
 def _records():
-  from data import records
   return records
 
 
@@ -60,7 +74,6 @@ def _world_dir(config: ml_collections.ConfigDict) -> str:
 
 def world_config_of(config: ml_collections.ConfigDict):
   """The WorldConfig of the run: the built world's (build_data) if it exists, else the preset."""
-  from data.action_world import load_world_config
   world_dir = _world_dir(config)
   if world_dir and os.path.isfile(os.path.join(world_dir, 'world_config.json')):
     return load_world_config(world_dir)
@@ -69,7 +82,6 @@ def world_config_of(config: ml_collections.ConfigDict):
 
 def _preset_world(config: ml_collections.ConfigDict):
   """The WorldConfig that config.world (size, phrasings) describes."""
-  from data.action_world import WorldConfig
   return WorldConfig.preset(config.world.size,
                             phrasings=str(config.world.get('phrasings', 'varied')))
 
@@ -85,10 +97,9 @@ def _write_json(path: str, obj: dict) -> None:
 # build_data
 
 
-@stages.register('build_data')
+@registry.register('stage', 'build_data')
 def build_data(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   """Writes the world's splits, config and text tokenizer into `stage_dir`."""
-  from data.action_world import write_world
   world = _preset_world(config)
   result = write_world(stage_dir, world, int(config.world.seed), size=config.world.size)
   counts = {k: v['examples'] for k, v in result['stats'].items()}
@@ -101,14 +112,12 @@ def build_data(config: ml_collections.ConfigDict, stage_dir: str) -> None:
 
 
 def _vq_config(config):
-  from jax_vlm.models.vqgan import VQGANConfig
   return VQGANConfig.from_config(config.vqgan)
 
 
-@stages.register('train_tokenizer')
+@registry.register('stage', 'train_tokenizer')
 def train_tokenizer(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   """Trains the world's VQGAN, checks it on held-out frames, writes `stage_dir/params`."""
-  from jax_vlm.training import vq_training as vt
   config = resolve_paths(config, _workdir(stage_dir))
   world = world_config_of(config)
   vq_config = _vq_config(config)
@@ -165,7 +174,6 @@ def _examples_for_split(name: str, raw: list[dict], codes: np.ndarray, features:
                         ) -> list[dict]:
   """Record dicts of one split; codes `[2n, h', w']`, features `[2n, h', w', c]` (src, tgt
   interleaved)."""
-  from jax_vlm.tokens.sequences import recognition_weights
   out = []
   for i, ex in enumerate(raw):
     src_codes = codes[2 * i].reshape(-1).astype(np.int32)
@@ -193,7 +201,6 @@ def encode_frames(params, vq_config, frames: np.ndarray, batch_size: int,
                   fn=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """uint8 frames `[n, h, w, 3]` -> (codes `[n, h', w']` int32, features `[n, h', w', c]` f32,
   decoded frames `[n, h, w, 3]` uint8), in batches of one compiled shape."""
-  from jax_vlm.training import vq_training as vt
   fn = fn or vt.make_encode_decode_fn(vt.VQGAN(vq_config))
   codes, feats, recon = [], [], []
   n = len(frames)
@@ -209,11 +216,9 @@ def encode_frames(params, vq_config, frames: np.ndarray, batch_size: int,
   return np.concatenate(codes), np.concatenate(feats), np.concatenate(recon)
 
 
-@stages.register('tokenize')
+@registry.register('stage', 'tokenize')
 def tokenize(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   """Encodes every split's frames once and writes `stage_dir/<split>` record sets."""
-  from data.action_world import SPLITS, Scene, load_split, load_world_config, parse_frame, render
-  from jax_vlm.training import vq_training as vt
   config = resolve_paths(config, _workdir(stage_dir))
   world_dir = _world_dir(config)
   world = load_world_config(world_dir)

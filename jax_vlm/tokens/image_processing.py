@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from data.images import resize_and_center_crop, to_rgb
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 
 
 def load_image(path: str) -> Image.Image:

@@ -34,7 +34,7 @@ from typing import Sequence as SequenceT
 
 import numpy as np
 
-from jax_vlm.errors import UserError, require
+from jax_vlm.core.errors import UserError, require
 
 IDP = 0
 FDP = 1

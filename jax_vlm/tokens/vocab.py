@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 
 IMAGE_TOKEN_PREFIX = 'IMGIMG'
 SPECIAL_TOKEN_FIELDS = ('bos_token', 'eos_token', 'pad_token', 'boi_token', 'eoi_token')

@@ -33,7 +33,16 @@ import sys
 import time
 from typing import Any, Sequence
 
-from jax_vlm.errors import UserError, require
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jax_vlm.core.errors import UserError, require
+from jax_vlm.models import transformer
+from jax_vlm.training import sharding
+from jax_vlm.training.config import validate_config
+from jax_vlm.training.step_builder import TrainStep, build_train_step
 
 GIB = 1024 ** 3
 
@@ -86,7 +95,6 @@ def libtpu_available() -> bool:
 
 
 def _require_libtpu() -> None:
-  import jax
   require(libtpu_available(),
           'libtpu is not installed, so nothing can be compiled for TPU topologies; run '
           f'pip install "jax[tpu]=={jax.__version__}" (or put libtpu on PYTHONPATH).')
@@ -109,7 +117,6 @@ def set_tpu_env(topology: str) -> None:
 
 def topology_devices(topology: str) -> list:
   """The devices of a TPU topology ('v5e:16x16'), or this host's CPU devices for 'cpu'."""
-  import jax
   if topology == 'cpu':
     return list(jax.devices('cpu'))
   chip_spec(topology)
@@ -162,7 +169,6 @@ _SHORT_KEYS = {'rules': 'mesh.rules', 'data': 'mesh.data', 'fsdp': 'mesh.fsdp',
 def apply_point(config, point: dict[str, str]):
   """A copy of `config` with a sweep point applied (short keys or dotted config keys). 'dp' rules
   put every chip on the data axis; 'mode=lora' sets the paper's rank 16 if the config has none."""
-  import ml_collections
   config = ml_collections.ConfigDict(config.to_dict())
   for key, value in point.items():
     path = _SHORT_KEYS.get(key, key).split('.')
@@ -195,38 +201,41 @@ def apply_point(config, point: dict[str, str]):
 
 @dataclasses.dataclass
 class TrainStepParts:
-  """The jitted train step and abstract arguments (with shardings) to lower it with."""
-  step_fn: Any  # jax.jit(train_step, in_shardings, out_shardings, donate_argnums=(0,))
+  """The trainer's jitted train step and abstract arguments (with shardings) to lower it with."""
+  step: TrainStep  # from training.step_builder.build_train_step, as the Trainer runs it
   state: Any  # TrainState of ShapeDtypeStructs with shardings
   batch: dict  # ShapeDtypeStructs [global_batch, seq] with the batch sharding
-  mesh: Any
-  rules: Any
-  model: Any  # DecoderLM
-  model_config: Any  # TransformerConfig
   global_batch: int
   seq_len: int
 
+  @property
+  def step_fn(self):
+    return self.step.step_fn
 
-def build_train_step(config, devices: Sequence, seq_len: int | None = None,
-                     global_batch: int | None = None) -> TrainStepParts:
-  """The trainer's train step for `devices` (which may be a TPU topology's), nothing compiled.
+  @property
+  def mesh(self):
+    return self.step.mesh
 
-  Mirrors `trainer.Trainer.__init__` with the same public pieces (validate_config, make_mesh,
-  logical_rules, make_optimizer, init_train_state, train_step), but keeps every array abstract:
-  the Trainer makes a concrete PRNG key while the mesh is set, which cannot run on devices that
-  only exist as a topology description. tests/test_aot.py checks the two lower to the same program.
+  @property
+  def rules(self):
+    return self.step.rules
+
+  @property
+  def model(self):
+    return self.step.model
+
+  @property
+  def model_config(self):
+    return self.step.model_config
+
+
+def abstract_train_step(config, devices: Sequence, seq_len: int | None = None,
+                        global_batch: int | None = None) -> TrainStepParts:
+  """The trainer's train step (`build_train_step`) for `devices` (which may be a TPU topology's)
+  with abstract state and batch to lower it with; nothing is compiled or put on a device.
+
   `global_batch` defaults to config.train.global_batch_size rounded to what the mesh needs.
   """
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-
-  from jax_vlm.models.config import TransformerConfig
-  from jax_vlm.models.transformer import DecoderLM
-  from jax_vlm.training import optim, sharding
-  from jax_vlm.training import train_step as ts
-  from jax_vlm.training import trainer as trainer_lib
-
   devices = list(devices)
   seq_len = int(seq_len or min(config.data.max_seq_len, config.model.max_positions))
   shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, len(devices))))
@@ -234,49 +243,22 @@ def build_train_step(config, devices: Sequence, seq_len: int | None = None,
   if global_batch is None:
     global_batch = aot_global_batch(int(config.train.global_batch_size),
                                     shape['data'] * shape['fsdp'], accum)
-  import ml_collections
   config = ml_collections.ConfigDict(config.to_dict())
   config.train.global_batch_size = int(global_batch)
-  trainer_lib.validate_config(config, len(devices))
-
-  mesh = sharding.make_mesh(config.mesh, devices)
-  rules = sharding.logical_rules(config.mesh)
-  model_config = TransformerConfig.from_config(config.model)
-  model = DecoderLM(model_config)
-  mode = config.train.mode
-  tx, schedule = optim.make_optimizer(config.train, lambda p: optim.trainable_mask(p, mode))
-  init = lambda rng: ts.init_train_state(rng, model, tx)
-  key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # PRNGKey(0)'s shape, never materialised
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract_boxed = jax.eval_shape(init, key)
-    state_shardings = sharding.state_shardings(abstract_boxed, mesh, rules)
-  abstract_state = nn.unbox(abstract_boxed)
-  sharding.check_divisible(abstract_state, state_shardings)
-  mask = optim.trainable_mask(abstract_state.params, mode)
-  step = lambda state, batch: ts.train_step(
-      state, batch, model=model, tx=tx, mask=mask, accum_steps=accum,
-      objective_weights=(float(config.objectives.idp_loss_weight),
-                         float(config.objectives.fdp_loss_weight)),
-      schedule=schedule)
-  batch_sharding = sharding.batch_sharding(mesh)
-  step_fn = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
-                    out_shardings=(state_shardings, sharding.replicated(mesh)),
-                    donate_argnums=(0,))
+  validate_config(config, len(devices))
+  step = build_train_step(config, devices)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       abstract_state, state_shardings)
+                       step.abstract_state, step.state_shardings)
   rows = (global_batch, seq_len)
-  batch = {name: jax.ShapeDtypeStruct(rows, dtype, sharding=batch_sharding)
+  batch = {name: jax.ShapeDtypeStruct(rows, dtype, sharding=step.batch_sharding)
            for name, dtype in (('token_ids', jnp.int32), ('positions', jnp.int32),
                                ('segment_ids', jnp.int32), ('loss_weights', jnp.float32))}
-  batch['task'] = jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=batch_sharding)
-  return TrainStepParts(step_fn, state, batch, mesh, rules, model, model_config, global_batch,
-                        seq_len)
+  batch['task'] = jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=step.batch_sharding)
+  return TrainStepParts(step, state, batch, global_batch, seq_len)
 
 
 def lower_train_step(parts: TrainStepParts):
   """`step_fn.lower(state, batch)` under the mesh and logical rules (activation constraints)."""
-  import flax.linen as nn
-  import jax
   with jax.set_mesh(parts.mesh), nn.logical_axis_rules(parts.rules):
     return parts.step_fn.lower(parts.state, parts.batch)
 
@@ -287,12 +269,7 @@ def lower_decode_step(parts: TrainStepParts, batch: int, max_len: int):
   Params keep the training dtype and sharding; the cache (in the compute dtype) is split by its
   logical axes (`cache_logical_axes`) and donated, as a `lax.while_loop` sampler would carry it.
   """
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
 
-  from jax_vlm.models import transformer
-  from jax_vlm.training import sharding
 
   model, c, mesh, rules = parts.model, parts.model_config, parts.mesh, parts.rules
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -371,13 +348,12 @@ def per_layer_counts(config, devices: Sequence, seq_len: int, global_batch: int,
   Needed because XLA's cost analysis (optimal_seconds included) counts a `scan` (while-loop) body
   once, not once per layer.
   """
-  import ml_collections
   depth = int(config.model.num_layers)
   counts = {}
   for layers in (1, 2):
     cfg = ml_collections.ConfigDict(config.to_dict())
     cfg.model.update(num_layers=layers, scan_layers=False)
-    parts = build_train_step(cfg, devices, seq_len=seq_len, global_batch=global_batch)
+    parts = abstract_train_step(cfg, devices, seq_len=seq_len, global_batch=global_batch)
     programs = {'train': lower_train_step(parts)}
     if decode_rows:
       programs['decode'] = lower_decode_step(parts, decode_rows, seq_len)
@@ -420,7 +396,7 @@ def analyze_topology(config, topology: str, devices: Sequence | None = None,
   peak = None if spec is None else spec.peak_bf16_flops
 
   t0 = time.perf_counter()
-  parts = build_train_step(config, devices, seq_len=seq_len, global_batch=global_batch)
+  parts = abstract_train_step(config, devices, seq_len=seq_len, global_batch=global_batch)
   compiled = lower_train_step(parts).compile()
   compile_s = time.perf_counter() - t0
   mem = memory_report(compiled, hbm_device)
@@ -670,7 +646,6 @@ def main(argv=None) -> int:
       topologies = topology_flag.value
       if topologies and topologies[0] != 'cpu':
         set_tpu_env(topologies[0])
-      import jax
       if 'JAX_PLATFORMS' not in os.environ:
         jax.config.update('jax_platforms', 'cpu')  # the host compiles; TPUs are descriptions
       if sweep_flag.value:

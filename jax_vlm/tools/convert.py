@@ -17,12 +17,13 @@ import json
 import os
 import sys
 
-from jax_vlm.errors import UserError, require
+from jax_vlm.core.errors import UserError, require
+from jax_vlm.training import checkpointing, vq_training
+from jax_vlm.weights import hf
+from jax_vlm.weights.vqgan import convert_vqgan_checkpoint
 
 
 def hf_to_flax(src: str, dst: str, scan_layers: bool, param_dtype: str) -> None:
-  from jax_vlm.training import checkpointing
-  from jax_vlm.weights import hf
   module, params = hf.from_pretrained(src, param_dtype=param_dtype, scan_layers=scan_layers)
   checkpointing.save_params(dst, params)
   with open(os.path.join(dst, hf.HF_CONFIG_FILE), 'w') as f:
@@ -32,8 +33,6 @@ def hf_to_flax(src: str, dst: str, scan_layers: bool, param_dtype: str) -> None:
 
 def flax_to_hf(src: str, dst: str, config_path: str | None, source: str | None,
                dtype: str | None) -> None:
-  from jax_vlm.training import checkpointing
-  from jax_vlm.weights import hf
   if not config_path:
     config_path = os.path.join(src, hf.HF_CONFIG_FILE)
     require(os.path.exists(config_path), f'{src} has no {hf.HF_CONFIG_FILE}; pass --config with '
@@ -54,10 +53,8 @@ def flax_to_hf(src: str, dst: str, config_path: str | None, source: str | None,
 
 
 def vqgan(ckpt: str, yaml: str, dst: str) -> None:
-  from jax_vlm.training import vq_training
-  from jax_vlm.weights.vqgan import convert_vqgan_checkpoint
   config, params = convert_vqgan_checkpoint(ckpt, yaml)
-  # The project's one VQGAN directory format (what the tokenizer stage and jax_vlm.tools.prepare read).
+  # The project's one VQGAN directory format (what the tokenizer stage and tools/prepare.py read).
   vq_training.save_vqgan(dst, params, config)
   print(f'wrote the VQGAN ({config.num_embeddings} codes, {config.resolution} px) to {dst}')
 

@@ -6,7 +6,7 @@
 DIR is train.py's workdir (the stage folder is `--stage`, default the last training stage in
 config.stages) or a stage folder itself (it has `checkpoints/`). The newest readable checkpoint is
 used. `--format orbax` writes an Orbax params checkpoint at OUT, `hf` a transformers directory at
-OUT (via jax_vlm.save_pretrained), `both` writes OUT/orbax and OUT/hf.
+OUT (via jax_vlm.weights.hf.save_pretrained), `both` writes OUT/orbax and OUT/hf.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jax_vlm.errors import UserError, require
+from jax_vlm.core.errors import UserError, require
+from jax_vlm.training import checkpointing, sharding, trainer
+from jax_vlm.weights import hf
 
 FORMATS = ('orbax', 'hf', 'both')
 TRAIN_STAGES = ('train_dynamics', 'train_fdp')
@@ -40,7 +42,6 @@ def find_stage_dir(config, workdir: str, stage: str | None = None) -> str:
 def export(config, workdir: str, out: str, fmt: str = 'both', stage: str | None = None) -> dict:
   """Writes the merged params of the newest checkpoint; returns {'step', 'orbax', 'hf'} paths."""
   require(fmt in FORMATS, f'--format={fmt!r} is unknown; use one of {", ".join(FORMATS)}.')
-  from jax_vlm.training import checkpointing, trainer
   stage_dir = find_stage_dir(config, os.path.abspath(workdir), stage)
   t = trainer.Trainer(config, stage_dir)
   step, params = t.restore_params()
@@ -55,11 +56,10 @@ def export(config, workdir: str, out: str, fmt: str = 'both', stage: str | None 
   if fmt in ('hf', 'both'):
     import jax
 
-    import jax_vlm
     paths['hf'] = out if fmt == 'hf' else os.path.join(out, 'hf')
     host_params = jax.tree.map(lambda x: jax.device_get(x), params)
     if jax.process_index() == 0:
-      jax_vlm.save_pretrained(base_config, host_params, paths['hf'])
+      hf.save_pretrained(base_config, host_params, paths['hf'])
   return paths
 
 
@@ -73,7 +73,6 @@ _STAGE = flags.DEFINE_string('stage', None, 'Stage folder under --workdir (defau
 
 def main(argv):
   del argv
-  from jax_vlm.training import sharding
   sharding.maybe_initialize_distributed()
   try:
     if _CONFIG.value is None:

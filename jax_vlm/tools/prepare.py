@@ -40,7 +40,17 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 
 import numpy as np
 
-from jax_vlm.errors import UserError, require
+from data import keyframes, records
+from data.aurora import load_aurora_train
+from data.epic import load_epic_triplets
+from data.images import load_rgb
+from data.records import MAX_ACTION_CHARS, clean_action
+from jax_vlm.core.errors import UserError, require
+from jax_vlm.models.vqgan import VQGAN
+from jax_vlm.pipeline.world_stages import unlabelled_schema
+from jax_vlm.tokens.image_processing import preprocess
+from jax_vlm.tokens.sequences import recognition_weights
+from jax_vlm.training import vq_training as vt
 
 PathLike = Union[str, os.PathLike]
 Frame = Union[PathLike, np.ndarray]  # an image path or a uint8 frame [h, w, 3]
@@ -131,7 +141,6 @@ class PrepareReport:
 
 def load_vqgan_dir(vqgan_dir: PathLike):
   """(VQGANConfig, params) of a VQGAN directory, with one-sentence errors for what it is not."""
-  from jax_vlm.training import vq_training as vt
   vqgan_dir = os.fspath(vqgan_dir)
   require(os.path.isdir(vqgan_dir), f'VQGAN directory {vqgan_dir} does not exist; pass the '
           'directory that save_vqgan or `python -m jax_vlm.convert vqgan` wrote.')
@@ -161,7 +170,6 @@ class FrameEncoder:
   def __init__(self, vq_config, params, batch_size: int, resolution: Optional[int] = None):
     import jax
 
-    from jax_vlm.models.vqgan import VQGAN
     require(batch_size >= 1, f'batch_size={batch_size} must be at least 1; pass a positive count.')
     self.config = vq_config
     self.batch_size = int(batch_size)
@@ -220,8 +228,6 @@ class _Skip(Exception):
 
 def _frame(ref: Frame, resolution: int, which: str) -> np.ndarray:
   """An image path or uint8 frame -> `[r, r, 3]` float32 in [-1, 1] (Chameleon's preprocessing)."""
-  from data.images import load_rgb
-  from jax_vlm.tokens.image_processing import preprocess
   if not isinstance(ref, np.ndarray):
     path = os.fspath(ref)
     if not os.path.isfile(path):
@@ -246,7 +252,6 @@ def _as_triplet(item) -> Triplet:
 
 def _load(item, resolution: int, labelled: bool, max_action_chars: Optional[int]):
   """-> (triplet, action, src image, tgt image) or (triplet-or-item, _Skip); runs in a thread."""
-  from data.records import clean_action
   try:
     triplet = _as_triplet(item)
   except TypeError as e:
@@ -283,7 +288,6 @@ def _ordered_map(fn: Callable, items: Iterable, num_workers: int) -> Iterator:
 def _record(triplet: Triplet, action: str, split: str, source: str, codes: np.ndarray,
             features: np.ndarray) -> dict:
   """The record of one example; codes `[2, h', w']` and features `[2, h', w', c]` (src, tgt)."""
-  from jax_vlm.tokens.sequences import recognition_weights
   record = dict(triplet.extra)
   record.update(
       src_codes=codes[0].reshape(-1).astype(np.int32),
@@ -349,8 +353,6 @@ def _prepare(make_items: Callable[[PrepareReport], Iterable], vqgan_dir: PathLik
   """The shared run: `make_items(report)` gives the items (it may count skips into the report)."""
   from tqdm import tqdm
 
-  from data import records
-  from jax_vlm.pipeline.world_stages import unlabelled_schema
   start = time.perf_counter()
   out_prefix = os.path.abspath(os.fspath(out_prefix))
   require(overwrite or not os.path.exists(out_prefix + '.meta.json'),
@@ -415,7 +417,6 @@ def prepare_triplets(triplets: Iterable, vqgan_dir: PathLike, out_prefix: PathLi
   Returns:
     the `PrepareReport` (also written as JSON next to the records).
   """
-  from data.records import MAX_ACTION_CHARS
   total = len(triplets) if hasattr(triplets, '__len__') else None
   return _prepare(lambda report: triplets, vqgan_dir, out_prefix, labelled=True,
                   resolution=resolution, batch_size=batch_size, split=split, source=source,
@@ -478,7 +479,6 @@ def video_key_frames(path: PathLike, num_key_frames: int = 6, min_gap: int = 20,
     (KeyFramePairs with `frames=None`, {key frame index: uint8 frame [h, w, 3]}); indices count
     decoded frames after `stride`.
   """
-  from data import keyframes
   path = os.fspath(path)
   require(stride >= 1, f'stride={stride} must be at least 1; pass a positive stride.')
   keyframes.read_video(path, max_frames=1)  # the reader's own errors for missing/unreadable files
@@ -569,7 +569,6 @@ def prepare_pairs(videos: Sequence[PathLike], vqgan_dir: PathLike, out_prefix: P
 def aurora_triplets(root: PathLike, tasks: Optional[Sequence[str]] = None, split: str = 'train'
                     ) -> tuple[list[Triplet], Any]:
   """AURORA training triplets (data.aurora.load_aurora_train) as `Triplet`s, and its report."""
-  from data.aurora import load_aurora_train
   root = os.fspath(root)
   require(os.path.isdir(root), f'AURORA root {root} does not exist; pass the McGill-NLP/AURORA '
           'checkout (with data/<task>/train.json).')
@@ -583,7 +582,6 @@ def aurora_triplets(root: PathLike, tasks: Optional[Sequence[str]] = None, split
 def epic_triplets(annotations_csv: PathLike, frames_root: PathLike, **kwargs
                   ) -> tuple[list[Triplet], Any]:
   """EPIC-KITCHENS segments (data.epic.load_epic_triplets) as `Triplet`s, and its report."""
-  from data.epic import load_epic_triplets
   triplets, report = load_epic_triplets(annotations_csv, frames_root, **kwargs)
   out = [Triplet(src=t.src_path, tgt=t.tgt_path, action=t.narration, action_type=t.verb,
                  example_id=t.narration_id,

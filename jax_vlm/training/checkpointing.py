@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 
 
 def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import optax
 
-from jax_vlm.errors import require
+from jax_vlm.core.errors import require
 
 TRAIN_MODES = ('full', 'lora')
 LR_SCHEDULES = ('cosine', 'constant')

@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jax_vlm.errors import UserError, require
+from jax_vlm.core.errors import UserError, require
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 # The batch dimension is split over every data-parallel axis.

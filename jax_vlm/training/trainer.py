@@ -14,7 +14,7 @@ current step, saves, and returns with status 'preempted'. A non-finite loss stop
 UserError naming the step before anything is saved, so the last good checkpoint stays intact.
 Config mistakes (unknown keys, impossible meshes, batch sizes) are reported before compilation.
 
-`train_dynamics_stage` / `train_fdp_stage` are the stage-runner entry points (jax_vlm/pipeline/stages.py).
+`train_dynamics_stage` / `train_fdp_stage` are registered stages (pipeline/stages.py runs them).
 """
 
 from __future__ import annotations
@@ -29,71 +29,26 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jax_vlm.errors import UserError, require
+from jax_vlm.core import registry, settings
+from jax_vlm.core.errors import StageInterrupted, UserError, require
+from jax_vlm.input import datasets  # written by the data engineers: opens a prepared split
+from jax_vlm.input import pipeline as input_pipeline
+from jax_vlm.models import lora
 from jax_vlm.models.config import TransformerConfig
-from jax_vlm.pipeline import stages
-from jax_vlm.training import checkpointing, optim, sharding
+from jax_vlm.tokens.vocab import UnifiedVocab
+from jax_vlm.training import checkpointing, sharding
 from jax_vlm.training import train_step as ts
+from jax_vlm.training.config import validate_config
 from jax_vlm.training.metrics_writer import MetricsWriter
-
-# Sections whose keys this module owns; an unknown key there is a typo, not an extension.
-CHECKED_SECTIONS = ('train', 'mesh', 'objectives')
-DATA_SOURCES = ('dataset', 'synthetic')
-SCHEDULES = ('alternate', 'mixed')
+from jax_vlm.training.step_builder import build_train_step
+from jax_vlm.weights import hf
 
 
 class NonFiniteLoss(UserError):
   """The loss became NaN or infinite; nothing after the last good checkpoint was saved."""
-
-
-# ------------------------------------------------------------------------------------------------
-# Config checks (before anything compiles).
-
-
-def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-  """Raises UserError (one sentence) for unknown keys in train/mesh/objectives and for values the
-  trainer cannot run with: modes, schedules, shares, mesh sizes and batch divisibility."""
-  from configs import base
-  reference = base.get_base_config()
-  for section in CHECKED_SECTIONS:
-    require(section in config, f'config has no {section!r} section; start the config from '
-            'configs/base.py:get_base_config().')
-    unknown = sorted(set(config[section].keys()) - set(reference[section].keys()))
-    require(not unknown, f'config.{section} has unknown key(s) {", ".join(unknown)}; check the '
-            f'spelling against configs/base.py ({", ".join(sorted(reference[section].keys()))}).')
-  t, o = config.train, config.objectives
-  require(t.mode in optim.TRAIN_MODES,
-          f'train.mode={t.mode!r} is unknown; use one of {optim.TRAIN_MODES}.')
-  require(t.mode != 'lora' or int(config.model.lora_rank) > 0,
-          "train.mode='lora' needs model.lora_rank > 0 (the paper uses 16).")
-  require(t.data_source in DATA_SOURCES,
-          f'train.data_source={t.data_source!r} is unknown; use one of {DATA_SOURCES}.')
-  require(o.schedule in SCHEDULES,
-          f'objectives.schedule={o.schedule!r} is unknown; use one of {SCHEDULES}.')
-  require(int(o.idp_share) >= 0 and int(o.fdp_share) >= 0 and int(o.idp_share + o.fdp_share) > 0,
-          f'objectives.idp_share={o.idp_share} and fdp_share={o.fdp_share} must be >= 0 and not '
-          'both 0.')
-  require(int(t.num_steps) > 0, f'train.num_steps={t.num_steps} must be positive.')
-  require(int(t.grad_accum_steps) >= 1,
-          f'train.grad_accum_steps={t.grad_accum_steps} must be >= 1.')
-  require(int(t.log_every) >= 1 and int(t.checkpoint_every) >= 1,
-          'train.log_every and train.checkpoint_every must be >= 1.')
-  optim.learning_rate_schedule(t)  # checks lr_schedule
-  sharding.logical_rules(config.mesh)  # checks the preset and overrides
-  num_devices = jax.device_count() if num_devices is None else num_devices
-  shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, num_devices)))
-  dp = shape['data'] * shape['fsdp']
-  per_update = int(t.global_batch_size)
-  require(per_update % (dp * int(t.grad_accum_steps)) == 0,
-          f'train.global_batch_size={per_update} must be a multiple of data*fsdp ({dp}) times '
-          f'train.grad_accum_steps ({t.grad_accum_steps}); change one of them.')
-  require(per_update % jax.process_count() == 0,
-          f'train.global_batch_size={per_update} must be a multiple of the '
-          f'{jax.process_count()} processes.')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,7 +123,6 @@ class PipelineSource:
   """Wraps jax_vlm.input.pipeline's DynamicsIterator (JSON state via its get/set_state)."""
 
   def __init__(self, iterator):
-    from jax_vlm.input import pipeline as input_pipeline
     self._ip = input_pipeline
     self.iterator = iterator
 
@@ -190,7 +144,6 @@ def make_batch_source(config, local_batch_size: int):
   """The batch source named by `train.data_source` for this process."""
   if config.train.data_source == 'synthetic':
     return SyntheticSource(config, local_batch_size, jax.process_index())
-  from jax_vlm.input import pipeline as input_pipeline
   source, vocab = _open_dataset(config)
   it = input_pipeline.make_dynamics_iterator(
       source, vocab, data_cfg=config.data, objectives_cfg=config.objectives,
@@ -204,8 +157,6 @@ def _open_dataset(config):
           'the build_data/tokenize stages) or set train.data_source=synthetic.')
   require(os.path.isdir(config.data.dir),
           f'data set directory {config.data.dir} does not exist; run the data stages first.')
-  from jax_vlm.input import datasets  # written by the data engineers: opens a prepared split
-  from jax_vlm.tokens.vocab import UnifiedVocab
   vocab = UnifiedVocab.from_config(config.vocab)
   return datasets.open_split(config.data, 'train'), vocab
 
@@ -230,37 +181,16 @@ class Trainer:
     validate_config(config, None if devices is None else len(devices))
     self.config = config
     self.workdir = os.path.abspath(workdir)
-    self.mesh = sharding.make_mesh(config.mesh, devices)
-    self.rules = sharding.logical_rules(config.mesh)
-    self.model_config = TransformerConfig.from_config(config.model)
-    from jax_vlm.models.transformer import DecoderLM
-    self.model = DecoderLM(self.model_config)
+    step = build_train_step(config, devices)
+    self.mesh, self.rules = step.mesh, step.rules
+    self.model_config, self.model = step.model_config, step.model
+    self.tx, self.schedule, self.mask = step.tx, step.schedule, step.mask
+    self.abstract_state, self.state_shardings = step.abstract_state, step.state_shardings
+    self.batch_sharding = step.batch_sharding
+    self._init_fn, self._step_fn = step.init_fn, step.step_fn
     self.accum_steps = int(config.train.grad_accum_steps)
     self.local_batch_size = int(config.train.global_batch_size) // jax.process_count()
     self.batch_source = batch_source
-
-    mode = config.train.mode
-    self.tx, self.schedule = optim.make_optimizer(
-        config.train, lambda p: optim.trainable_mask(p, mode))
-    init = lambda rng: ts.init_train_state(rng, self.model, self.tx)  # noqa: E731
-    # An abstract key: no device is touched, so this also works for AOT topology meshes.
-    abstract_key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    with self._context():
-      abstract_boxed = jax.eval_shape(init, abstract_key)
-      self.state_shardings = sharding.state_shardings(abstract_boxed, self.mesh, self.rules)
-    self.abstract_state = nn.unbox(abstract_boxed)
-    sharding.check_divisible(self.abstract_state, self.state_shardings)
-    self.mask = optim.trainable_mask(self.abstract_state.params, mode)
-    self._init_fn = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=self.state_shardings)
-    step = lambda state, batch: ts.train_step(  # noqa: E731
-        state, batch, model=self.model, tx=self.tx, mask=self.mask, accum_steps=self.accum_steps,
-        objective_weights=(float(config.objectives.idp_loss_weight),
-                           float(config.objectives.fdp_loss_weight)),
-        schedule=self.schedule)
-    self.batch_sharding = sharding.batch_sharding(self.mesh)
-    self._step_fn = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
-                            out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
-                            donate_argnums=(0,))
     self._preempted = False
 
   @contextlib.contextmanager
@@ -294,8 +224,7 @@ class Trainer:
     """Loads base weights (transformers dir or Orbax params); LoRA adapters stay freshly made."""
     shardings = self.state_shardings.params
     if os.path.exists(os.path.join(path, 'config.json')):
-      import jax_vlm
-      _, loaded = jax_vlm.from_pretrained(path, scan_layers=self.model_config.scan_layers)
+      _, loaded = hf.from_pretrained(path, scan_layers=self.model_config.scan_layers)
     else:
       loaded = checkpointing.load_params(path)
     merged = _merge_loaded(fresh, loaded)
@@ -440,16 +369,16 @@ class Trainer:
 # Stage entry points.
 
 
-@stages.register('train_dynamics')
+@registry.register('stage', 'train_dynamics')
 def train_dynamics_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   """Trains IDP + FDP as the config says, then writes `stage_dir/params` (LoRA merged).
 
-  Raises stages.StageInterrupted when preempted, so the stage is not marked done.
+  Raises StageInterrupted when preempted, so the stage is not marked done.
   """
   trainer = Trainer(config, stage_dir)
   result = trainer.run()
   if result['status'] != 'done':
-    raise stages.StageInterrupted(f'training stopped at step {result["step"]}')
+    raise StageInterrupted(f'training stopped at step {result["step"]}')
   params = trainer.final_params
   if config.train.mode == 'lora':
     params = merge_lora_params(params, trainer.model_config)
@@ -461,22 +390,17 @@ def train_dynamics_stage(config: ml_collections.ConfigDict, stage_dir: str) -> N
 TRAIN_FDP_DEFAULTS = {'objectives.idp_share': 0, 'objectives.fdp_share': 1}
 
 
-@stages.register('train_fdp')
+@registry.register('stage', 'train_fdp')
 def train_fdp_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   """FDP-only training (e.g. on IDP-bootstrapped data): train_dynamics with FDP objective settings.
 
   The data set and other settings come from `config.stage_overrides.train_fdp`.
   """
-  config = ml_collections.ConfigDict(config.to_dict())
-  given = dict(config.get('stage_overrides', {}).get('train_fdp', {}) or {})
-  for key, value in TRAIN_FDP_DEFAULTS.items():
-    if key not in given:
-      section, leaf = key.split('.')
-      config[section][leaf] = value
+  given = config.get('stage_overrides', {}).get('train_fdp', {}) or {}
+  config = settings.with_overrides(config, TRAIN_FDP_DEFAULTS, 'TRAIN_FDP_DEFAULTS', keep=given)
   train_dynamics_stage(config, stage_dir)
 
 
 def merge_lora_params(params: Any, model_config: TransformerConfig) -> Any:
   """Base weights with the adapters folded in (see jax_vlm/models/lora.py)."""
-  from jax_vlm.models import lora
   return lora.merge_lora(params, model_config)

@@ -34,8 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jax_vlm.errors import UserError, require
+from data.action_world import parse_frame, random_scene, render
+from jax_vlm.core.errors import UserError, require
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig, vq_losses
+from jax_vlm.training.metrics_writer import MetricsWriter
 
 PARAMS_FILE = 'params.msgpack'
 CONFIG_FILE = 'vqgan_config.json'
@@ -296,7 +298,6 @@ def evaluate_frames(params: Any, frames: np.ndarray, scenes: Sequence[Any], worl
   Returns frame_accuracy (share of frames parsed to exactly their scene), cell_accuracy, codes
   `[n, h', w']` and num_codes_used.
   """
-  from data.action_world import parse_frame
   fn = fn or make_encode_decode_fn(model)
   n = len(frames)
   frame_ok, cell_ok, cells, all_codes = 0, 0, 0, []
@@ -328,7 +329,6 @@ def random_frames(world_config, n: int, rng: np.random.Generator,
   `max_objects` above the world's own maximum draws busier scenes (more shapes per frame for the
   same compute); None keeps the world's scene statistics.
   """
-  from data.action_world import random_scene, render
   cells = world_config.rows * world_config.cols
   pairs = len(world_config.colors) * len(world_config.shapes)
   hi = world_config.max_objects if max_objects is None else min(max_objects, cells - 1, pairs - 1)
@@ -360,7 +360,6 @@ def train_vqgan(vq_config: VQGANConfig, world_config, *, num_steps: int, batch_s
   Every `eval_every` steps (0: never) the round-trip frame accuracy on `val_frames` validation
   frames is measured; training stops early once it reaches `target_accuracy`.
   """
-  from jax_vlm.training.metrics_writer import MetricsWriter
 
   require(num_steps > 0 and batch_size > 0,
           f'vq_train.num_steps={num_steps} and vq_train.batch_size={batch_size} must be positive.')

@@ -36,9 +36,10 @@ from typing import Any
 import flax
 import numpy as np
 
-from jax_vlm.errors import UserError, require
+from jax_vlm.core.errors import UserError, require
 from jax_vlm.models import lora
 from jax_vlm.models.config import TransformerConfig, to_dtype
+from jax_vlm.models.transformer import DecoderLM
 
 ARCHITECTURES = {'chameleon': 'ChameleonForConditionalGeneration', 'gemma': 'GemmaForCausalLM'}
 SUPPORTED = ', '.join(sorted(ARCHITECTURES))
@@ -336,18 +337,17 @@ def from_pretrained(path: str, dtype=None, param_dtype=None, scan_layers: bool |
   created here, see models/lora.init_lora_params). Params are host numpy arrays unless
   `as_numpy=False`, so big models can go straight to their shardings with jax.device_put.
   """
-  from jax_vlm.models.transformer import DecoderLM
   path = os.path.abspath(path)
   hf = read_hf_config(path)
   config = config_from_hf(hf, where=os.path.join(path, 'config.json'), dtype=dtype,
-                          param_dtype=param_dtype, scan_layers=scan_layers, hf_source=path,
+                          param_dtype=param_dtype, scan_layers=scan_layers,
                           **config_overrides)
   params = params_from_state_dict(SafetensorsCheckpoint(path), config, where=path)
   if not as_numpy:
     import jax.numpy as jnp
     params = flax.traverse_util.unflatten_dict(
         {k: jnp.asarray(v) for k, v in flax.traverse_util.flatten_dict(params).items()})
-  return DecoderLM(config), params
+  return DecoderLM(config, hf_source=path), params
 
 
 def _torch_dtype_name(arrays: Mapping[str, np.ndarray]) -> str:
@@ -361,7 +361,7 @@ def save_pretrained(module_or_config, params, path: str, source: str | None = No
   """Writes `params` as a transformers checkpoint directory (config.json + model*.safetensors).
 
   module_or_config: a DecoderLM or TransformerConfig. source: a transformers directory (default
-  the one the params were loaded from, `config.hf_source`) whose config.json extras, non-LM
+  the one a DecoderLM's params came from, `module.hf_source`) whose config.json extras, non-LM
   tensors (Chameleon's `model.vqmodel.*`) and tokenizer files are kept; base_config: config.json
   entries to keep when there is no source directory. LoRA adapters are merged.
   dtype: tensor dtype to write (default the params' own). Returns `path`.
@@ -371,8 +371,9 @@ def save_pretrained(module_or_config, params, path: str, source: str | None = No
   require(isinstance(config, TransformerConfig),
           f'save_pretrained needs a DecoderLM or TransformerConfig, not {type(config).__name__}.')
   path = os.path.abspath(path)
-  if not source and config.hf_source and os.path.isdir(config.hf_source):
-    source = config.hf_source  # where from_pretrained read the weights, if it is still there
+  loaded_from = getattr(module_or_config, 'hf_source', '')
+  if not source and loaded_from and os.path.isdir(loaded_from):
+    source = loaded_from  # where from_pretrained read the weights, if it is still there
   state = state_dict_from_params(params, config, dtype=dtype)
 
   base, extra = base_config, {}

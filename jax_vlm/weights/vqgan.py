@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig
 
 # Subtrees of the Flax params that the encoder-only (transformers) release provides.

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from jax_vlm.errors import UserError
+from jax_vlm.core.errors import UserError
 
 
 def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jax_vlm.errors import UserError, require
+from jax_vlm.core.errors import UserError, require
 
 # transformers writes a huge sentinel when a tokenizer has no length limit; bert_score passes it on
 # as `max_length`, which the fast tokenizers reject.

@@ -3,4 +3,8 @@
 
 from data.errors import UserError, require
 
-__all__ = ['UserError', 'require']
+__all__ = ['StageInterrupted', 'UserError', 'require']
+
+
+class StageInterrupted(Exception):
+  """A stage stopped before finishing on purpose (e.g. preemption); rerun to continue it."""

@@ -1,0 +1,206 @@
+"""The reproduction's table: means and spreads over seeds, and a verdict per claim of the paper.
+
+`build_table(runs, command) -> (markdown, JSON)` reads the evaluation summaries that
+jax_vlm/pipeline/reproduce.py collects per seed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+# The reproduction's stages, in the order they run.
+STAGES = ('build_data', 'train_tokenizer', 'tokenize', 'train_dynamics', 'bootstrap', 'train_ft',
+          'train_fdm', 'train_fdm_no_synth', 'train_fdm_no_weight', 'evaluate')
+VARIANTS = {'train_ft': 'FT', 'train_fdm': 'FDM', 'train_fdm_no_synth': 'FDM w/o synthetic',
+            'train_fdm_no_weight': 'FDM w/o weighting'}
+SUBSETS = ('test', 'test_compositional')
+
+
+def _stat(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+  vals = [float(v) for v in values if v is not None and not np.isnan(v)]
+  if not vals:
+    return None, None
+  return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
+
+
+def _fmt(values: Sequence[float | None], digits: int = 3) -> str:
+  mean, spread = _stat(values)
+  if mean is None:
+    return 'n/a'
+  return f'{mean:.{digits}f}' + (f' ± {spread:.{digits}f}' if spread is not None else '')
+
+
+def _get(d: Any, *path, default=None):
+  for p in path:
+    if not isinstance(d, dict) or p not in d:
+      return default
+    d = d[p]
+  return d
+
+
+def _fdp(run: dict, variant: str, subset: str, k: int, metric: str):
+  return _get(run, 'fdp', variant, 'splits', subset, 'fdp', f'k={k}', 'all', metric)
+
+
+def _mean_over(runs, fn) -> float | None:
+  return _stat([fn(r) for r in runs])[0]
+
+
+def _verdict(a: float | None, b: float | None, claim: str) -> str:
+  if a is None or b is None:
+    return 'n/a'
+  if a > b:
+    return f'yes ({claim})'
+  if a == b:
+    return 'no (tie)'
+  return 'NO (reversed)'
+
+
+def _curve_auc(run: dict, key: str) -> float | None:
+  rows = run.get('learning_curve') or []
+  return float(np.mean([r[key] for r in rows])) if rows else None
+
+
+def _probe_mean(run: dict, which: str, task: str) -> float | None:
+  shares = _get(run, 'probe', which, task)
+  if not shares:
+    return None
+  vals = [v for v in shares.values() if v is not None and not np.isnan(v)]
+  return float(np.mean(vals)) if vals else None
+
+
+def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
+  """(markdown, JSON) of the reproduction over one or more seeds (mean ± sample std)."""
+  k_list = sorted(int(k) for k in _get(runs[0], 'settings', 'k_list', default=[1, 2, 4, 8]))
+  k1, kmax = k_list[0], k_list[-1]
+  seeds = [r['seed'] for r in runs]
+  md = ['# Reproduction on the embedded action world', '']
+  if command:
+    md += [f'Command: `{command}`', '']
+  md += [f'Seeds: {", ".join(map(str, seeds))} (mean ± sample std over seeds where more than one). '
+         'Scores are exact: generated frames are decoded by the world\'s VQGAN and parsed; item '
+         'score = min(edit success, minimal editing).', '']
+  claims = []
+
+  # Claims summary.
+  for subset in SUBSETS:
+    def item(variant, k, subset=subset):
+      return _mean_over(runs, lambda r: _fdp(r, variant, subset, k, 'item_score'))
+    claims += [
+        dict(claim='FDM beats FT (item score, best-of-1)', subset=subset,
+             a=item('train_fdm', k1), b=item('train_ft', k1)),
+        dict(claim='IDP-labelled synthetic data helps (FDM vs FDM w/o synthetic)', subset=subset,
+             a=item('train_fdm', k1), b=item('train_fdm_no_synth', k1)),
+        dict(claim='recognition weighting helps (FDM vs FDM w/o weighting)', subset=subset,
+             a=item('train_fdm', k1), b=item('train_fdm_no_weight', k1)),
+        dict(claim=f'verification helps FT (best-of-{kmax} vs best-of-{k1})', subset=subset,
+             a=item('train_ft', kmax), b=item('train_ft', k1)),
+        dict(claim=f'verification helps FDM (best-of-{kmax} vs best-of-{k1})', subset=subset,
+             a=item('train_fdm', kmax), b=item('train_fdm', k1)),
+    ]
+  claims.insert(0, dict(
+      claim='IDP is learned faster than FDP (mean over checkpoints: IDP canonical accuracy vs '
+            'FDP exact match)', subset='test',
+      a=_mean_over(runs, lambda r: _curve_auc(r, 'idp_canonical_match')),
+      b=_mean_over(runs, lambda r: _curve_auc(r, 'fdp_exact_match'))))
+  for task in ('fdp', 'idp'):
+    claims.append(dict(
+        claim=f'training makes the model prefer real transitions ({task.upper()} probe, mean '
+              'share over 4 negatives, trained vs random init)', subset='test',
+        a=_mean_over(runs, lambda r, t=task: _probe_mean(r, 'trained', t)),
+        b=_mean_over(runs, lambda r, t=task: _probe_mean(r, 'random_init', t))))
+  md += ['## Claims', '', '| claim | subset | this | vs | holds? |', '|---|---|---|---|---|']
+  for c in claims:
+    fa = 'n/a' if c['a'] is None else f'{c["a"]:.3f}'
+    fb = 'n/a' if c['b'] is None else f'{c["b"]:.3f}'
+    c['holds'] = _verdict(c['a'], c['b'], 'higher')
+    md.append(f'| {c["claim"]} | {c["subset"]} | {fa} | {fb} | {c["holds"]} |')
+  md.append('')
+
+  # FDP variants with best-of-K.
+  for subset in SUBSETS:
+    md += [f'## FDP on `{subset}` (best-of-K with the IDP verifier)', '']
+    head = (['variant', f'success@{k1}', f'minimal@{k1}', f'exact@{k1}']
+            + [f'item@{k}' for k in k_list] + [f'exact@{kmax}', f'oracle item@{kmax}'])
+    md += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for variant, label in VARIANTS.items():
+      cells = [label,
+               _fmt([_fdp(r, variant, subset, k1, 'edit_success') for r in runs]),
+               _fmt([_fdp(r, variant, subset, k1, 'minimal_editing') for r in runs]),
+               _fmt([_fdp(r, variant, subset, k1, 'exact_match') for r in runs])]
+      cells += [_fmt([_fdp(r, variant, subset, k, 'item_score') for r in runs]) for k in k_list]
+      cells += [_fmt([_fdp(r, variant, subset, kmax, 'exact_match') for r in runs]),
+                _fmt([_fdp(r, variant, subset, kmax, 'oracle') for r in runs])]
+      md.append('| ' + ' | '.join(cells) + ' |')
+    first = next(iter(VARIANTS))
+    for ref in ('target_codes', 'copy_source'):
+      vals = {m: [_get(r, 'fdp', first, 'splits', subset, 'reference', ref, 'all', m)
+                  for r in runs] for m in ('edit_success', 'minimal_editing', 'exact_match',
+                                           'item_score')}
+      cells = [f'reference: {ref}', _fmt(vals['edit_success']), _fmt(vals['minimal_editing']),
+               _fmt(vals['exact_match'])] + [_fmt(vals['item_score'])] * len(k_list) + [
+                   _fmt(vals['exact_match']), '']
+      md.append('| ' + ' | '.join(cells) + ' |')
+    n = _get(runs[0], 'fdp', first, 'splits', subset, 'n')
+    md += ['', f'{n} items. oracle: the best item score among the {kmax} candidates (a perfect '
+           'verifier). reference target_codes: the true next frame\'s own codes (the tokenizer\'s '
+           'ceiling); copy_source: the unchanged source.', '']
+
+  # IDP.
+  md += ['## IDP (greedy action text, `train_dynamics` model)', '',
+         '| subset | canonical match | effect match | parsed | BLEU | ROUGE-L |',
+         '|---|---|---|---|---|---|']
+  first = next(iter(VARIANTS))
+  for subset in SUBSETS:
+    vals = lambda m, subset=subset: [_get(r, 'fdp', first, 'splits', subset, 'idp', 'all', m)  # noqa: E731
+                                     for r in runs]
+    md.append(f'| {subset} | {_fmt(vals("canonical_match"))} | {_fmt(vals("effect_match"))} | '
+              f'{_fmt(vals("parsed"))} | {_fmt(vals("BLEU"), 1)} | {_fmt(vals("ROUGEL"))} |')
+  md.append('')
+
+  # Learning curves.
+  md += ['## IDP vs FDP learning speed (joint training on the labelled data, held-out `test`)', '',
+         '| step | IDP canonical match | IDP effect match | FDP exact (1 sample) '
+         '| FDP item score |',
+         '|---|---|---|---|---|']
+  steps = [row['step'] for row in runs[0].get('learning_curve') or []]
+  for i, step in enumerate(steps):
+    col = lambda key, i=i: [(r.get('learning_curve') or [{}] * (i + 1))[i].get(key)  # noqa: E731
+                            if len(r.get('learning_curve') or []) > i else None for r in runs]
+    md.append(f'| {step} | {_fmt(col("idp_canonical_match"))} | {_fmt(col("idp_effect_match"))} '
+              f'| {_fmt(col("fdp_exact_match"))} | {_fmt(col("fdp_item_score"))} |')
+  md.append('')
+
+  # Probe.
+  md += ['## Trajectory preference probe (share of items where the real transition scores higher)',
+         '', 'random init = the same architecture with freshly initialised weights (no training); '
+         'trained = the `train_dynamics` model (IDP + FDP). Length-normalised log-likelihoods.', '',
+         '| model | task | ' + ' | '.join(('random_action', 'random_target', 'copied_source',
+                                             'swapped')) + ' |', '|---|---|---|---|---|---|']
+  for which in ('random_init', 'trained'):
+    for task in ('fdp', 'idp'):
+      cells = [_fmt([_get(r, 'probe', which, task, neg) for r in runs])
+               for neg in ('random_action', 'random_target', 'copied_source', 'swapped')]
+      md.append(f'| {which} | {task.upper()} | ' + ' | '.join(cells) + ' |')
+  md.append('')
+
+  # Bootstrap and time.
+  md += ['## Bootstrap and time', '']
+  acc = _fmt([_get(r, 'bootstrap', 'label_accuracy') for r in runs])
+  sel = _fmt([_get(r, 'bootstrap', 'selected_label_accuracy') for r in runs])
+  nsel = _fmt([_get(r, 'bootstrap', 'num_selected') for r in runs], 0)
+  nall = _fmt([_get(r, 'bootstrap', 'num_labelled') for r in runs], 0)
+  md += [f'IDP labels of the unlabelled pairs: accuracy {acc} on all {nall}; the {nsel} selected '
+         f'(stratified top-K) are {sel} correct.', '']
+  md += ['| seed | wall s (this command) | CPU s | ' + ' | '.join(STAGES) + ' |',
+         '|' + '---|' * (3 + len(STAGES))]
+  for r in runs:
+    st = r.get('stage_seconds', {})
+    md.append(f'| {r["seed"]} | {r["this_run"]["wall_seconds"]} | {r["this_run"]["cpu_seconds"]} | '
+              + ' | '.join(str(st.get(s, '')) for s in STAGES) + ' |')
+  md += ['', 'Stage seconds come from each stage\'s DONE marker (the run that finished it); a '
+         'continued run\'s wall time counts only what it ran. Shared stages run once, in the first '
+         'seed.', '']
+  return '\n'.join(md), {'claims': claims, 'runs': list(runs), 'command': command}
