@@ -134,7 +134,8 @@ def test_scan_remat_and_attention_impls_agree(tmp_path):
     out = run(DecoderLM(cfg), unscanned if not cfg.scan_layers else params, ids)
     np.testing.assert_allclose(out, reference, atol=1e-5, rtol=0, err_msg=str(change))
   # remat changes what is stored, and query blocks which keys are read, not the gradients
-  for change in [dict(remat_policy='nothing_saveable'), dict(remat_policy='none', attention_chunk=4)]:
+  changes = [dict(remat_policy='nothing_saveable'), dict(remat_policy='none', attention_chunk=4)]
+  for change in changes:
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
                  grad(params, module.config.replace(**change)), ref_grad)
 

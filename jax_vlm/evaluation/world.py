@@ -3,11 +3,11 @@
 FDP: for every test triplet the FDP model samples K candidate next frames (inference/sampler.py, at
 `sampler.temperature`); the IDP model scores each by log p(action | src, candidate)
 (inference/verifier.py, ranked by `verifier.rank_by`); the best wins. Candidates are decoded with
-the world's trained VQGAN, read back with `data.action_world.parse_frame` and scored against the true
-next scene with `score_prediction`: edit success, minimal editing, item score = min of the two (the
-world's analogue of the paper's GPT-4o judge) and exact scene match. The largest K is sampled once
-and best-of-first-k is reported for every k in `k_list` (the same samples for every k). `oracle`
-is the best item score among the first k candidates (what a perfect verifier would reach).
+the world's trained VQGAN, read back with `data.action_world.parse_frame` and scored against the
+true next scene with `score_prediction`: edit success, minimal editing, item score = min of the two
+(the world's analogue of the paper's GPT-4o judge) and exact scene match. The largest K is sampled
+once and best-of-first-k is reported for every k in `k_list` (the same samples for every k).
+`oracle` is the best item score among the first k candidates (what a perfect verifier would reach).
 
 IDP: greedy action text for each (src, tgt), scored by canonical action match, effect match
 (`score_action_text`: applying the text to the source gives the target) and BLEU / ROUGE.
