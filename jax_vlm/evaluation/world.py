@@ -52,8 +52,8 @@ from jax_vlm.core.errors import require
 from jax_vlm.core.settings import section_with_defaults
 from jax_vlm.evaluation.metrics import text_metrics
 from jax_vlm.evaluation.report import ReportItem, write_html_report
-from jax_vlm.inference.sampler import Sampler, SamplingParams
-from jax_vlm.inference.verifier import SequenceScorer
+from jax_vlm.inference.sampler import Sampler, SamplingParams, guidance_from_config
+from jax_vlm.inference.verifier import Verifier, best_of_first_k
 from jax_vlm.input.datasets import resolve_paths
 from jax_vlm.method import probe as probe_lib
 from jax_vlm.models import lora
@@ -99,14 +99,6 @@ def settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 # ------------------------------------------------------------------------------------------------
 # Pure pieces: selection and summaries (testable without a model).
-
-
-def best_of_first_k(ranking: np.ndarray, k: int) -> int:
-  """Index of the verifier's best among the first k candidates (ranking [K]; ties: lowest)."""
-  ranking = np.asarray(ranking, np.float64)
-  require(1 <= k <= ranking.size, f'best-of-{k} needs at least {k} candidates, got '
-          f'{ranking.size}.')
-  return int(np.argmax(ranking[:k]))
 
 
 def score_candidates(src_scene, action: str, tgt_scene, predicted_scenes: Sequence[Any],
@@ -194,6 +186,8 @@ class WorldModels:
     self.text_tokens = self.action_max_tokens + 1
     cache_len = max(fdp_bucket + n, idp_bucket + self.text_tokens)
     self.sampler = Sampler(self.module, self.vocab, cache_len, (fdp_bucket, idp_bucket))
+    # Classifier-free guidance of the FDP samples (config.sampler.cfg_*_scale; 0 = none).
+    self.guidance = guidance_from_config(config.sampler)
     self.score_bucket = _round8(2 * n + 6 + self.action_max_tokens)
     self.vq_config, self.vq_params = vt.load_vqgan(config.checkpoint.vqgan_dir)
     vq = vt.VQGAN(self.vq_config)
@@ -242,7 +236,8 @@ class WorldModels:
       chunk += [chunk[-1]] * (batch_size - m)
       res = self.sampler.sample_frames(params, [it['src_codes'] for it in chunk],
                                        [self.action_ids(it['action']) for it in chunk],
-                                       jax.random.fold_in(key, b), num_candidates, sampling)
+                                       jax.random.fold_in(key, b), num_candidates, sampling,
+                                       self.guidance)
       out.append(np.asarray(res.codes)[:m])
     return np.concatenate(out).reshape(len(items), num_candidates, -1)
 
@@ -263,27 +258,13 @@ class WorldModels:
 
   def verifier_scores(self, idp_params, items: Sequence[dict], candidates: np.ndarray,
                       batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(summed, mean) log p(action <eos> | src, candidate), each [len(items), K]; each distinct
-    (item, candidate) is scored once."""
+    """(summed, mean) log p(action <eos> | src, candidate), each [len(items), K]."""
     rows_total = candidates.shape[0] * candidates.shape[1]
-    scorer = SequenceScorer(self.module, idp_params, self.vocab.pad_id,
-                            max(1, min(batch_size, rows_total)), (self.score_bucket,))
-    index: dict[tuple[int, bytes], int] = {}
-    rows, masks = [], []
-    for i, it in enumerate(items):
-      action = self.action_ids(it['action'])
-      for cand in candidates[i]:
-        key = (i, cand.tobytes())
-        if key not in index:
-          index[key] = len(rows)
-          ids, mask = sequences.idp_scoring_sequence(it['src_codes'], cand, action, self.vocab)
-          rows.append(ids)
-          masks.append(mask)
-    sums, counts = scorer.score(rows, masks)
-    means = sums / np.maximum(counts, 1.0)
-    where = np.asarray([[index[(i, c.tobytes())] for c in candidates[i]]
-                        for i in range(len(items))], np.int64).reshape(candidates.shape[:2])
-    return sums[where], means[where]
+    verifier = Verifier(self.module, idp_params, self.vocab,
+                        batch_size=max(1, min(batch_size, rows_total)),
+                        length_buckets=(self.score_bucket,))
+    return verifier.score_items([it['src_codes'] for it in items], candidates,
+                                [self.action_ids(it['action']) for it in items])
 
 
 # ------------------------------------------------------------------------------------------------

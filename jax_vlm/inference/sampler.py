@@ -37,7 +37,6 @@ smallest of `prompt_buckets` that fits, so a few compiled programs serve all pro
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Sequence
 
 import flax
@@ -412,11 +411,7 @@ class Sampler:
                                 row_keys)
 
 
-@functools.lru_cache(maxsize=None)
-def _guidance_of(text_scale: float, image_scale: float) -> Guidance | None:
-  return None if text_scale == 0.0 and image_scale == 0.0 else Guidance(image_scale, text_scale)
-
-
 def guidance_from_config(sampler_cfg) -> Guidance | None:
   """Guidance from config.sampler.cfg_text_scale / cfg_image_scale (both 0 = no guidance)."""
-  return _guidance_of(float(sampler_cfg.cfg_text_scale), float(sampler_cfg.cfg_image_scale))
+  text_scale, image_scale = float(sampler_cfg.cfg_text_scale), float(sampler_cfg.cfg_image_scale)
+  return None if text_scale == 0.0 and image_scale == 0.0 else Guidance(image_scale, text_scale)

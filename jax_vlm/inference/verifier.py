@@ -3,12 +3,15 @@
 For each candidate the inverse-dynamics model reads `<bos> <boi> src <eoi> <boi> cand <eoi>` and is
 teacher-forced on `action <eos>` (sequences.idp_scoring_batch); the score is the sum of those token
 log-probabilities (`summed`) and that sum over the number of tokens (`normalized`). The best
-candidate is the argmax of the one `verifier.rank_by` names. All candidates go through one jitted
+candidate is the argmax of the one `verifier.rank_by` names (`best_of_first_k`, also for the
+best of a prefix of the K samples). All candidates go through one jitted
 forward pass; only the scored tail of each row goes through the LM head.
 
-The verifier model is the jointly trained model itself or a separate IDP checkpoint: a `Verifier`
-holds its own module, params and vocabulary, and `check_same_vocab` refuses a sampler whose
-vocabulary differs (image codes and special tokens must mean the same in both).
+This is the one best-of-K path: `best_of_k` for one prompt, `Verifier.score_items` +
+`best_of_first_k` for an evaluation's items (evaluation/world.py). The verifier model is the jointly
+trained model itself or a separate IDP checkpoint: a `Verifier` holds its own module, params and
+vocabulary, and `check_same_vocab` refuses a sampler whose vocabulary differs (image codes and
+special tokens must mean the same in both).
 
 `sequence_logprobs` (the teacher-forced scorer) is also what the trajectory preference probe
 (jax_vlm/method/probe.py) uses, for FDP as well as IDP sequences.
@@ -146,12 +149,12 @@ class Verifier:
   """Scores candidate frames with an IDP model (module + params + vocab)."""
 
   def __init__(self, module: DecoderLM, params: Any, vocab, rank_by: str = 'mean',
-               batch_size: int = 16):
+               batch_size: int = 16, length_buckets: Sequence[int] = ()):
     require(rank_by in RANK_BY,
             f'verifier.rank_by={rank_by!r} is unknown; use one of {", ".join(RANK_BY)}.')
     self.vocab = vocab
     self.rank_by = rank_by
-    self.scorer = SequenceScorer(module, params, vocab.pad_id, batch_size)
+    self.scorer = SequenceScorer(module, params, vocab.pad_id, batch_size, length_buckets)
 
   @classmethod
   def from_config(cls, verifier_cfg, module: DecoderLM, params: Any, vocab) -> 'Verifier':
@@ -168,6 +171,35 @@ class Verifier:
     normalized = summed / np.maximum(counts, 1.0)
     ranking = normalized if self.rank_by == 'mean' else summed
     return VerifierScores(summed, normalized, int(np.argmax(ranking)), self.rank_by)
+
+  def score_items(self, src_codes: Sequence[np.ndarray], candidates: np.ndarray,
+                  action_ids: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of many items' candidates: src_codes[i] [n], candidates [N, K, n], action_ids[i]
+    [a_i] -> (summed, normalized) [N, K]. Each distinct (item, candidate) is scored once, all
+    items in shared forward passes of at most `batch_size` rows."""
+    index: dict[tuple[int, bytes], int] = {}
+    rows, masks = [], []
+    for i, (src, action) in enumerate(zip(src_codes, action_ids)):
+      for cand in candidates[i]:
+        key = (i, cand.tobytes())
+        if key not in index:
+          index[key] = len(rows)
+          ids, mask = sequences.idp_scoring_sequence(src, cand, action, self.vocab)
+          rows.append(ids)
+          masks.append(mask)
+    sums, counts = self.scorer.score(rows, masks)
+    means = sums / np.maximum(counts, 1.0)
+    where = np.asarray([[index[(i, c.tobytes())] for c in candidates[i]]
+                        for i in range(len(src_codes))], np.int64).reshape(candidates.shape[:2])
+    return sums[where], means[where]
+
+
+def best_of_first_k(ranking: np.ndarray, k: int) -> int:
+  """Index of the verifier's best among the first k candidates (ranking [K]; ties: lowest)."""
+  ranking = np.asarray(ranking, np.float64)
+  require(1 <= k <= ranking.size, f'best-of-{k} needs at least {k} candidates, got '
+          f'{ranking.size}.')
+  return int(np.argmax(ranking[:k]))
 
 
 @dataclasses.dataclass
@@ -187,4 +219,4 @@ def best_of_k(sampler, sampler_params, verifier: Verifier, src_codes, action_ids
                               key, num_candidates, sampling, guidance)
   candidates = out.codes[0]
   scores = verifier.score(src_codes, candidates, action_ids)
-  return BestOfK(candidates, scores, candidates[scores.best])
+  return BestOfK(candidates, scores, candidates[best_of_first_k(scores.ranking, len(candidates))])
