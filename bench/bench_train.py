@@ -73,12 +73,13 @@ def jax_config(size: str, family: str, batch: int, steps: int, scan: bool):
 
 def bench_jax_train(size, family, batch, steps, scan=True) -> dict:
   """Tokens/s of the trainer's compiled step (first step = compile, not timed)."""
+  from jax_vlm.input import sources
   from jax_vlm.training import sharding, trainer
   config = jax_config(size, family, batch, steps, scan)
   with tempfile.TemporaryDirectory() as tmp:
     t = trainer.Trainer(config, tmp, devices=jax.devices()[:1])
     state = t.init_state()
-    source = trainer.SyntheticSource(config, batch)
+    source = sources.SyntheticSource(config, batch)
     batches = [sharding.global_batch(next(source), t.mesh) for _ in range(steps + 1)]
     t0 = time.perf_counter()
     with t._context():

@@ -149,7 +149,7 @@ from jax_vlm.training import checkpointing
 from jax_vlm.training import trainer
 import jax
 
-class NaNAtStep3(trainer.SyntheticSource):
+class NaNAtStep3(sources.SyntheticSource):
   def __next__(self):
     batch = super().__next__()
     if self.step == 3:

@@ -4,6 +4,7 @@ import jax
 import numpy as np
 
 from configs import train_smoke
+from jax_vlm.input import sources
 from jax_vlm.models.transformer import DecoderLM
 from jax_vlm.tools import export
 from jax_vlm.training import checkpointing, optim, trainer
@@ -39,7 +40,7 @@ def check_lora_run(tmp_path):
   assert sum(jax.tree.leaves(mask)) == len(adapters)
 
   # Merged weights give the adapted model's logits.
-  batch = next(trainer.SyntheticSource(config, 2))
+  batch = next(sources.SyntheticSource(config, 2))
   eval_logits = jax.jit(ts.eval_logits, static_argnames='model')
   logits = eval_logits(state.params, batch, model=t.model)
   merged = trainer.merge_lora_params(state.params, t.model_config)

@@ -14,7 +14,8 @@ import optax
 import pytest
 
 from configs import train_smoke
-from jax_vlm.training import optim, trainer
+from jax_vlm.input import sources
+from jax_vlm.training import optim
 from jax_vlm.training import train_step as ts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,7 +114,7 @@ def test_learning_rate_warmup_and_cosine():
 def test_synthetic_source_follows_the_objective_schedule(schedule, shares, want):
   config = train_smoke.get_config()
   config.objectives.update(schedule=schedule, idp_share=shares[0], fdp_share=shares[1])
-  source = trainer.SyntheticSource(config, 8)
+  source = sources.SyntheticSource(config, 8)
   got = [next(source)['task'].tolist() for _ in range(3)]
   assert got == want
   state = source.get_state()

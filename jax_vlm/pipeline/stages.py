@@ -94,7 +94,7 @@ def project_logging() -> None:
 
   For the command-line programs (train.py, reproduce): a person follows the run's own messages.
   """
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   own = (os.path.join(root, 'jax_vlm'), os.path.join(root, 'data'), os.path.join(root, 'train.py'))
   handler = logging.StreamHandler()
   handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
