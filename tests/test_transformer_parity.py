@@ -14,6 +14,7 @@ import transformers
 from jax_vlm.models import lora
 from jax_vlm.models.config import TransformerConfig
 from jax_vlm.models.transformer import DecoderLM
+from jax_vlm.training import optim
 from jax_vlm.weights import hf
 
 TOL = 1e-4
@@ -200,7 +201,7 @@ def test_lora_merge_matches_unmerged(scan_layers):
   params = _random_params(module, ids)
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   assert sum(lora.is_lora_param(p) for p, _ in flat) == 10 * (1 if scan_layers else 2)
-  mask = lora.lora_param_mask(params)
+  mask = optim.trainable_mask(params, 'lora')  # the optimiser's mask: adapters only
   assert jax.tree.leaves(mask).count(True) == 10 * (1 if scan_layers else 2)
   unmerged = run(module, params, ids)
   merged = lora.merge_lora(params, config)

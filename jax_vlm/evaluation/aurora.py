@@ -30,6 +30,7 @@ from data.aurora import load_aurora_bench
 from data.images import encode_png, load_rgb
 from jax_vlm.core import registry
 from jax_vlm.core.errors import UserError, require
+from jax_vlm.core.files import write_json
 from jax_vlm.evaluation.judge import JudgeClient, JudgeResult
 from jax_vlm.evaluation.metrics.image_metrics import ClipScorer, DinoScorer, l1_distance
 from jax_vlm.evaluation.report import ReportItem, write_html_report
@@ -257,13 +258,6 @@ def _count(things, one: str, many: str) -> str:
   return f'{len(things)} {one if len(things) == 1 else many}'
 
 
-def _write_json(path: str, value) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=1)
-  os.replace(tmp, path)
-
-
 def _report_items(records: Sequence[dict], workdir: str, per_task: int) -> list[ReportItem]:
   shown: dict[str, int] = {}
   items = []
@@ -290,7 +284,7 @@ def _finish(workdir: str, records: list[dict], missing: Mapping[str, int], notes
             scorers: Scorers, title: str, report_items_per_task: int) -> dict:
   metrics = summarize(records, missing, judged=scorers.judge is not None)
   metrics['notes'] = list(notes)
-  _write_json(os.path.join(workdir, METRICS_FILE), metrics)
+  write_json(os.path.join(workdir, METRICS_FILE), metrics)
   rows = [{'task': task, **{k: v for k, v in entry.items() if k != 'GPT4o_all_predictions'}}
           for task, entry in metrics.items() if task != 'notes']
   write_html_report(os.path.join(workdir, REPORT_FILE), title, {'AURORA-BENCH': rows},
@@ -336,7 +330,7 @@ def evaluate_aurora_bench(items: Sequence[Any], predictor: Predictor, workdir: s
             f'Workdir {workdir} holds results of model {previous!r}, not {model_name!r}; use '
             'another --workdir for this model.')
   else:
-    _write_json(info_path, {'model': model_name})
+    write_json(info_path, {'model': model_name})
 
   notes = list(notes)
   if scorers.clip is None:

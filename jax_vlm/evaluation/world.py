@@ -48,7 +48,9 @@ from data.action_world import (
 )
 from data.records import RecordSource
 from jax_vlm.core import registry
+from jax_vlm.core.batching import pad_rows
 from jax_vlm.core.errors import require
+from jax_vlm.core.files import write_json
 from jax_vlm.core.settings import section_with_defaults
 from jax_vlm.evaluation.metrics import text_metrics
 from jax_vlm.evaluation.report import ReportItem, write_html_report
@@ -207,8 +209,7 @@ class WorldModels:
     for start in range(0, len(codes), batch_size):
       chunk = codes[start:start + batch_size]
       m = len(chunk)
-      if m < batch_size:
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - m, 0)])
+      chunk = pad_rows(chunk, batch_size)
       out.append(vt.frames_from_images(jax.device_get(self._decode(self.vq_params, chunk)))[:m])
     return np.concatenate(out) if out else np.zeros((0, *self.world.frame_shape), np.uint8)
 
@@ -233,7 +234,7 @@ class WorldModels:
     for b, start in enumerate(range(0, len(items), batch_size)):
       chunk = list(items[start:start + batch_size])
       m = len(chunk)
-      chunk += [chunk[-1]] * (batch_size - m)
+      chunk = pad_rows(chunk, batch_size)
       res = self.sampler.sample_frames(params, [it['src_codes'] for it in chunk],
                                        [self.action_ids(it['action']) for it in chunk],
                                        jax.random.fold_in(key, b), num_candidates, sampling,
@@ -248,7 +249,7 @@ class WorldModels:
     for start in range(0, len(items), batch_size):
       chunk = list(items[start:start + batch_size])
       m = len(chunk)
-      chunk += [chunk[-1]] * (batch_size - m)
+      chunk = pad_rows(chunk, batch_size)
       prompts = [sequences.idp_prompt(it['src_codes'], it['tgt_codes'], self.vocab)
                  for it in chunk]
       res = self.sampler.generate_text(params, prompts, jax.random.PRNGKey(0), 1,
@@ -338,13 +339,6 @@ def _sampling(config):
   return SamplingParams.from_config(config.sampler)
 
 
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
-
-
 def _table_rows(metrics: dict) -> dict[str, list[dict]]:
   """Report tables: per split, one row per k (+ references), one per action type at the ends."""
   tables = {}
@@ -414,7 +408,7 @@ def evaluate_world(config: ml_collections.ConfigDict, workdir: str, fdp_params, 
                         idp_prediction=rec.get('idp_prediction', ''), canonical=it['canonical'])))
   os.replace(os.path.join(out_dir, ITEMS_FILE + '.tmp'), os.path.join(out_dir, ITEMS_FILE))
   metrics['seconds'] = round(time.perf_counter() - start, 1)
-  _write_json(os.path.join(out_dir, METRICS_FILE), metrics)
+  write_json(os.path.join(out_dir, METRICS_FILE), metrics)
   notes = [f'K candidates sampled at temperature {config.sampler.temperature}; best-of-k uses the '
            f'first k of the same {max(k_list)} samples, ranked by the IDP verifier '
            f'({config.verifier.rank_by} log p(action | src, candidate)). oracle: best item score '
@@ -521,7 +515,7 @@ def run_evaluations(config: ml_collections.ConfigDict, workdir: str, out_dir: st
     path = os.path.join(out_dir, 'learning_curve.json')
     if not os.path.isfile(path):
       test_items = load_items(config, workdir, 'test', int(s.curve_items))
-      _write_json(path, learning_curve(models, config, workdir, s.curve_stage, test_items,
+      write_json(path, learning_curve(models, config, workdir, s.curve_stage, test_items,
                                        jax.random.PRNGKey(int(config.seed) + 1),
                                        int(s.batch_size)))
     with open(path) as f:
@@ -535,10 +529,10 @@ def run_evaluations(config: ml_collections.ConfigDict, workdir: str, out_dir: st
                                items),
           'trained': probe(models, config, idp_params, items),
           'trained_stage': s.idp_stage, 'items': len(items)}
-      _write_json(path, result)
+      write_json(path, result)
     with open(path) as f:
       summary['probe'] = json.load(f)
-  _write_json(os.path.join(out_dir, METRICS_FILE), summary)
+  write_json(os.path.join(out_dir, METRICS_FILE), summary)
   return summary
 
 

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_vlm.core.batching import pad_rows
 from jax_vlm.core.errors import require
 from jax_vlm.inference import sampler as sampler_lib
 from jax_vlm.models.transformer import DecoderLM
@@ -109,9 +110,8 @@ class SequenceScorer:
     for start in range(0, n, bs):
       sl = slice(start, min(start + bs, n))
       rows = sl.stop - sl.start
-      pad = (lambda a: np.concatenate([a, np.repeat(a[-1:], bs - rows, axis=0)])) if rows < bs \
-          else (lambda a: a)
-      s, c = sequence_logprobs(self.params, pad(ids[sl]), pad(seg[sl]), pad(mask[sl]),
+      s, c = sequence_logprobs(self.params, pad_rows(ids[sl], bs), pad_rows(seg[sl], bs),
+                               pad_rows(mask[sl], bs),
                                module=self.module, window=window)
       sums.append(np.asarray(s)[:rows])
       counts.append(np.asarray(c)[:rows])

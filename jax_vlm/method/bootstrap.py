@@ -37,6 +37,7 @@ import numpy as np
 from data.action_world import DEFAULT_CONFIG, action_type, load_world_config, parse_action
 from data.records import RecordSource, write_records
 from jax_vlm.core import registry
+from jax_vlm.core.batching import pad_rows
 from jax_vlm.core.errors import UserError, require
 from jax_vlm.inference.sampler import Sampler, SamplingParams
 from jax_vlm.method.selection import stratified_top_k
@@ -108,7 +109,7 @@ def label_pairs(sampler: Sampler, params: Any, pairs: Sequence[tuple[np.ndarray,
   for b, start in enumerate(range(0, len(pairs), batch_size)):
     chunk = list(pairs[start:start + batch_size])
     prompts = [sequences.idp_prompt(s, t, sampler.vocab) for s, t in chunk]
-    prompts += [prompts[-1]] * (batch_size - len(prompts))
+    prompts = pad_rows(prompts, batch_size)
     out = sampler.generate_text(params, prompts, jax.random.fold_in(key, b), 1, max_new_tokens,
                                 sampling)
     for r in range(len(chunk)):

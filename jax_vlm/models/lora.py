@@ -6,7 +6,6 @@ x.kernel + (alpha / rank) * x.lora_a.lora_b. Works on plain or logically boxed p
 """
 
 import math
-from typing import Any
 
 import flax
 import jax
@@ -27,12 +26,6 @@ def _key_name(k) -> str:
 def is_lora_param(path) -> bool:
   """True for a `lora_a` / `lora_b` leaf; `path` is a tuple of names or jax tree-path keys."""
   return bool(path) and _key_name(path[-1]) in LORA_NAMES
-
-
-def lora_param_mask(params) -> Any:
-  """A tree like `params` with True on LoRA leaves (for optax.masked / multi_transform)."""
-  return jax.tree_util.tree_map_with_path(lambda p, _: is_lora_param(p), params,
-                                          is_leaf=lambda x: isinstance(x, flax.linen.Partitioned))
 
 
 def _unbox(x):

@@ -46,7 +46,9 @@ from data.action_world import (
   write_world,
 )
 from jax_vlm.core import registry
+from jax_vlm.core.batching import pad_rows
 from jax_vlm.core.errors import UserError, require
+from jax_vlm.core.files import write_json
 from jax_vlm.input.datasets import resolve_paths
 from jax_vlm.models.vqgan import VQGANConfig
 from jax_vlm.tokens.sequences import recognition_weights
@@ -84,13 +86,6 @@ def _preset_world(config: ml_collections.ConfigDict):
   """The WorldConfig that config.world (size, phrasings) describes."""
   return WorldConfig.preset(config.world.size,
                             phrasings=str(config.world.get('phrasings', 'varied')))
-
-
-def _write_json(path: str, obj: dict) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,7 +144,7 @@ def train_tokenizer(config: ml_collections.ConfigDict, stage_dir: str) -> None:
       total_seconds=round(time.perf_counter() - start, 1),
       val_frame_accuracy=result.val_accuracy, codes_used=int((usage > 0).sum()),
       codebook_size=vq_config.num_embeddings, devices=str(jax.devices()[0].platform))
-  _write_json(os.path.join(stage_dir, 'metrics.json'), metrics)
+  write_json(os.path.join(stage_dir, 'metrics.json'), metrics)
   logging.info('train_tokenizer: %s', metrics)
   print(f'train_tokenizer: held-out frame accuracy {ev["frame_accuracy"]:.4f} '
         f'(cells {ev["cell_accuracy"]:.5f}) on {ev["num_frames"]} frames after {result.steps} '
@@ -207,8 +202,7 @@ def encode_frames(params, vq_config, frames: np.ndarray, batch_size: int,
   for start in range(0, n, batch_size):
     chunk = frames[start:start + batch_size]
     m = len(chunk)
-    if m < batch_size:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - m, 0)])
+    chunk = pad_rows(chunk, batch_size)
     c, f, r = jax.device_get(fn(params, chunk))
     codes.append(np.asarray(c)[:m])
     feats.append(np.asarray(f)[:m])
@@ -260,7 +254,7 @@ def tokenize(config: ml_collections.ConfigDict, stage_dir: str) -> None:
                  code_counts=usage.tolist(), seconds=round(time.perf_counter() - start, 1))
   p = usage[used] / usage.sum()
   metrics['code_perplexity'] = float(np.exp(-(p * np.log(p)).sum())) if used.any() else 0.0
-  _write_json(os.path.join(stage_dir, 'metrics.json'), metrics)
+  write_json(os.path.join(stage_dir, 'metrics.json'), metrics)
   print(f'tokenize: {sum(s["examples"] for s in metrics["splits"].values())} examples, '
         f'{metrics["codes_used"]}/{vq_config.num_embeddings} codes used (perplexity '
         f'{metrics["code_perplexity"]:.1f}) in {metrics["seconds"]:.0f} s -> {stage_dir}',

@@ -45,6 +45,7 @@ from data.aurora import load_aurora_train
 from data.epic import load_epic_triplets
 from data.images import load_rgb
 from data.records import MAX_ACTION_CHARS, clean_action
+from jax_vlm.core.batching import pad_rows
 from jax_vlm.core.errors import UserError, require
 from jax_vlm.models.vqgan import VQGAN
 from jax_vlm.pipeline.world_stages import unlabelled_schema
@@ -199,9 +200,7 @@ class FrameEncoder:
   def dispatch(self, images: np.ndarray):
     m = len(images)
     assert 0 < m <= self.batch_size, (m, self.batch_size)
-    if m < self.batch_size:  # one compiled shape: pad the last batch
-      pad = np.zeros((self.batch_size - m, *images.shape[1:]), np.float32)
-      images = np.concatenate([images, pad])
+    images = pad_rows(np.asarray(images, np.float32), self.batch_size)  # one compiled shape
     return self._encode(self._params, np.asarray(images, np.float32)), m
 
   def fetch(self, handle) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ import jax
 import optax
 
 from jax_vlm.core.errors import require
+from jax_vlm.models import lora
 
 TRAIN_MODES = ('full', 'lora')
 LR_SCHEDULES = ('cosine', 'constant')
@@ -35,15 +36,6 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
       end_value=peak * float(train_config.end_lr_ratio))
 
 
-def _path_names(path) -> tuple[str, ...]:
-  return tuple(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
-
-
-def is_lora_leaf(path_names: tuple[str, ...]) -> bool:
-  """Adapter params are the `lora_a` / `lora_b` leaves next to each targeted kernel."""
-  return any(name in ('lora_a', 'lora_b') for name in path_names)
-
-
 def trainable_mask(params: Any, mode: str) -> Any:
   """A tree of bools like `params` (unboxed): everything in 'full' mode, adapters only in 'lora'."""
   require(mode in TRAIN_MODES, f'train.mode={mode!r} is unknown; use one of {TRAIN_MODES}.')
@@ -51,7 +43,7 @@ def trainable_mask(params: Any, mode: str) -> Any:
   params = nn.unbox(params)
   if mode == 'full':
     return jax.tree.map(lambda _: True, params)
-  mask = jax.tree_util.tree_map_with_path(lambda p, _: is_lora_leaf(_path_names(p)), params)
+  mask = jax.tree_util.tree_map_with_path(lambda p, _: lora.is_lora_param(p), params)
   require(any(jax.tree.leaves(mask)),
           "train.mode='lora' but the model has no LoRA adapters; set model.lora_rank > 0.")
   return mask

@@ -20,9 +20,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jax_vlm.tokens import sequences
 from jax_vlm.training import optim
 
-OBJECTIVES = ('idp', 'fdp')  # index = task id in the batch
+# Objective names, in task-id order; the ids are tokens/sequences.py's.
+OBJECTIVES = tuple(sequences.TASK_NAMES.values())
 
 
 @flax.struct.dataclass
@@ -102,7 +104,7 @@ def token_statistics(logits: jax.Array, batch: dict[str, jax.Array],
   task = batch['task']
   out = {}
   weighted = jnp.zeros((), jnp.float32)
-  for task_id, name in enumerate(OBJECTIVES):
+  for task_id, name in sequences.TASK_NAMES.items():
     is_task = (task == task_id).astype(jnp.float32)[:, None]
     w = weights * is_task
     # where(): a zero weight must also silence a non-finite nll on padding.

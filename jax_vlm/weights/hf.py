@@ -178,14 +178,6 @@ def _top_entries(c: TransformerConfig):
   return entries
 
 
-def lm_tensor_names(config: TransformerConfig) -> list[str]:
-  """The transformers tensor names of the language model (what from_pretrained reads)."""
-  names = [e[1] for e in _top_entries(config)]
-  for i in range(config.num_layers):
-    names += [f'model.layers.{i}.{e[1]}' for e in _layer_entries(config)]
-  return names
-
-
 def _set(tree: dict, path: tuple[str, ...], value) -> None:
   for p in path[:-1]:
     tree = tree.setdefault(p, {})
