@@ -9,6 +9,7 @@ import pytest
 from data.action_world import WorldConfig
 from jax_vlm.core.errors import UserError
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig
+from jax_vlm.tokens.image_processing import frames_to_pixels, postprocess
 from jax_vlm.training import vq_training as vt
 
 # 2x2 cells of 8 px: 16x16 frames, 2x2 codes.
@@ -23,7 +24,7 @@ def _frames(n, seed=0):
 
 
 def _step_fn(model, tx, settings):
-  return jax.jit(lambda s, x, r: vt.train_step(s, vt.images_from_frames(x), r, model=model, tx=tx,
+  return jax.jit(lambda s, x, r: vt.train_step(s, frames_to_pixels(x), r, model=model, tx=tx,
                                                settings=settings))
 
 
@@ -44,7 +45,7 @@ def test_train_step_reduces_loss_and_sets_codebook_from_features():
       assert float(state.usage.sum()) == 0
     if i == 3:
       # The first quantising step replaced the codebook by k-means centres of encoder features.
-      _, features = model.apply({'params': state.params}, vt.images_from_frames(frames),
+      _, features = model.apply({'params': state.params}, frames_to_pixels(frames),
                                 method=VQGAN.encode)
       codebook = np.asarray(state.params['quantizer']['embedding'])
       flat = np.asarray(features).reshape(-1, CFG.embed_dim)
@@ -106,7 +107,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_frames_images_round_trip():
   frames, _ = _frames(3)
-  np.testing.assert_array_equal(vt.frames_from_images(vt.images_from_frames(frames)), frames)
+  np.testing.assert_array_equal(postprocess(frames_to_pixels(frames)), frames)
 
 
 def test_train_vqgan_loop_logs_and_evaluates(tmp_path):
@@ -130,7 +131,7 @@ def test_evaluate_frames_counts_exact_reads():
   # back none of the (non-empty) scenes.
   frames, scenes = _frames(6)
   identity = lambda p, f: (jnp.zeros((len(f), 2, 2), jnp.int32), None,
-                           vt.images_from_frames(f))
+                           frames_to_pixels(f))
   ev = vt.evaluate_frames(None, frames, scenes, WORLD, None, batch_size=4, fn=identity)
   assert ev['frame_accuracy'] == 1.0 and ev['cell_accuracy'] == 1.0
   blank = lambda p, f: (jnp.zeros((len(f), 2, 2), jnp.int32), None, jnp.ones(f.shape))

@@ -15,6 +15,7 @@ from jax_vlm.core.errors import UserError
 from jax_vlm.input import datasets
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig
 from jax_vlm.pipeline import stages, world_stages
+from jax_vlm.tokens.image_processing import frames_to_pixels
 from jax_vlm.tokens.sequences import recognition_weights
 from jax_vlm.training import vq_training as vt
 
@@ -131,7 +132,7 @@ def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch):
     assert Scene.from_json(json.loads(ex['src_scene'])) == Scene.from_json(want['src'])
     # The stored codes are the model's codes of the rendered frames, and decode like them.
     frames = np.stack([render(Scene.from_json(want[k]), TINY) for k in ('src', 'tgt')])
-    codes, features = model.apply({'params': params}, vt.images_from_frames(frames),
+    codes, features = model.apply({'params': params}, frames_to_pixels(frames),
                                   method=VQGAN.encode)
     np.testing.assert_array_equal(ex['src_codes'], np.asarray(codes[0]).reshape(-1))
     np.testing.assert_array_equal(ex['tgt_codes'], np.asarray(codes[1]).reshape(-1))

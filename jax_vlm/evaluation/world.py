@@ -62,6 +62,7 @@ from jax_vlm.models import lora
 from jax_vlm.models.config import TransformerConfig
 from jax_vlm.models.transformer import DecoderLM
 from jax_vlm.tokens import sequences
+from jax_vlm.tokens.image_processing import postprocess
 from jax_vlm.tokens.vocab import UnifiedVocab
 from jax_vlm.training import checkpointing
 from jax_vlm.training import vq_training as vt
@@ -210,7 +211,7 @@ class WorldModels:
       chunk = codes[start:start + batch_size]
       m = len(chunk)
       chunk = pad_rows(chunk, batch_size)
-      out.append(vt.frames_from_images(jax.device_get(self._decode(self.vq_params, chunk)))[:m])
+      out.append(postprocess(jax.device_get(self._decode(self.vq_params, chunk)))[:m])
     return np.concatenate(out) if out else np.zeros((0, *self.world.frame_shape), np.uint8)
 
   def scenes(self, codes: np.ndarray) -> list:

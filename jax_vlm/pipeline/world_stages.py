@@ -51,6 +51,7 @@ from jax_vlm.core.errors import UserError, require
 from jax_vlm.core.files import write_json
 from jax_vlm.input.datasets import resolve_paths
 from jax_vlm.models.vqgan import VQGANConfig
+from jax_vlm.tokens.image_processing import postprocess
 from jax_vlm.tokens.sequences import recognition_weights
 from jax_vlm.training import vq_training as vt
 
@@ -206,7 +207,7 @@ def encode_frames(params, vq_config, frames: np.ndarray, batch_size: int,
     c, f, r = jax.device_get(fn(params, chunk))
     codes.append(np.asarray(c)[:m])
     feats.append(np.asarray(f)[:m])
-    recon.append(vt.frames_from_images(r)[:m])
+    recon.append(postprocess(r)[:m])
   return np.concatenate(codes), np.concatenate(feats), np.concatenate(recon)
 
 

@@ -4,11 +4,14 @@
 reference tokenizer's: transparency composited on white, shorter side resized to the target
 resolution with Lanczos, centre crop, pixels scaled to [-1, 1]. We also accept grayscale and
 16-bit images (converted to 8-bit RGB first), which the reference does not handle.
-`postprocess` maps decoder output back to uint8 RGB.
+`postprocess` maps decoder output back to uint8 RGB; `frames_to_pixels` is the on-device input
+conversion of uint8 frame batches (the world tokenizer's).
 """
 
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -48,6 +51,12 @@ def preprocess(image, resolution: int = 512) -> np.ndarray:
   image = resize_and_center_crop(to_rgb(_as_pil(image)), resolution)
   pixels = np.asarray(image, np.float64) / 255.0
   return (pixels * 2 - 1).astype(np.float32)
+
+
+def frames_to_pixels(frames) -> jax.Array:
+  """uint8 frames `[b, h, w, 3]` -> float32 pixels in [-1, 1] on the device, inside jitted code
+  (the tokenizer's training and round trips; `preprocess` is the reference's float64 host path)."""
+  return jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
 
 
 def postprocess(images) -> np.ndarray:

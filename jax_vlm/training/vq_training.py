@@ -37,6 +37,7 @@ import optax
 from data.action_world import parse_frame, random_scene, render
 from jax_vlm.core.errors import UserError, require
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig, vq_losses
+from jax_vlm.tokens.image_processing import frames_to_pixels, postprocess
 from jax_vlm.training.metrics_writer import MetricsWriter
 
 PARAMS_FILE = 'params.msgpack'
@@ -70,17 +71,6 @@ class VQTrainState:
   params: Any
   opt_state: Any
   usage: jax.Array  # [num_embeddings] f32, times each code was picked since the last restart
-
-
-def images_from_frames(frames) -> jax.Array:
-  """uint8 frames `[b, h, w, 3]` -> float32 images in [-1, 1] (what the VQGAN reads)."""
-  return jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
-
-
-def frames_from_images(images) -> np.ndarray:
-  """float images `[b, h, w, 3]` about [-1, 1] -> uint8 frames (what the parser reads)."""
-  x = (np.asarray(images, np.float32) + 1.0) * 127.5
-  return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
 def make_optimizer(learning_rate: float, num_steps: int, warmup_steps: int = 20,
@@ -288,7 +278,7 @@ def _batches(n: int, batch_size: int):
 
 
 def make_encode_decode_fn(model: VQGAN) -> Callable:
-  return jax.jit(lambda p, frames: encode_decode(p, images_from_frames(frames), model))
+  return jax.jit(lambda p, frames: encode_decode(p, frames_to_pixels(frames), model))
 
 
 def evaluate_frames(params: Any, frames: np.ndarray, scenes: Sequence[Any], world_config,
@@ -307,7 +297,7 @@ def evaluate_frames(params: Any, frames: np.ndarray, scenes: Sequence[Any], worl
     if pad:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
     codes, _, recon = fn(params, chunk)
-    recon = frames_from_images(recon)[:end - start]
+    recon = postprocess(recon)[:end - start]
     all_codes.append(np.asarray(codes)[:end - start])
     for frame, scene in zip(recon, scenes[start:end]):
       parsed = parse_frame(frame, world_config)
@@ -368,7 +358,7 @@ def train_vqgan(vq_config: VQGANConfig, world_config, *, num_steps: int, batch_s
   rng = jax.random.PRNGKey(seed)
   init_rng, rng = jax.random.split(rng)
   state = init_state(model, tx, init_rng, world_config.frame_shape)
-  step_fn = jax.jit(lambda s, x, r: train_step(s, images_from_frames(x), r, model=model, tx=tx,
+  step_fn = jax.jit(lambda s, x, r: train_step(s, frames_to_pixels(x), r, model=model, tx=tx,
                                                 settings=settings), donate_argnums=0)
   eval_fn = make_encode_decode_fn(model)
   data_rng = np.random.default_rng([seed, 1])
