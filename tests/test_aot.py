@@ -44,7 +44,7 @@ def test_mfu_from_an_estimated_time():
 
 
 def test_libtpu_missing_says_what_to_install(monkeypatch):
-  monkeypatch.setattr(aot, 'libtpu_available', lambda: False)
+  monkeypatch.setattr(aot.chips, 'libtpu_available', lambda: False)
   with pytest.raises(UserError, match=rf'pip install "jax\[tpu\]=={jax.__version__}"'):
     aot.topology_devices('v5e:4x8')
 

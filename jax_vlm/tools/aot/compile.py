@@ -1,35 +1,14 @@
-"""Ahead-of-time compilation for TPU slices on a CPU host: will this config fit, and how fast?
+"""Lowering and compiling the trainer's train step and one sampler decode step for a topology, and
+reading memory, FLOPs and estimated step time from the compiled program; sweeps over meshes.
 
-  python -m jax_vlm.aot --config configs/anole_7b.py --topology v5e:16x16 [--config.mesh.fsdp=...]
-      [--json FILE]
-  python -m jax_vlm.aot --config configs/anole_7b.py --sweep --topology v5e:8x8,v5e:16x16 \
-      [--points 'rules=fsdp;rules=fsdp_tp,tensor=4,mode=lora'] --markdown F.md --csv F.csv
-
-The real train step (the trainer's pieces: mesh, logical rules, sharded `TrainState`, optimizer,
-`train_step.train_step`, jitted with the same in/out shardings and donation) and one sampler decode
-step (`DecoderLM` with a `KVCache`) are lowered with `ShapeDtypeStruct`s carrying shardings and
-compiled by libtpu for a TPU topology description (`jax.experimental.topologies`), so no TPU is
-needed; libtpu must be importable (`pip install "jax[tpu]==<jax version>"`, or on PYTHONPATH).
-
-From the compiled program it reports, per chip: argument, output and temporary memory
-(`memory_analysis()`) against the chip's HBM, the compiler's FLOP count and XLA's estimated step
-time (`cost_analysis()['optimal_seconds']`; where libtpu has none, a roofline of the compiler's
-FLOP and byte counts), and the MFU that estimate implies. The times are COMPILE-TIME ESTIMATES,
-not measurements, and leave out communication: use them to rank meshes, not to quote throughput.
-With `--topology cpu` the same code path compiles against this host's CPU devices (tests).
+The command line and what the numbers mean: jax_vlm/tools/aot/__main__.py.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import importlib.util
-import io
-import json
 import math
-import os
 import re
-import sys
 import time
 from typing import Any, Sequence
 
@@ -40,103 +19,18 @@ import ml_collections
 
 from jax_vlm.core.errors import UserError, require
 from jax_vlm.models import transformer
+from jax_vlm.tools.aot.chips import GIB, ChipSpec, chip_spec, devices_per_chip, topology_devices
+from jax_vlm.tools.aot.tables import fmt, sweep_row
 from jax_vlm.training import sharding
 from jax_vlm.training.config import validate_config
 from jax_vlm.training.step_builder import TrainStep, build_train_step
-
-GIB = 1024 ** 3
-
-
-@dataclasses.dataclass(frozen=True)
-class ChipSpec:
-  """One TPU chip generation: HBM per chip, peak dense bf16 FLOP/s and HBM bytes/s per chip."""
-  name: str
-  hbm_gib: float
-  peak_bf16_flops: float
-  hbm_bytes_per_s: float
-
-
-# Keyed by the generation prefix of libtpu's topology names ('v5e:16x16' -> 'v5e').
-CHIPS: dict[str, ChipSpec] = {
-    'v4': ChipSpec('TPU v4', 32.0, 275e12, 1228e9),
-    'v5e': ChipSpec('TPU v5e', 16.0, 197e12, 819e9),
-    'v5p': ChipSpec('TPU v5p', 95.0, 459e12, 2765e9),
-    'v6e': ChipSpec('TPU v6e', 32.0, 918e12, 1640e9),
-}
-# libtpu's TPU_ACCELERATOR_TYPE name for a slice of n chips (silences its metadata lookups).
-_ACCELERATOR_TYPE = {'v4': 'v4-{cores}', 'v5e': 'v5litepod-{chips}', 'v5p': 'v5p-{cores}',
-                     'v6e': 'v6e-{chips}'}
 
 # Sequences of the paper's FDP/IDP examples: two 1,024-token images plus an action.
 PAPER_SEQ_LEN = 2100
 PAPER_GLOBAL_BATCH = 96
 PAPER_LORA_RANK = 16
 
-SWEEP_COLUMNS = ('config', 'topology', 'chips', 'rules', 'mesh', 'mode', 'remat', 'global_batch',
-                 'fits', 'memory_per_chip_gib', 'hbm_per_chip_gib', 'argument_gib', 'output_gib',
-                 'temp_gib', 'estimated_step_s', 'mfu', 'decode_memory_gib',
-                 'decode_estimated_s', 'compile_s', 'error')
 
-
-# ------------------------------------------------------------------------------------------------
-# Topologies and chips.
-
-
-def chip_spec(topology: str) -> ChipSpec:
-  """The chip of a topology name like 'v5e:16x16' (UserError for an unknown generation)."""
-  prefix = topology.split(':', 1)[0].strip().lower()
-  require(prefix in CHIPS, f'TPU topology {topology!r} names no known chip; use one of '
-          f'{", ".join(k + ":AxB[xC]" for k in CHIPS)}, e.g. v5e:16x16 or v5p:4x4x4.')
-  return CHIPS[prefix]
-
-
-def libtpu_available() -> bool:
-  return importlib.util.find_spec('libtpu') is not None
-
-
-def _require_libtpu() -> None:
-  require(libtpu_available(),
-          'libtpu is not installed, so nothing can be compiled for TPU topologies; run '
-          f'pip install "jax[tpu]=={jax.__version__}" (or put libtpu on PYTHONPATH).')
-
-
-def set_tpu_env(topology: str) -> None:
-  """Environment libtpu reads when it loads, so it does not look for a real TPU VM (call before
-  the first topology is loaded; values already set are kept)."""
-  prefix = topology.split(':', 1)[0].lower()
-  dims = topology.split(':', 1)[1].split('x') if ':' in topology else []
-  if prefix in _ACCELERATOR_TYPE and dims and all(d.isdigit() for d in dims):
-    chips = math.prod(int(d) for d in dims)
-    os.environ.setdefault('TPU_ACCELERATOR_TYPE',
-                          _ACCELERATOR_TYPE[prefix].format(chips=chips, cores=2 * chips))
-  os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
-  os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
-  # Compiling only: several AOT processes may share libtpu (otherwise its lockfile refuses).
-  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
-
-
-def topology_devices(topology: str) -> list:
-  """The devices of a TPU topology ('v5e:16x16'), or this host's CPU devices for 'cpu'."""
-  if topology == 'cpu':
-    return list(jax.devices('cpu'))
-  chip_spec(topology)
-  _require_libtpu()
-  from jax.experimental import topologies
-  try:
-    desc = topologies.get_topology_desc(platform='tpu', topology_name=topology)
-  except Exception as e:  # libtpu raises JaxRuntimeError / RuntimeError with its own text
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if 'lockfile' in first:
-      raise UserError(f'libtpu is in use by another process ({first}); set '
-                      'ALLOW_MULTIPLE_LIBTPU_LOAD=1 or wait for it to finish.') from None
-    raise UserError(f'TPU topology {topology!r} does not exist for libtpu ({first}); use a name '
-                    'like v5e:4x8, v5e:16x16, v5p:4x4x4 or v4:2x2x2.') from None
-  return list(desc.devices)
-
-
-def devices_per_chip(devices: Sequence) -> int:
-  """TensorCores exposed as separate devices per chip (2 on v4 without megacore, else 1)."""
-  return len({getattr(d, 'core_on_chip', 0) for d in devices}) or 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -462,105 +356,6 @@ def analyze_topology(config, topology: str, devices: Sequence | None = None,
   return result
 
 
-# ------------------------------------------------------------------------------------------------
-# Output.
-
-
-def write_json(path: str, result: Any) -> None:
-  """Writes `result` (a dict or a list of them) as indented JSON, creating the folder."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(result, f, indent=2, sort_keys=True, default=str)
-    f.write('\n')
-
-
-def _fmt(value, digits=2) -> str:
-  if value is None:
-    return '-'
-  if isinstance(value, bool):
-    return 'yes' if value else 'NO'
-  if isinstance(value, float):
-    return f'{value:.{digits}f}'
-  return str(value)
-
-
-def format_report(r: dict[str, Any]) -> str:
-  """Human-readable lines for one compiled point."""
-  lines = [f'{r["topology"]} ({r["chips"]} x {r["chip"]}), mesh {r["mesh"]}, rules {r["rules"]}, '
-           f'mode {r["mode"]}, remat {r["remat"]}, global batch {r["global_batch"]} x '
-           f'{r["seq_len"]} tokens',
-           'train step, per chip:',
-           f'  arguments {r["argument_gib"]:.2f} GiB, outputs {r["output_gib"]:.2f} GiB '
-           f'(donated/aliased {r["alias_gib"]:.2f}), temporaries {r["temp_gib"]:.2f} GiB',
-           f'  total {r["memory_per_chip_gib"]:.2f} GiB of {_fmt(r["hbm_per_chip_gib"], 0)} GiB '
-           f'HBM: {"fits" if r["fits"] else "does NOT fit" if r["fits"] is False else "n/a"}',
-           f'  compiler FLOPs {r["compiler_flops"]:.3e} per chip; model FLOPs '
-           f'{r["model_flops_per_step"]:.3e} per step',
-           f'  COMPILER-ESTIMATED step time {r["estimated_step_s"] or 0:.3g} s '
-           f'-> MFU {_fmt(r["mfu"] and 100 * r["mfu"], 1)}% (an estimate, not a measurement; '
-           f'{r["estimate_source"] or "no estimate"})']
-  d = r.get('decode')
-  if d:
-    lines += [f'decode step (batch {d["batch"]}, cache {d["max_len"]} slots), per chip:',
-              f'  total {d["memory_per_chip_gib"]:.2f} GiB '
-              f'({"fits" if d["fits"] else "does NOT fit" if d["fits"] is False else "n/a"}), '
-              f'COMPILER-ESTIMATED {_fmt(d["estimated_step_s"] and 1e3 * d["estimated_step_s"])}'
-              ' ms per token step']
-  lines.append(f'compiled in {r["compile_s"]:.0f} s')
-  return '\n'.join(lines)
-
-
-def sweep_row(name: str, r: dict[str, Any]) -> dict[str, Any]:
-  """One table row (SWEEP_COLUMNS) from a report, or from {'error': ...} for a failed point."""
-  mesh = r.get('mesh')
-  row = {'config': name, 'topology': r.get('topology'), 'chips': r.get('chips'),
-         'rules': r.get('rules'), 'mode': r.get('mode'), 'remat': r.get('remat'),
-         'mesh': 'x'.join(str(mesh[a]) for a in ('data', 'fsdp', 'tensor')) if mesh else
-         r.get('mesh_text'), 'global_batch': r.get('global_batch'), 'fits': r.get('fits'),
-         'error': r.get('error', '')}
-  for key in ('memory_per_chip_gib', 'hbm_per_chip_gib', 'argument_gib', 'output_gib',
-              'temp_gib', 'estimated_step_s', 'mfu', 'compile_s'):
-    row[key] = r.get(key)
-  d = r.get('decode') or {}
-  row['decode_memory_gib'] = d.get('memory_per_chip_gib')
-  row['decode_estimated_s'] = d.get('estimated_step_s')
-  return row
-
-
-def _estimate_note(mfu: float | None) -> str:
-  """A warning for a time estimate no chip can reach (the roofline undercounted the work)."""
-  if mfu is not None and mfu > 1.0:
-    return 'time estimate implausible (MFU > 100%): ignore est. step s'
-  return ''
-
-
-def sweep_markdown(rows: list[dict[str, Any]]) -> str:
-  head = ['config', 'topology', 'chips', 'rules', 'mesh d×f×t', 'mode', 'remat', 'batch', 'fits',
-          'GiB/chip', 'HBM', 'temp GiB', 'est. step s', 'est. MFU', 'decode GiB',
-          'est. decode ms', 'compile s', 'note']
-  out = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-  for r in rows:
-    mfu = None if r['mfu'] is None else f'{100 * r["mfu"]:.1f}%'
-    dec = None if r['decode_estimated_s'] is None else 1e3 * r['decode_estimated_s']
-    cells = [r['config'], r['topology'], r['chips'], r['rules'], r['mesh'], r['mode'],
-             r['remat'], r['global_batch'], r['fits'], r['memory_per_chip_gib'],
-             r['hbm_per_chip_gib'], r['temp_gib'], r['estimated_step_s'], mfu,
-             r['decode_memory_gib'], dec, r['compile_s'] and round(r['compile_s']),
-             (r['error'] or '').replace('|', '/') or _estimate_note(r['mfu'])]
-    out.append('| ' + ' | '.join(_fmt(c) for c in cells) + ' |')
-  return '\n'.join(out) + '\n'
-
-
-def sweep_csv(rows: list[dict[str, Any]]) -> str:
-  buf = io.StringIO()
-  w = csv.DictWriter(buf, fieldnames=list(SWEEP_COLUMNS))
-  w.writeheader()
-  for r in rows:
-    w.writerow({k: r.get(k) for k in SWEEP_COLUMNS})
-  return buf.getvalue()
-
-
 DEFAULT_POINTS = (
     'rules=fsdp,mode=lora',
     'rules=fsdp,mode=full',
@@ -611,76 +406,8 @@ def run_sweep(config, topologies: Sequence[str], points: Sequence[str], name: st
         on_row(rows)  # e.g. rewrite the tables, so a long sweep that is stopped keeps its rows
       log(f'[{topology}] {text}: ' + (f'error: {row["error"]}' if row['error'] else
           f'{row["memory_per_chip_gib"]:.2f} GiB/chip, fits={row["fits"]}, est. step '
-          f'{_fmt(row["estimated_step_s"], 3)} s, est. MFU {_fmt(row["mfu"], 3)}, '
+          f'{fmt(row["estimated_step_s"], 3)} s, est. MFU {fmt(row["mfu"], 3)}, '
           f'{row["compile_s"]:.0f} s to compile'))
   return rows
 
 
-# ------------------------------------------------------------------------------------------------
-# Command line.
-
-
-def main(argv=None) -> int:
-  from absl import app, flags
-  from ml_collections import config_flags
-
-  config_flag = config_flags.DEFINE_config_file('config', None, 'configs/NAME.py[:ARG]')
-  topology_flag = flags.DEFINE_list('topology', ['v5e:16x16'],
-                                    "TPU topology, e.g. v5e:16x16, v5p:4x4x4; several for --sweep;"
-                                    " 'cpu' = this host's devices.")
-  json_flag = flags.DEFINE_string('json', None, 'Write the report (or sweep rows) as JSON here.')
-  sweep_flag = flags.DEFINE_bool('sweep', False, 'Compile every --points entry on each topology.')
-  points_flag = flags.DEFINE_string('points', ';'.join(DEFAULT_POINTS),
-                                    "Sweep points separated by ';', each 'key=value,...' with keys "
-                                    f"{', '.join(_SHORT_KEYS)} or dotted config keys.")
-  md_flag = flags.DEFINE_string('markdown', None, 'Sweep: write the markdown table here.')
-  csv_flag = flags.DEFINE_string('csv', None, 'Sweep: write the CSV table here.')
-  name_flag = flags.DEFINE_string('name', None, 'Sweep: config name in the table.')
-  decode_flag = flags.DEFINE_bool('decode', True, 'Also compile one sampler decode step.')
-  seq_flag = flags.DEFINE_integer('seq_len', None, 'Tokens per row (default data.max_seq_len).')
-
-  def run(_):
-    try:
-      config = config_flag.value
-      require(config is not None, 'No config given; pass --config configs/NAME.py.')
-      topologies = topology_flag.value
-      if topologies and topologies[0] != 'cpu':
-        set_tpu_env(topologies[0])
-      if 'JAX_PLATFORMS' not in os.environ:
-        jax.config.update('jax_platforms', 'cpu')  # the host compiles; TPUs are descriptions
-      if sweep_flag.value:
-        points = [p for p in points_flag.value.split(';') if p.strip()]
-        name = name_flag.value or os.path.splitext(os.path.basename(
-            config_flags.get_config_filename(flags.FLAGS['config'])))[0]
-        def save(rows):
-          if md_flag.value:
-            with open(md_flag.value, 'w') as f:
-              f.write(sweep_markdown(rows))
-          if csv_flag.value:
-            with open(csv_flag.value, 'w') as f:
-              f.write(sweep_csv(rows))
-          if json_flag.value:
-            write_json(json_flag.value, rows)
-
-        t0 = time.perf_counter()
-        rows = run_sweep(config, topologies, points, name=name, decode=decode_flag.value,
-                         log=lambda s: print(s, flush=True), on_row=save)
-        print(sweep_markdown(rows))
-        print(f'sweep took {time.perf_counter() - t0:.0f} s')
-        return
-      require(len(topologies) == 1, 'Several --topology values need --sweep; pass one topology.')
-      result = analyze_topology(config, topologies[0], decode=decode_flag.value,
-                                seq_len=seq_flag.value)
-      print(format_report(result))
-      if json_flag.value:
-        write_json(json_flag.value, result)
-    except UserError as e:
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(1)
-
-  app.run(run, argv=argv)
-  return 0
-
-
-if __name__ == '__main__':
-  main()
