@@ -23,7 +23,7 @@ from jax_vlm.models.vqgan import VQGAN, VQGANConfig
 from jax_vlm.tokens.image_processing import preprocess
 from jax_vlm.tokens.sequences import recognition_weights
 from jax_vlm.tools import prepare
-from jax_vlm.training import vq_training as vt
+from jax_vlm.weights import vqgan_files
 
 CFG = VQGANConfig(resolution=16, base_channels=32, channel_multiplier=(1, 2), num_res_blocks=1,
                   z_channels=8, embed_dim=8, num_embeddings=16)
@@ -62,7 +62,7 @@ def vqgan(tmp_path_factory):
   flat = np.asarray(feats).reshape(-1, CFG.embed_dim)
   params['quantizer']['embedding'] = flat[rng.choice(len(flat), 16, replace=False)]
   directory = str(tmp_path_factory.mktemp('vq') / 'vqgan')
-  vt.save_vqgan(directory, params, CFG)
+  vqgan_files.save_vqgan(directory, params, CFG)
   return directory, params, encode
 
 
@@ -286,7 +286,7 @@ def test_cli_aurora_and_errors(vqgan, aurora_root, tmp_path, capsys):
 
   # Params that do not fit the config fail before any data is read.
   bad = tmp_path / 'badvq'
-  vt.save_vqgan(str(bad), {'encoder': {}}, CFG)
+  vqgan_files.save_vqgan(str(bad), {'encoder': {}}, CFG)
   assert 'do not fit' in error(['aurora', '--root', str(aurora_root), '--vqgan', str(bad),
                                 '--out', str(tmp_path / 'o2')])
 
@@ -306,7 +306,7 @@ def test_convert_cli_writes_a_vqgan_directory(vqgan, tmp_path):
     yaml.safe_dump({'model': {'params': {'embed_dim': 8, 'n_embed': 16, 'ddconfig': ddconfig}}}, f)
   dst = str(tmp_path / 'converted')
   assert convert_cli.main(['vqgan', '--ckpt', ckpt, '--yaml', yaml_path, dst]) == 0
-  config, loaded = vt.load_vqgan(dst)
+  config, loaded = vqgan_files.load_vqgan(dst)
   assert config == CFG
   jax.tree.map(np.testing.assert_allclose, jax.tree.map(np.asarray, params), loaded)
   assert prepare.load_vqgan_dir(dst)[0] == CFG

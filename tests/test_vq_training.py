@@ -10,7 +10,9 @@ from data.action_world import WorldConfig
 from jax_vlm.core.errors import UserError
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig
 from jax_vlm.tokens.image_processing import frames_to_pixels, postprocess
+from jax_vlm.training import vq_step
 from jax_vlm.training import vq_training as vt
+from jax_vlm.weights import vqgan_files
 
 # 2x2 cells of 8 px: 16x16 frames, 2x2 codes.
 WORLD = WorldConfig(rows=2, cols=2, colors=('red', 'blue'), shapes=('square', 'cross'),
@@ -24,15 +26,15 @@ def _frames(n, seed=0):
 
 
 def _step_fn(model, tx, settings):
-  return jax.jit(lambda s, x, r: vt.train_step(s, frames_to_pixels(x), r, model=model, tx=tx,
+  return jax.jit(lambda s, x, r: vq_step.train_step(s, frames_to_pixels(x), r, model=model, tx=tx,
                                                settings=settings))
 
 
 def test_train_step_reduces_loss_and_sets_codebook_from_features():
   model = VQGAN(CFG)
-  tx = vt.make_optimizer(3e-3, 40, warmup_steps=2)
-  settings = vt.VQTrainSettings(ae_warmup_steps=3, restart_every=0)
-  state = vt.init_state(model, tx, jax.random.PRNGKey(0), WORLD.frame_shape)
+  tx = vq_step.make_optimizer(3e-3, 40, warmup_steps=2)
+  settings = vq_step.VQTrainSettings(ae_warmup_steps=3, restart_every=0)
+  state = vq_step.init_state(model, tx, jax.random.PRNGKey(0), WORLD.frame_shape)
   frames, _ = _frames(8)
   step = _step_fn(model, tx, settings)
   losses = []
@@ -61,7 +63,7 @@ def test_kmeans_codebook_finds_clusters():
   rng = np.random.default_rng(0)
   centres = rng.normal(size=(4, 3)).astype(np.float32) * 10
   points = centres[rng.integers(0, 4, 400)] + rng.normal(size=(400, 3)).astype(np.float32) * 0.01
-  codebook = np.asarray(vt.kmeans_codebook(jnp.asarray(points), 4, jax.random.PRNGKey(1), 5))
+  codebook = np.asarray(vq_step.kmeans_codebook(jnp.asarray(points), 4, jax.random.PRNGKey(1), 5))
   # Every true centre has a code next to it.
   d = np.linalg.norm(centres[:, None] - codebook[None], axis=-1).min(1)
   assert (d < 0.1).all(), d
@@ -72,7 +74,7 @@ def test_restart_moves_only_dead_codes_onto_features():
   dead = jnp.asarray([False, True, False, False, True, True])
   features = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 3, 2)).astype(np.float32)
                          + 100.0)
-  new = np.asarray(vt.restart_dead_codes(codebook, dead, features, jax.random.PRNGKey(0)))
+  new = np.asarray(vq_step.restart_dead_codes(codebook, dead, features, jax.random.PRNGKey(0)))
   np.testing.assert_array_equal(new[~np.asarray(dead)], np.asarray(codebook)[~np.asarray(dead)])
   flat = np.asarray(features).reshape(-1, 2)
   for row in new[np.asarray(dead)]:
@@ -81,9 +83,9 @@ def test_restart_moves_only_dead_codes_onto_features():
 
 def test_dead_codes_restart_on_schedule():
   model = VQGAN(CFG)
-  tx = vt.make_optimizer(1e-3, 10, warmup_steps=1)
-  settings = vt.VQTrainSettings(ae_warmup_steps=0, restart_every=2, restart_min_usage=1e9)
-  state = vt.init_state(model, tx, jax.random.PRNGKey(0), WORLD.frame_shape)
+  tx = vq_step.make_optimizer(1e-3, 10, warmup_steps=1)
+  settings = vq_step.VQTrainSettings(ae_warmup_steps=0, restart_every=2, restart_min_usage=1e9)
+  state = vq_step.init_state(model, tx, jax.random.PRNGKey(0), WORLD.frame_shape)
   frames, _ = _frames(4)
   step = _step_fn(model, tx, settings)
   restarted = []
@@ -97,12 +99,12 @@ def test_dead_codes_restart_on_schedule():
 def test_save_and_load_round_trip(tmp_path):
   model = VQGAN(CFG)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))['params']
-  vt.save_vqgan(str(tmp_path / 'vq'), params, CFG, extra=dict(note=1))
-  config, loaded = vt.load_vqgan(str(tmp_path / 'vq'))
+  vqgan_files.save_vqgan(str(tmp_path / 'vq'), params, CFG, extra=dict(note=1))
+  config, loaded = vqgan_files.load_vqgan(str(tmp_path / 'vq'))
   assert config == CFG
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), loaded)
   with pytest.raises(UserError, match='train_tokenizer'):
-    vt.load_vqgan(str(tmp_path / 'missing'))
+    vqgan_files.load_vqgan(str(tmp_path / 'missing'))
 
 
 def test_frames_images_round_trip():
@@ -111,7 +113,7 @@ def test_frames_images_round_trip():
 
 
 def test_train_vqgan_loop_logs_and_evaluates(tmp_path):
-  settings = vt.VQTrainSettings(ae_warmup_steps=4, restart_every=3)
+  settings = vq_step.VQTrainSettings(ae_warmup_steps=4, restart_every=3)
   result = vt.train_vqgan(CFG, WORLD, num_steps=6, batch_size=4, learning_rate=3e-3,
                           settings=settings, eval_every=3, val_frames=8, log_dir=str(tmp_path),
                           progress_bar=False, log_every=3)

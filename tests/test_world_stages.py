@@ -17,7 +17,7 @@ from jax_vlm.models.vqgan import VQGAN, VQGANConfig
 from jax_vlm.pipeline import stages, world_stages
 from jax_vlm.tokens.image_processing import frames_to_pixels
 from jax_vlm.tokens.sequences import recognition_weights
-from jax_vlm.training import vq_training as vt
+from jax_vlm.weights import vqgan_files
 
 # 3x3 cells: 24x24 frames, 9 codes a frame (fast to compile and run).
 TINY = WorldConfig(rows=3, cols=3, colors=('red', 'green', 'blue'), shapes=('square', 'cross'),
@@ -116,7 +116,7 @@ def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch):
   assert metrics['steps'] == 3 and 0.0 <= metrics['heldout_frame_accuracy'] <= 1.0
 
   resolved = datasets.resolve_paths(config, workdir)
-  vq_config, params = vt.load_vqgan(resolved.checkpoint.vqgan_dir)
+  vq_config, params = vqgan_files.load_vqgan(resolved.checkpoint.vqgan_dir)
   assert vq_config == VQGANConfig(**VQ)
   model = VQGAN(vq_config)
   world_dir = os.path.join(workdir, 'build_data')

@@ -61,11 +61,12 @@ from jax_vlm.method import probe as probe_lib
 from jax_vlm.models import lora
 from jax_vlm.models.config import TransformerConfig
 from jax_vlm.models.transformer import DecoderLM
+from jax_vlm.models.vqgan import VQGAN
 from jax_vlm.tokens import sequences
 from jax_vlm.tokens.image_processing import postprocess
 from jax_vlm.tokens.vocab import UnifiedVocab
 from jax_vlm.training import checkpointing
-from jax_vlm.training import vq_training as vt
+from jax_vlm.weights import vqgan_files
 
 SPLITS = ('test', 'test_compositional')
 K_LIST = (1, 2, 4, 8)
@@ -192,9 +193,9 @@ class WorldModels:
     # Classifier-free guidance of the FDP samples (config.sampler.cfg_*_scale; 0 = none).
     self.guidance = guidance_from_config(config.sampler)
     self.score_bucket = _round8(2 * n + 6 + self.action_max_tokens)
-    self.vq_config, self.vq_params = vt.load_vqgan(config.checkpoint.vqgan_dir)
-    vq = vt.VQGAN(self.vq_config)
-    self._decode = jax.jit(lambda p, c: vq.apply({'params': p}, c, method=vt.VQGAN.decode))
+    self.vq_config, self.vq_params = vqgan_files.load_vqgan(config.checkpoint.vqgan_dir)
+    vq = VQGAN(self.vq_config)
+    self._decode = jax.jit(lambda p, c: vq.apply({'params': p}, c, method=VQGAN.decode))
     self.code_grid = (self.world.rows, self.world.cols)
     self._scenes: dict[bytes, Any] = {}
 

@@ -5,7 +5,7 @@
   train_tokenizer  trains the world's small VQGAN (training/vq_training.py) on random scenes,
                    measures
                    decode(encode(frame)) -> parse_frame on held-out frames, writes
-                   WORKDIR/train_tokenizer/params/ (load with vq_training.load_vqgan),
+                   WORKDIR/train_tokenizer/params/ (load with vqgan_files.load_vqgan),
                    metrics.json and metrics.jsonl, and fails with a UserError when the held-out
                    frame accuracy is below `vq_train.min_accuracy`
   tokenize         encodes every frame of every split once and writes record sets
@@ -50,21 +50,18 @@ from jax_vlm.core.batching import pad_rows
 from jax_vlm.core.errors import UserError, require
 from jax_vlm.core.files import write_json
 from jax_vlm.input.datasets import resolve_paths
-from jax_vlm.models.vqgan import VQGANConfig
+from jax_vlm.models.vqgan import VQGAN, VQGANConfig
 from jax_vlm.tokens.image_processing import postprocess
 from jax_vlm.tokens.sequences import recognition_weights
 from jax_vlm.training import vq_training as vt
+from jax_vlm.weights import vqgan_files
 
 # The triplet schema minus 'action' (whose rule rejects empty text): unlabelled pairs have none.
 _UNLABELLED_DROP = ('action',)
 
 
-def _records():
-  return records
-
-
 def unlabelled_schema() -> dict:
-  return {k: v for k, v in _records().TRIPLET_SCHEMA.items() if k not in _UNLABELLED_DROP}
+  return {k: v for k, v in records.TRIPLET_SCHEMA.items() if k not in _UNLABELLED_DROP}
 
 
 def _workdir(stage_dir: str) -> str:
@@ -136,7 +133,7 @@ def train_tokenizer(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   # Held out: scenes from the world's own distribution, a seed stream training never draws from.
   frames, scenes = vt.random_frames(world, int(t.test_frames),
                                     np.random.default_rng([int(config.seed), 3]))
-  ev = vt.evaluate_frames(result.params, frames, scenes, world, vt.VQGAN(vq_config))
+  ev = vt.evaluate_frames(result.params, frames, scenes, world, VQGAN(vq_config))
   usage = np.bincount(ev['codes'].reshape(-1), minlength=vq_config.num_embeddings)
   metrics = dict(
       heldout_frame_accuracy=ev['frame_accuracy'], heldout_cell_accuracy=ev['cell_accuracy'],
@@ -153,7 +150,7 @@ def train_tokenizer(config: ml_collections.ConfigDict, stage_dir: str) -> None:
         flush=True)
   below_bar = ev['frame_accuracy'] < float(t.min_accuracy)
   # Kept even when below the bar (for inspection); the stage is only marked done above it.
-  vt.save_vqgan(os.path.join(stage_dir, 'params_below_bar' if below_bar else 'params'),
+  vqgan_files.save_vqgan(os.path.join(stage_dir, 'params_below_bar' if below_bar else 'params'),
                 result.params, vq_config, extra=dict(heldout_frame_accuracy=ev['frame_accuracy']))
   if below_bar:
     raise UserError(
@@ -197,7 +194,7 @@ def encode_frames(params, vq_config, frames: np.ndarray, batch_size: int,
                   fn=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """uint8 frames `[n, h, w, 3]` -> (codes `[n, h', w']` int32, features `[n, h', w', c]` f32,
   decoded frames `[n, h, w, 3]` uint8), in batches of one compiled shape."""
-  fn = fn or vt.make_encode_decode_fn(vt.VQGAN(vq_config))
+  fn = fn or vt.make_encode_decode_fn(VQGAN(vq_config))
   codes, feats, recon = [], [], []
   n = len(frames)
   for start in range(0, n, batch_size):
@@ -217,10 +214,9 @@ def tokenize(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   config = resolve_paths(config, _workdir(stage_dir))
   world_dir = _world_dir(config)
   world = load_world_config(world_dir)
-  vq_config, params = vt.load_vqgan(config.checkpoint.vqgan_dir)
-  fn = vt.make_encode_decode_fn(vt.VQGAN(vq_config))
+  vq_config, params = vqgan_files.load_vqgan(config.checkpoint.vqgan_dir)
+  fn = vt.make_encode_decode_fn(VQGAN(vq_config))
   batch_size = int(config.tokenize.batch_size)
-  records = _records()
   usage = np.zeros(vq_config.num_embeddings, np.int64)
   metrics = dict(splits={})
   start = time.perf_counter()

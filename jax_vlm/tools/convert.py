@@ -9,7 +9,7 @@
   python -m jax_vlm.convert vqgan --ckpt vqgan.ckpt --yaml vqgan.yaml DST
                                                    Meta's VQGAN -> a VQGAN directory DST
                                                    (params.msgpack + vqgan_config.json; load it
-                                                   with vq_training.load_vqgan)
+                                                   with vqgan_files.load_vqgan)
 """
 
 import argparse
@@ -18,8 +18,8 @@ import os
 import sys
 
 from jax_vlm.core.errors import UserError, require
-from jax_vlm.training import checkpointing, vq_training
-from jax_vlm.weights import hf
+from jax_vlm.training import checkpointing
+from jax_vlm.weights import hf, vqgan_files
 from jax_vlm.weights.vqgan import convert_vqgan_checkpoint
 
 
@@ -55,7 +55,7 @@ def flax_to_hf(src: str, dst: str, config_path: str | None, source: str | None,
 def vqgan(ckpt: str, yaml: str, dst: str) -> None:
   config, params = convert_vqgan_checkpoint(ckpt, yaml)
   # The project's one VQGAN directory format (what the tokenizer stage and tools/prepare.py read).
-  vq_training.save_vqgan(dst, params, config)
+  vqgan_files.save_vqgan(dst, params, config)
   print(f'wrote the VQGAN ({config.num_embeddings} codes, {config.resolution} px) to {dst}')
 
 

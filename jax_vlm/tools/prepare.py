@@ -7,7 +7,7 @@
   python -m jax_vlm.prepare videos --videos DIR_OR_FILE [...] --vqgan VQ_DIR --out OUT
                                    [--kf 6 --if 20]                     -> OUT/unlabelled
 
-VQ_DIR is a VQGAN directory (`params.msgpack` + `vqgan_config.json`: what `vq_training.save_vqgan`
+VQ_DIR is a VQGAN directory (`params.msgpack` + `vqgan_config.json`: what `vqgan_files.save_vqgan`
 and `python -m jax_vlm.convert vqgan` write). The output record sets (data/records.py) have the
 fields the embedded world's `tokenize` stage writes, so the trainer reads them the same way
 (`--config.data.dir=OUT --config.data.train_splits="('train',)"`):
@@ -51,7 +51,7 @@ from jax_vlm.models.vqgan import VQGAN
 from jax_vlm.pipeline.world_stages import unlabelled_schema
 from jax_vlm.tokens.image_processing import preprocess
 from jax_vlm.tokens.sequences import recognition_weights
-from jax_vlm.training import vq_training as vt
+from jax_vlm.weights import vqgan_files
 
 PathLike = Union[str, os.PathLike]
 Frame = Union[PathLike, np.ndarray]  # an image path or a uint8 frame [h, w, 3]
@@ -145,15 +145,15 @@ def load_vqgan_dir(vqgan_dir: PathLike):
   vqgan_dir = os.fspath(vqgan_dir)
   require(os.path.isdir(vqgan_dir), f'VQGAN directory {vqgan_dir} does not exist; pass the '
           'directory that save_vqgan or `python -m jax_vlm.convert vqgan` wrote.')
-  if not os.path.isfile(os.path.join(vqgan_dir, vt.PARAMS_FILE)):
+  if not os.path.isfile(os.path.join(vqgan_dir, vqgan_files.PARAMS_FILE)):
     old = os.path.isdir(os.path.join(vqgan_dir, 'params'))
     raise UserError(
-        f'VQGAN directory {vqgan_dir} has no {vt.PARAMS_FILE}' + (
+        f'VQGAN directory {vqgan_dir} has no {vqgan_files.PARAMS_FILE}' + (
             ' (it holds an older Orbax params/ folder)' if old else '') +
         '; convert Meta\'s checkpoint with `python -m jax_vlm.convert vqgan --ckpt vqgan.ckpt '
         '--yaml vqgan.yaml DIR` or point at the train_tokenizer stage\'s params directory.')
   try:
-    return vt.load_vqgan(vqgan_dir)
+    return vqgan_files.load_vqgan(vqgan_dir)
   except UserError:
     raise
   except Exception as e:  # pylint: disable=broad-except
