@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f'configs/action_world.py takes one of {SIZES}, not {size!r}')
   smoke = size == 'smoke'
   config = base.get_base_config()
-  # Other engineers append 'bootstrap', 'train_fdp', 'evaluate' once those stages exist.
+  # The data stages and joint training; configs/reproduce.py runs the whole method.
   config.stages = ('build_data', 'train_tokenizer', 'tokenize', 'train_dynamics')
 
   config.world = ml_collections.ConfigDict()
@@ -51,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Tokenizer training (jax_vlm/training/vq_training.py); see its module docstring for the tricks.
   t = config.vq_train = ml_collections.ConfigDict()
   # The cosine schedule's length; training stops early once every validation frame reads back
-  # (measured: step 1,100 of 3,000, held-out 100% of 1,000 frames, 25 codes used, 76 s on 2 cores).
+  # (docs/benchmarks.md has the step it stops at).
   t.num_steps = 400 if smoke else 3000
   t.batch_size = 16
   t.learning_rate = 3e-3

@@ -186,7 +186,7 @@ def attention_mask(q_segment_ids: Array, q_slots: Array, kv_segment_ids: Array,
 def _einsum_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
   """q [b, kv_heads, group, q, d], k/v [b, kv_heads, kv, d], mask [b, 1, q, kv] -> like q.
 
-  Heads lead (the layout batched matmuls want; about 10% faster on CPU than sequence-major).
+  Heads lead (the layout batched matmuls want; docs/benchmarks.md has the numbers).
   """
   logits = jnp.einsum('bkgsd,bktd->bkgst', q, k, preferred_element_type=jnp.float32)
   logits = logits * (q.shape[-1] ** -0.5)
@@ -209,7 +209,7 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, impl: str =
   `is_causal` promises the mask is (at most) causal with aligned slots (query i sees keys <= i),
   letting cuDNN skip blocks; with it, 'xla' and `causal_chunk > 0` split the queries into blocks
   of `causal_chunk` and block j only reads keys `[0, end of block j)`: the same result with about
-  half the attention FLOPs and memory for long rows (2x faster fwd+bwd at 2,100 tokens on CPU).
+  half the attention FLOPs and memory for long rows (docs/benchmarks.md has the timings).
   Fully masked query rows (padding) get a uniform softmax over all keys, never NaN.
   """
   if impl != 'xla':
