@@ -33,12 +33,13 @@ import jax.numpy as jnp  # noqa: E402
 
 def train_runner(size: str, scan: bool):
   """(run one step, compiled HLO text) for the trainer's step on one device."""
+  from jax_vlm.input import sources
   from jax_vlm.training import sharding, trainer
   batch = bench_train.SIZES[size]['batch']
   config = bench_train.jax_config(size, 'chameleon', batch, 1, scan)
   t = trainer.Trainer(config, tempfile.mkdtemp(), devices=jax.devices()[:1])
   box = {'state': t.init_state()}
-  b = sharding.global_batch(next(trainer.SyntheticSource(config, batch)), t.mesh)
+  b = sharding.global_batch(next(sources.SyntheticSource(config, batch)), t.mesh)
 
   def run():
     with t._context():
