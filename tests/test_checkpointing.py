@@ -145,6 +145,7 @@ NAN_RUN = """
 import os
 import numpy as np
 from configs import train_smoke
+from jax_vlm.input import sources
 from jax_vlm.training import checkpointing
 from jax_vlm.training import trainer
 import jax
