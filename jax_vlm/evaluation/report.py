@@ -127,6 +127,8 @@ caption { font-weight: bold; text-align: left; }
 .frame img { image-rendering: pixelated; border: 3px solid transparent; }
 .candidate.chosen img { border-color: #d00; }
 .missing { width: 128px; height: 128px; background: #eee; font-size: small; overflow: hidden; }
+.side { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
+.plot { margin: 0; }
 .fields th, .fields td { text-align: left; font-weight: normal; max-width: 60em; }
 """
 
@@ -134,7 +136,8 @@ caption { font-weight: bold; text-align: left; }
 def write_html_report(path: str, title: str,
                       tables: Mapping[str, Sequence[Mapping[str, Any]]],
                       items: Sequence[Union[ReportItem, Mapping[str, Any]]],
-                      notes: Sequence[str] = ()) -> str:
+                      notes: Sequence[str] = (),
+                      figures: Mapping[str, np.ndarray] | None = None) -> str:
   """Writes the report and returns its path.
 
   Args:
@@ -143,11 +146,20 @@ def write_html_report(path: str, title: str,
     tables: caption -> rows, each row a mapping column -> value (e.g. one row per task).
     items: `ReportItem`s or mappings with the same keys.
     notes: sentences shown under the tables (skipped metrics, missing files, ...).
+    figures: caption -> `uint8 [h, w, 3]` image (e.g. a plot), shown at its own size beside the
+      tables.
   """
   items = [it if isinstance(it, ReportItem) else ReportItem(**it) for it in items]
   parts = [f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
            f'<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>']
-  parts += [_table(caption, rows) for caption, rows in tables.items()]
+  tables_html = ''.join(_table(caption, rows) for caption, rows in tables.items())
+  if figures:
+    figs = ''.join(f'<figure class="plot"><img src="{png_data_url(image)}" '
+                   f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption>'
+                   '</figure>' for caption, image in figures.items())
+    parts.append(f'<div class="side"><div>{figs}</div><div>{tables_html}</div></div>')
+  else:
+    parts.append(tables_html)
   if notes:
     parts.append('<ul class="notes">' + ''.join(f'<li>{html.escape(n)}</li>' for n in notes)
                  + '</ul>')

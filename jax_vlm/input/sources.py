@@ -14,9 +14,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from data.action_world import pretrain
 from jax_vlm.core.errors import require
 from jax_vlm.input import datasets
 from jax_vlm.input import pipeline as input_pipeline
+from jax_vlm.tokens import sequences as seqs
 from jax_vlm.tokens.vocab import UnifiedVocab
 
 
@@ -76,6 +78,44 @@ class SyntheticSource:
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     batch['task'] = np.asarray(tasks, np.int32)
     return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return {'step': self.step}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self.step = int(state['step'])
+
+
+class DocumentSource:
+  """Pretraining batches of action-free documents (data/action_world/pretrain.py) over a pool of
+  scenes whose VQ codes are already known.
+
+  Batch k depends only on (seed, k, process), so a restored run sees the same batches. Every
+  row holds one document, right-padded to `seq_len`.
+  """
+
+  def __init__(self, scenes, scene_codes: np.ndarray, captions: list[str], vocab, *,
+               kinds: tuple[str, ...], seq_len: int, local_batch_size: int, seed: int,
+               process_index: int = 0):
+    self.scenes, self.codes, self.vocab = scenes, np.asarray(scene_codes), vocab
+    self.caption_ids = [np.asarray(vocab.encode_text(c), np.int32) for c in captions]
+    self.kinds, self.seq_len, self.batch = tuple(kinds), int(seq_len), int(local_batch_size)
+    self.seed, self.process_index, self.step = int(seed), int(process_index), 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([self.seed, self.step, self.process_index])
+    rows = []
+    for _ in range(self.batch):
+      doc = pretrain.sample_document(rng, self.kinds, self.scenes)
+      text = self.caption_ids[doc.scene_ids[-1]] if doc.text else np.zeros((0,), np.int32)
+      rows.append(seqs.build_document([self.codes[i] for i in doc.scene_ids], text, self.vocab,
+                                      image_output=doc.kind in pretrain.IMAGE_OUTPUT_KINDS))
+    self.step += 1
+    batch = seqs.pad_batch(rows, self.seq_len, self.vocab.pad_id)
+    return {k: batch[k] for k in ('token_ids', 'positions', 'segment_ids', 'loss_weights', 'task')}
 
   def get_state(self) -> dict[str, Any]:
     return {'step': self.step}

@@ -10,9 +10,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jax_vlm.pipeline.claims import paired_verdict
+
 # The reproduction's stages, in the order they run.
-STAGES = ('build_data', 'train_tokenizer', 'tokenize', 'train_dynamics', 'bootstrap', 'train_ft',
-          'train_fdm', 'train_fdm_no_synth', 'train_fdm_no_weight', 'evaluate')
+STAGES = ('build_data', 'train_tokenizer', 'tokenize', 'pretrain', 'train_dynamics', 'bootstrap',
+          'train_ft', 'train_fdm', 'train_fdm_no_synth', 'train_fdm_no_weight', 'evaluate')
 VARIANTS = {'train_ft': 'FT', 'train_fdm': 'FDM', 'train_fdm_no_synth': 'FDM w/o synthetic',
             'train_fdm_no_weight': 'FDM w/o weighting'}
 SUBSETS = ('test', 'test_compositional')
@@ -44,18 +46,88 @@ def _fdp(run: dict, variant: str, subset: str, k: int, metric: str):
   return _get(run, 'fdp', variant, 'splits', subset, 'fdp', f'k={k}', 'all', metric)
 
 
-def _mean_over(runs, fn) -> float | None:
-  return _stat([fn(r) for r in runs])[0]
+def _num(x: float | None) -> str:
+  return 'n/a' if x is None else f'{x:.3f}'
 
 
-def _verdict(a: float | None, b: float | None, claim: str) -> str:
-  if a is None or b is None:
+def _interval(c: dict) -> str:
+  if c['diff'] is None:
     return 'n/a'
-  if a > b:
-    return f'yes ({claim})'
-  if a == b:
-    return 'no (tie)'
-  return 'NO (reversed)'
+  if c['ci_low'] is None:
+    return f'{c["diff"]:+.3f}'
+  return f'{c["diff"]:+.3f} [{c["ci_low"]:+.3f}, {c["ci_high"]:+.3f}]'
+
+
+# A verifier whose IDP scores prefer the real target over a random one in at most this share of
+# items ranks candidates at chance (0.5 is a coin flip).
+VERIFIER_CHANCE_SHARE = 0.55
+
+
+def _degenerate_bootstrap(runs) -> str:
+  selected = [_get(r, 'bootstrap', 'num_selected') for r in runs]
+  if selected and all(s is not None and int(s) == 0 for s in selected):
+    return 'bootstrap selected no pairs, so FDM trained on the labelled data only'
+  return ''
+
+
+def _degenerate_verifier(runs) -> str:
+  shares = [_get(r, 'probe', 'trained', 'idp', 'random_target') for r in runs]
+  shares = [float(s) for s in shares if s is not None and not np.isnan(s)]
+  if shares and float(np.mean(shares)) <= VERIFIER_CHANCE_SHARE:
+    return (f'the IDP verifier is at chance (prefers the real target over a random one in '
+            f'{np.mean(shares):.2f} of items)')
+  return ''
+
+
+def _claims(runs: Sequence[dict], k1: int, kmax: int) -> list[dict]:
+  """Every claim of the paper the reproduction measures, with its paired verdict."""
+  def per_seed(fn):
+    return [fn(r) for r in runs]
+
+  def item(variant, k, subset):
+    return per_seed(lambda r: _fdp(r, variant, subset, k, 'item_score'))
+
+  no_pairs, chance = _degenerate_bootstrap(runs), _degenerate_verifier(runs)
+  specs = [('IDP is learned faster than FDP (mean over checkpoints: IDP canonical accuracy vs '
+            'FDP exact match)', 'test', per_seed(lambda r: _curve_auc(r, 'idp_canonical_match')),
+            per_seed(lambda r: _curve_auc(r, 'fdp_exact_match')), '')]
+  for subset in SUBSETS:
+    specs += [
+        ('FDM beats FT (item score, best-of-1)', subset, item('train_fdm', k1, subset),
+         item('train_ft', k1, subset), no_pairs),
+        ('IDP-labelled synthetic data helps (FDM vs FDM w/o synthetic)', subset,
+         item('train_fdm', k1, subset), item('train_fdm_no_synth', k1, subset), no_pairs),
+        ('recognition weighting helps (FDM vs FDM w/o weighting)', subset,
+         item('train_fdm', k1, subset), item('train_fdm_no_weight', k1, subset), ''),
+        (f'verification helps FT (best-of-{kmax} vs best-of-{k1})', subset,
+         item('train_ft', kmax, subset), item('train_ft', k1, subset), chance),
+        (f'verification helps FDM (best-of-{kmax} vs best-of-{k1})', subset,
+         item('train_fdm', kmax, subset), item('train_fdm', k1, subset), chance),
+    ]
+  for task in ('fdp', 'idp'):
+    specs.append((f'training makes the model prefer real transitions ({task.upper()} probe, mean '
+                  'share over 4 negatives, trained vs random init)', 'test',
+                  per_seed(lambda r, t=task: _probe_mean(r, 'trained', t)),
+                  per_seed(lambda r, t=task: _probe_mean(r, 'random_init', t)), ''))
+  claims = []
+  for claim, subset, a, b, degenerate in specs:
+    claims.append(dict(claim=claim, subset=subset, per_seed_a=a, per_seed_b=b,
+                       **paired_verdict(a, b, degenerate)))
+  return claims
+
+
+def curve_rows(runs: Sequence[dict]) -> tuple[list[int], dict, dict]:
+  """(steps, IDP and FDP per-seed value rows by key) of the train_dynamics learning curves,
+  over the steps of the first seed (others missing a step give None there)."""
+  steps = [row['step'] for row in runs[0].get('learning_curve') or []]
+  def rows(key):
+    out = []
+    for r in runs:
+      by_step = {row['step']: row.get(key) for row in r.get('learning_curve') or []}
+      out.append([by_step.get(s) for s in steps])
+    return out
+  return (steps, {k: rows(k) for k in ('idp_effect_match', 'idp_canonical_match')},
+          {k: rows(k) for k in ('fdp_exact_match', 'fdp_item_score')})
 
 
 def _curve_auc(run: dict, key: str) -> float | None:
@@ -82,41 +154,16 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
   md += [f'Seeds: {", ".join(map(str, seeds))} (mean ± sample std over seeds where more than one). '
          'Scores are exact: generated frames are decoded by the world\'s VQGAN and parsed; item '
          'score = min(edit success, minimal editing).', '']
-  claims = []
-
-  # Claims summary.
-  for subset in SUBSETS:
-    def item(variant, k, subset=subset):
-      return _mean_over(runs, lambda r: _fdp(r, variant, subset, k, 'item_score'))
-    claims += [
-        dict(claim='FDM beats FT (item score, best-of-1)', subset=subset,
-             a=item('train_fdm', k1), b=item('train_ft', k1)),
-        dict(claim='IDP-labelled synthetic data helps (FDM vs FDM w/o synthetic)', subset=subset,
-             a=item('train_fdm', k1), b=item('train_fdm_no_synth', k1)),
-        dict(claim='recognition weighting helps (FDM vs FDM w/o weighting)', subset=subset,
-             a=item('train_fdm', k1), b=item('train_fdm_no_weight', k1)),
-        dict(claim=f'verification helps FT (best-of-{kmax} vs best-of-{k1})', subset=subset,
-             a=item('train_ft', kmax), b=item('train_ft', k1)),
-        dict(claim=f'verification helps FDM (best-of-{kmax} vs best-of-{k1})', subset=subset,
-             a=item('train_fdm', kmax), b=item('train_fdm', k1)),
-    ]
-  claims.insert(0, dict(
-      claim='IDP is learned faster than FDP (mean over checkpoints: IDP canonical accuracy vs '
-            'FDP exact match)', subset='test',
-      a=_mean_over(runs, lambda r: _curve_auc(r, 'idp_canonical_match')),
-      b=_mean_over(runs, lambda r: _curve_auc(r, 'fdp_exact_match'))))
-  for task in ('fdp', 'idp'):
-    claims.append(dict(
-        claim=f'training makes the model prefer real transitions ({task.upper()} probe, mean '
-              'share over 4 negatives, trained vs random init)', subset='test',
-        a=_mean_over(runs, lambda r, t=task: _probe_mean(r, 'trained', t)),
-        b=_mean_over(runs, lambda r, t=task: _probe_mean(r, 'random_init', t))))
-  md += ['## Claims', '', '| claim | subset | this | vs | holds? |', '|---|---|---|---|---|']
+  claims = _claims(runs, k1, kmax)
+  md += ['## Claims', '',
+         'Each claim is a paired difference per seed (this - vs), with its mean and 95% t '
+         'interval over seeds: **holds** when the interval lies above 0, **reversed** below 0, '
+         '**inconclusive** when it crosses 0; degenerate comparisons are named, not judged.', '',
+         '| claim | subset | this | vs | difference [95% CI] | verdict |',
+         '|---|---|---|---|---|---|']
   for c in claims:
-    fa = 'n/a' if c['a'] is None else f'{c["a"]:.3f}'
-    fb = 'n/a' if c['b'] is None else f'{c["b"]:.3f}'
-    c['holds'] = _verdict(c['a'], c['b'], 'higher')
-    md.append(f'| {c["claim"]} | {c["subset"]} | {fa} | {fb} | {c["holds"]} |')
+    md.append(f'| {c["claim"]} | {c["subset"]} | {_num(c["mean_a"])} | {_num(c["mean_b"])} | '
+              f'{_interval(c)} | {c["verdict"]} |')
   md.append('')
 
   # FDP variants with best-of-K.

@@ -1,4 +1,5 @@
-"""The embedded action world's data stages: build the world, train its image tokenizer, tokenize.
+"""The embedded action world's shared stages: build the world, train its image tokenizer, tokenize,
+pretrain the stand-in for a pretrained unified VLM.
 
   build_data       writes the splits (data.action_world.write_world) to WORKDIR/build_data:
                    <split>.jsonl, world_config.json, tokenizer/
@@ -20,6 +21,10 @@
                    episode and step; written with UNLABELLED_SCHEMA (the triplet schema without
                    the non-empty action rule). Also tokenize/metrics.json: codebook usage and the
                    round-trip parse accuracy of every split's frames.
+  pretrain         trains the unified model from random init on action-free documents over fresh
+                   scenes (captions, text-to-image, multi-image captions, repeated images; no
+                   action, no split's scene), writes WORKDIR/pretrain/params (what train_dynamics
+                   starts from) and metrics.json; config.pretrain sets it (configs/action_world.py)
 Paths in the config may hold '{workdir}' (jax_vlm.input.datasets.resolve_paths).
 """
 
@@ -42,18 +47,23 @@ from data.action_world import (
   load_split,
   load_world_config,
   parse_frame,
+  pretrain,
   render,
   write_world,
 )
 from jax_vlm.core import registry
 from jax_vlm.core.batching import pad_rows
-from jax_vlm.core.errors import UserError, require
+from jax_vlm.core.errors import StageInterrupted, UserError, require
 from jax_vlm.core.files import write_json
 from jax_vlm.input.datasets import resolve_paths
+from jax_vlm.input.sources import DocumentSource
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig
 from jax_vlm.tokens.image_processing import postprocess
 from jax_vlm.tokens.sequences import recognition_weights
+from jax_vlm.tokens.vocab import UnifiedVocab
+from jax_vlm.training import checkpointing
 from jax_vlm.training import vq_training as vt
+from jax_vlm.training.trainer import Trainer
 from jax_vlm.weights import vqgan_files
 
 # The triplet schema minus 'action' (whose rule rejects empty text): unlabelled pairs have none.
@@ -256,3 +266,59 @@ def tokenize(config: ml_collections.ConfigDict, stage_dir: str) -> None:
         f'{metrics["codes_used"]}/{vq_config.num_embeddings} codes used (perplexity '
         f'{metrics["code_perplexity"]:.1f}) in {metrics["seconds"]:.0f} s -> {stage_dir}',
         flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# pretrain
+
+
+def pretraining_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config the pretrain stage trains with: config.pretrain's steps, rates and row length
+  over the model and mesh of the run (both objectives on, no init_from: it starts from random)."""
+  p = config.pretrain
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.train.num_steps = int(p.num_steps)
+  out.train.learning_rate = float(p.learning_rate)
+  out.train.warmup_steps = int(p.warmup_steps)
+  out.train.global_batch_size = int(p.batch_size)
+  out.train.checkpoint_every = int(p.num_steps)
+  out.train.init_from = ''
+  out.data.max_seq_len = int(p.max_seq_len)
+  return out
+
+
+@registry.register('stage', 'pretrain')
+def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
+  """The world's stand-in for a pretrained unified VLM: trains the model from random init on
+  action-free documents (data/action_world/pretrain.py) over fresh scenes, encoded once with the
+  world's VQGAN, and writes `stage_dir/params` for train_dynamics (train.init_from='pretrain')."""
+  config = resolve_paths(config, _workdir(stage_dir))
+  world = world_config_of(config)
+  p = config.pretrain
+  kinds = tuple(p.documents)
+  require(len(kinds) > 0 and all(k in pretrain.DOCUMENT_KINDS for k in kinds),
+          f'pretrain.documents={kinds} must name some of {pretrain.DOCUMENT_KINDS}.')
+  start = time.perf_counter()
+  scenes = pretrain.pretraining_scenes(int(p.num_scenes), int(config.seed), world)
+  vq_config, vq_params = vqgan_files.load_vqgan(config.checkpoint.vqgan_dir)
+  frames = np.stack([render(s, world) for s in scenes])
+  codes, _, _ = encode_frames(vq_params, vq_config, frames, int(config.tokenize.batch_size))
+  codes = codes.reshape(len(scenes), -1)
+  encode_s = time.perf_counter() - start
+  train_config = pretraining_config(config)
+  vocab = UnifiedVocab.from_config(config.vocab)
+  source = DocumentSource(
+      scenes, codes, [pretrain.caption(s) for s in scenes], vocab, kinds=kinds,
+      seq_len=int(p.max_seq_len), seed=int(config.seed), process_index=jax.process_index(),
+      local_batch_size=int(p.batch_size) // jax.process_count())
+  trainer = Trainer(train_config, stage_dir, batch_source=source)
+  result = trainer.run()
+  if result['status'] != 'done':
+    raise StageInterrupted(f'pretraining stopped at step {result["step"]}')
+  checkpointing.save_params(os.path.join(stage_dir, 'params'), trainer.final_params)
+  write_json(os.path.join(stage_dir, 'metrics.json'), dict(
+      scenes=len(scenes), documents=list(kinds), steps=int(p.num_steps),
+      encode_seconds=round(encode_s, 1), seconds=round(time.perf_counter() - start, 1),
+      final_metrics={k: float(v) for k, v in (result.get('metrics') or {}).items()}))
+  print(f'pretrain: {p.num_steps} steps on {len(scenes)} fresh scenes ({", ".join(kinds)}) in '
+        f'{time.perf_counter() - start:.0f} s -> {stage_dir}/params', flush=True)

@@ -24,6 +24,12 @@ An example is a dict (what data/records.py yields) with
 An empty action is rejected (`EmptyActionError`): such a pair is unlabelled and belongs to the
 bootstrap labeller, not to training.
 
+Pretraining documents (action-free; see data/action_world/pretrain.py) share the layout's pieces:
+  text output:  <bos> <boi> img_1 <eoi> ... <boi> img_k <eoi> text <eos>   loss on `text <eos>`
+  image output: <bos> [text | <boi> img <eoi>] <boi> img_out <eoi>        loss on `img_out <eoi>`
+They train the same two output kinds as the objectives (text like IDP, image like FDP) and carry
+those task ids, so the train step reports them as `idp_*` (text) and `fdp_*` (image) metrics.
+
 Batching (pure numpy): `pad_batch` puts one sequence per row; `pack_sequences` packs several into a
 row first-fit (segment_ids 1, 2, ..., positions restarting at 0 per segment, padding segment 0).
 """
@@ -291,6 +297,30 @@ def build(example: Mapping[str, Any], task: int, vocab: VocabLike, max_action_to
     return build_fdp(example, vocab, max_action_tokens, use_recognition_weights,
                      recognition_floor)
   raise ValueError(f'unknown task {task}')
+
+
+def build_document(images, text_ids, vocab: VocabLike, image_output: bool) -> Sequence:
+  """A pretraining document: `images` is a list of code arrays ([n] or [h, w]) in order.
+
+  Text output (`image_output=False`): `<bos> <boi> img_1 <eoi> ... text <eos>`, loss on
+  `text <eos>`. Image output: `<bos> text <boi> img_1 <eoi> ... <boi> img_k <eoi>` with the last
+  image as the output, loss on its codes and `<eoi>` (text may be empty: an image after images).
+  """
+  text_ids = np.asarray(text_ids, np.int32).reshape(-1)
+  frames = [image_tokens(c, vocab) for c in images]
+  require(len(frames) > 0, 'A pretraining document needs at least one image.')
+  if image_output:
+    parts = [np.asarray([vocab.bos_id], np.int32), text_ids] + frames
+    token_ids = np.concatenate(parts).astype(np.int32)
+    weights = np.zeros(token_ids.shape, np.float32)
+    weights[token_ids.size - frames[-1].size + 1:] = 1.0  # the output codes and <eoi>
+    return Sequence(token_ids, weights, int(token_ids.size - frames[-1].size + 1), FDP)
+  require(text_ids.size > 0, 'A text-output pretraining document needs text.')
+  prompt = np.concatenate([np.asarray([vocab.bos_id], np.int32)] + frames).astype(np.int32)
+  token_ids = np.concatenate([prompt, text_ids, [vocab.eos_id]]).astype(np.int32)
+  weights = np.zeros(token_ids.shape, np.float32)
+  weights[prompt.size:] = 1.0
+  return Sequence(token_ids, weights, int(prompt.size), IDP)
 
 
 # ----------------------------------------------------------------------------------------------

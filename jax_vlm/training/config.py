@@ -9,6 +9,7 @@ import ml_collections
 
 from jax_vlm.core.errors import require
 from jax_vlm.training import optim, sharding
+from jax_vlm.training import train_step as ts
 
 # Sections whose keys this module owns; an unknown key there is a typo, not an extension.
 CHECKED_SECTIONS = ('train', 'mesh', 'objectives')
@@ -23,6 +24,10 @@ def objectives_section() -> ml_collections.ConfigDict:
   c.fdp_share = 1
   c.idp_loss_weight = 1.0  # 'mixed': per-objective weight on the summed token loss
   c.fdp_loss_weight = 1.0
+  # 'tokens': one mean over all loss tokens of the batch (an objective weighs as its token count);
+  # 'objective': each objective's own mean, then averaged, so IDP's few action tokens are not
+  # swamped by FDP's image tokens (train_step.objective_scales).
+  c.loss_normalization = 'tokens'
   return c
 
 
@@ -85,6 +90,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
           f'train.data_source={t.data_source!r} is unknown; use one of {DATA_SOURCES}.')
   require(o.schedule in SCHEDULES,
           f'objectives.schedule={o.schedule!r} is unknown; use one of {SCHEDULES}.')
+  require(o.loss_normalization in ts.LOSS_NORMALIZATIONS,
+          f'objectives.loss_normalization={o.loss_normalization!r} is unknown; use one of '
+          f'{ts.LOSS_NORMALIZATIONS}.')
   require(int(o.idp_share) >= 0 and int(o.fdp_share) >= 0 and int(o.idp_share + o.fdp_share) > 0,
           f'objectives.idp_share={o.idp_share} and fdp_share={o.fdp_share} must be >= 0 and not '
           'both 0.')

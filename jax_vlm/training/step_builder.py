@@ -71,7 +71,7 @@ def build_train_step(config: ml_collections.ConfigDict, devices: Sequence | None
       state, batch, model=model, tx=tx, mask=mask, accum_steps=accum_steps,
       objective_weights=(float(config.objectives.idp_loss_weight),
                          float(config.objectives.fdp_loss_weight)),
-      schedule=schedule)
+      schedule=schedule, loss_normalization=str(config.objectives.loss_normalization))
   batch_sharding = sharding.batch_sharding(mesh)
   step_fn = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
                     out_shardings=(state_shardings, sharding.replicated(mesh)),

@@ -3,10 +3,12 @@
 `train_step(state, batch)` is a function of arrays only (no I/O, no clocks), so the trainer can
 `jax.jit` it with explicit shardings and donate the old state. The loss is the token cross-entropy
 weighted by `loss_weights` (action tokens for IDP; target image tokens, with recognition weights,
-for FDP), normalised by the batch's total weight, and each objective's loss and accuracy are
+for FDP), normalised as `objective_scales` says (by the batch's total weight, or per objective),
+and each objective's loss and accuracy are
 reported separately from `task` (0 = IDP, 1 = FDP), so one step handles 'alternate' (one objective
 per batch) and 'mixed' batches alike. Gradient accumulation scans over micro-batches and sums
-gradients of (weighted loss sum / total weight), so it equals the un-accumulated step exactly.
+gradients of (scaled loss sums, with scales from the whole batch), so it equals the
+un-accumulated step exactly.
 """
 
 from __future__ import annotations
@@ -81,14 +83,15 @@ def _next(x: jax.Array) -> jax.Array:
 
 
 def token_statistics(logits: jax.Array, batch: dict[str, jax.Array],
-                     objective_weights: tuple[float, float]) -> dict[str, jax.Array]:
+                     objective_weights) -> dict[str, jax.Array]:
   """Sums over a batch that losses and accuracies are made of.
 
   Args:
     logits: `[batch, seq, vocab]`; position t predicts token t + 1.
     batch: `token_ids`, `loss_weights` `[batch, seq]` (weight aligned with the target token) and
       `task` `[batch]`.
-    objective_weights: (IDP, FDP) multipliers on the summed token loss.
+    objective_weights: (IDP, FDP) multipliers on the summed token loss (the train step passes
+      `objective_scales`, which also normalise).
   Returns:
     scalars: `weighted_nll` (objective-weighted), and per objective `{idp,fdp}_nll` (sum of
     weight * nll), `_weight` (sum of weights), `_correct` and `_tokens` (top-1 hits and count over
@@ -117,10 +120,31 @@ def token_statistics(logits: jax.Array, batch: dict[str, jax.Array],
   return out
 
 
-def _total_weight(batch, objective_weights) -> jax.Array:
+LOSS_NORMALIZATIONS = ('tokens', 'objective')
+
+
+def objective_scales(batch: dict[str, jax.Array], objective_weights: tuple[float, float],
+                     normalization: str = 'tokens') -> jax.Array:
+  """`[num_objectives]` multipliers that turn each objective's summed token nll into the loss.
+
+  'tokens': one token-weighted mean over the whole batch, so an objective's share of the loss is
+    its share of the loss tokens (FDP's 26 target tokens outweigh IDP's ~6 action tokens).
+  'objective': each objective's own weighted mean, then their objective-weighted average over
+    the objectives present in the batch, so IDP and FDP pull equally whatever their lengths.
+  Computed on the whole batch before any micro-batching, so accumulation stays exact.
+  """
   w = batch['loss_weights'][:, 1:].astype(jnp.float32)
-  per_example = jnp.asarray(objective_weights, jnp.float32)[batch['task']]
-  return jnp.maximum(jnp.sum(w * per_example[:, None]), 1e-8)
+  ow = jnp.asarray(objective_weights, jnp.float32)
+  per_objective = jnp.stack([jnp.sum(w * (batch['task'] == t)[:, None])
+                             for t in range(len(OBJECTIVES))])
+  if normalization == 'tokens':
+    return ow / jnp.maximum(jnp.sum(ow * per_objective), 1e-8)
+  if normalization == 'objective':
+    present = (per_objective > 0).astype(jnp.float32)
+    return ow * present / jnp.maximum(per_objective, 1e-8) / jnp.maximum(jnp.sum(ow * present),
+                                                                          1e-8)
+  raise ValueError(f'unknown loss normalization {normalization!r}; use one of '
+                   f'{LOSS_NORMALIZATIONS}')
 
 
 def _micro_batches(batch: dict[str, jax.Array], accum_steps: int) -> dict[str, jax.Array]:
@@ -135,22 +159,23 @@ def _micro_batches(batch: dict[str, jax.Array], accum_steps: int) -> dict[str, j
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, mask: Any, accum_steps: int = 1,
                objective_weights: tuple[float, float] = (1.0, 1.0),
-               schedule: optax.Schedule | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               schedule: optax.Schedule | None = None,
+               loss_normalization: str = 'tokens') -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on `batch` (`[global_batch, seq]` arrays); returns (state, metrics).
 
   Only leaves where `mask` is True are differentiated; frozen ones get zero updates.
   """
   step_rng = jax.random.fold_in(state.rng, state.step)
   train_leaves, frozen_leaves, join = optim.split_trainable(state.params, mask)
-  total_weight = _total_weight(batch, objective_weights)
+  scales = objective_scales(batch, objective_weights, loss_normalization)
 
   def loss_fn(train, micro, rng):
     params = join(train, frozen_leaves)
     logits = model.apply({'params': params}, micro['token_ids'], positions=micro['positions'],
                          segment_ids=micro['segment_ids'], deterministic=False,
                          rngs={'dropout': rng})
-    stats = token_statistics(logits, micro, objective_weights)
-    return stats['weighted_nll'] / total_weight, stats
+    stats = token_statistics(logits, micro, scales)
+    return stats['weighted_nll'], stats
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if accum_steps == 1:
@@ -169,7 +194,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     zeros_s = jax.eval_shape(lambda: token_statistics(
         jnp.zeros((1, 2, 1)), {'token_ids': jnp.zeros((1, 2), jnp.int32),
                                'loss_weights': jnp.zeros((1, 2)),
-                               'task': jnp.zeros((1,), jnp.int32)}, objective_weights))
+                               'task': jnp.zeros((1,), jnp.int32)}, scales))
     zeros_s = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros_s)
     (grads, loss, stats), _ = jax.lax.scan(
         body, (zeros_g, jnp.zeros((), jnp.float32), zeros_s),
