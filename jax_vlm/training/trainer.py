@@ -27,7 +27,6 @@ import signal
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -69,7 +68,7 @@ class Trainer:
     validate_config(config, None if devices is None else len(devices))
     self.config = config
     self.workdir = os.path.abspath(workdir)
-    step = build_train_step(config, devices)
+    step = self._step = build_train_step(config, devices)
     self.mesh, self.rules = step.mesh, step.rules
     self.model_config, self.model = step.model_config, step.model
     self.tx, self.schedule, self.mask = step.tx, step.schedule, step.mask
@@ -81,11 +80,9 @@ class Trainer:
     self.batch_source = batch_source
     self._preempted = False
 
-  @contextlib.contextmanager
   def _context(self):
     """Mesh + logical rules, so the model's activation constraints resolve while tracing."""
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      yield
+    return self._step.context()
 
   # --- state ---------------------------------------------------------------------------------
   def init_state(self) -> ts.TrainState:

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from data.action_world import parse_frame, random_scene, render
+from jax_vlm.core.batching import pad_rows
 from jax_vlm.core.errors import UserError, require
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig
 from jax_vlm.tokens.image_processing import frames_to_pixels, postprocess
@@ -50,10 +51,7 @@ def evaluate_frames(params: Any, frames: np.ndarray, scenes: Sequence[Any], worl
   n = len(frames)
   frame_ok, cell_ok, cells, all_codes = 0, 0, 0, []
   for start, end in _batches(n, batch_size):
-    chunk = frames[start:end]
-    pad = batch_size - len(chunk)  # one compiled shape
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
+    chunk = pad_rows(frames[start:end], batch_size)  # one compiled shape
     codes, _, recon = fn(params, chunk)
     recon = postprocess(recon)[:end - start]
     all_codes.append(np.asarray(codes)[:end - start])

@@ -30,9 +30,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jax_vlm.core.errors import UserError, require
+from jax_vlm.core.files import write_json
 from jax_vlm.tools.aot.chips import set_tpu_env
 from jax_vlm.tools.aot.compile import _SHORT_KEYS, DEFAULT_POINTS, analyze_topology, run_sweep
-from jax_vlm.tools.aot.tables import format_report, sweep_csv, sweep_markdown, write_json
+from jax_vlm.tools.aot.tables import JSON_OPTIONS, format_report, sweep_csv, sweep_markdown
 
 
 def main(argv=None) -> int:
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
             with open(csv_flag.value, 'w') as f:
               f.write(sweep_csv(rows))
           if json_flag.value:
-            write_json(json_flag.value, rows)
+            write_json(json_flag.value, rows, **JSON_OPTIONS)
 
         t0 = time.perf_counter()
         rows = run_sweep(config, topologies, points, name=name, decode=decode_flag.value,
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
                                 seq_len=seq_flag.value)
       print(format_report(result))
       if json_flag.value:
-        write_json(json_flag.value, result)
+        write_json(json_flag.value, result, **JSON_OPTIONS)
     except UserError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(1)

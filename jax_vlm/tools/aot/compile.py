@@ -102,26 +102,6 @@ class TrainStepParts:
   global_batch: int
   seq_len: int
 
-  @property
-  def step_fn(self):
-    return self.step.step_fn
-
-  @property
-  def mesh(self):
-    return self.step.mesh
-
-  @property
-  def rules(self):
-    return self.step.rules
-
-  @property
-  def model(self):
-    return self.step.model
-
-  @property
-  def model_config(self):
-    return self.step.model_config
-
 
 def abstract_train_step(config, devices: Sequence, seq_len: int | None = None,
                         global_batch: int | None = None) -> TrainStepParts:
@@ -153,8 +133,8 @@ def abstract_train_step(config, devices: Sequence, seq_len: int | None = None,
 
 def lower_train_step(parts: TrainStepParts):
   """`step_fn.lower(state, batch)` under the mesh and logical rules (activation constraints)."""
-  with jax.set_mesh(parts.mesh), nn.logical_axis_rules(parts.rules):
-    return parts.step_fn.lower(parts.state, parts.batch)
+  with parts.step.context():
+    return parts.step.step_fn.lower(parts.state, parts.batch)
 
 
 def lower_decode_step(parts: TrainStepParts, batch: int, max_len: int):
@@ -165,7 +145,8 @@ def lower_decode_step(parts: TrainStepParts, batch: int, max_len: int):
   """
 
 
-  model, c, mesh, rules = parts.model, parts.model_config, parts.mesh, parts.rules
+  step = parts.step
+  model, c, mesh, rules = step.model, step.model_config, step.mesh, step.rules
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     cache = jax.eval_shape(lambda: transformer.init_cache(c, batch, max_len))
     cache_shardings = jax.tree.map(
@@ -295,7 +276,7 @@ def analyze_topology(config, topology: str, devices: Sequence | None = None,
   compile_s = time.perf_counter() - t0
   mem = memory_report(compiled, hbm_device)
   cost = _cost(compiled)
-  mesh_shape = dict(parts.mesh.shape)
+  mesh_shape = dict(parts.step.mesh.shape)
   dp = mesh_shape['data'] * mesh_shape['fsdp']
   k = int(num_candidates or config.sampler.num_candidates)
   # K candidates of one prompt, rounded up so the batch axis splits over data*fsdp.
@@ -304,7 +285,7 @@ def analyze_topology(config, topology: str, devices: Sequence | None = None,
   dcost = _cost(dec) if decode else {}
 
   # A scanned program's own estimate counts one layer (see per_layer_counts): not usable.
-  scanned = bool(parts.model_config.scan_layers) and parts.model_config.num_layers > 1
+  scanned = bool(parts.step.model_config.scan_layers) and parts.step.model_config.num_layers > 1
   est, dest = (None, None) if scanned else (_xla_seconds(cost), _xla_seconds(dcost))
   source = 'xla optimal_seconds'
   counts = None
@@ -324,12 +305,12 @@ def analyze_topology(config, topology: str, devices: Sequence | None = None,
     if decode and dest is None:
       dest = extrapolated('decode')[0]
   tokens = parts.global_batch * parts.seq_len
-  model_flops = parts.model_config.flops_per_token(parts.seq_len) * tokens
+  model_flops = parts.step.model_config.flops_per_token(parts.seq_len) * tokens
   result = {
       'topology': topology, 'chip': spec.name if spec else 'cpu', 'chips': num_chips,
       'devices': len(devices), 'mesh': mesh_shape, 'rules': config.mesh.rules,
-      'mode': config.train.mode, 'remat': parts.model_config.remat_policy,
-      'lora_rank': parts.model_config.lora_rank, 'global_batch': parts.global_batch,
+      'mode': config.train.mode, 'remat': parts.step.model_config.remat_policy,
+      'lora_rank': parts.step.model_config.lora_rank, 'global_batch': parts.global_batch,
       'seq_len': parts.seq_len, 'fits': mem['fits'],
       'memory_per_chip_gib': mem['memory_gib'] * per_chip,
       'hbm_per_chip_gib': spec.hbm_gib if spec else None,

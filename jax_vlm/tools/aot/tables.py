@@ -1,27 +1,18 @@
-"""The AOT tool's output: a text report of one compile, sweep rows as a markdown table and a CSV,
-and JSON files."""
+"""The AOT tool's output: a text report of one compile, sweep rows as a markdown table and a CSV
+(JSON files: core/files.write_json with JSON_OPTIONS)."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 from typing import Any
 
+# Reports and sweep rows as JSON: sorted keys, and any value JSON has no type for as text.
+JSON_OPTIONS = dict(indent=2, sort_keys=True, default=str)
 SWEEP_COLUMNS = ('config', 'topology', 'chips', 'rules', 'mesh', 'mode', 'remat', 'global_batch',
                  'fits', 'memory_per_chip_gib', 'hbm_per_chip_gib', 'argument_gib', 'output_gib',
                  'temp_gib', 'estimated_step_s', 'mfu', 'decode_memory_gib',
                  'decode_estimated_s', 'compile_s', 'error')
-
-
-def write_json(path: str, result: Any) -> None:
-  """Writes `result` (a dict or a list of them) as indented JSON, creating the folder."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(result, f, indent=2, sort_keys=True, default=str)
-    f.write('\n')
 
 
 def fmt(value, digits=2) -> str:
