@@ -65,6 +65,30 @@ def _batch(rng, b=4, s=12, vocab=256, tasks=(0, 1, 0, 1)):
           'task': np.asarray(tasks, np.int32)}
 
 
+@pytest.mark.parametrize('tasks', [(0, 1, 0, 1), (0, 0, 0, 0), (1, 1, 1, 0)])
+def test_objective_normalisation(tasks):
+  """'tokens': one mean over all loss tokens; 'objective': each objective's own mean, averaged
+  over the objectives present (weighted by the objective weights)."""
+  rng = np.random.default_rng(3)
+  batch = _batch(rng, tasks=tasks)
+  batch['loss_weights'][np.asarray(tasks) == 0, :9] = 0.0  # IDP rows carry fewer loss tokens
+  logits = jnp.asarray(rng.normal(size=(4, 12, 256)).astype(np.float32))
+  ow = (1.0, 2.0)
+  stats = jax.device_get(ts.token_statistics(logits, batch, ow))
+  present = [name for t, name in enumerate(('idp', 'fdp')) if t in tasks]
+  means = {n: stats[f'{n}_nll'] / stats[f'{n}_weight'] for n in present}
+  w = {'idp': ow[0], 'fdp': ow[1]}
+  want_objective = sum(w[n] * means[n] for n in present) / sum(w[n] for n in present)
+  want_tokens = (sum(w[n] * stats[f'{n}_nll'] for n in present)
+                 / sum(w[n] * stats[f'{n}_weight'] for n in present))
+  for norm, want in (('objective', want_objective), ('tokens', want_tokens)):
+    scales = ts.objective_scales(batch, ow, norm)
+    got = jax.device_get(ts.token_statistics(logits, batch, scales))['weighted_nll']
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+  with pytest.raises(ValueError, match='unknown loss normalization'):
+    ts.objective_scales(batch, ow, 'rows')
+
+
 def test_cross_entropy_matches_optax_value_and_gradient():
   rng = np.random.default_rng(1)
   logits = jnp.asarray(rng.normal(size=(3, 7, 50)).astype(np.float32) * 3)

@@ -1,0 +1,88 @@
+"""The world's pretraining documents: action-free, fresh scenes, laid out as the model reads them."""
+
+import numpy as np
+import pytest
+
+from data.action_world import WorldConfig, build_splits, parse_action
+from data.action_world import pretrain as P
+from jax_vlm.input.sources import DocumentSource
+from jax_vlm.tokens import sequences as seqs
+
+
+class _Vocab:
+  """Word-level text ids after 6 specials; image codes after 100 text ids."""
+  pad_id, bos_id, eos_id, boi_id, eoi_id = 0, 2, 3, 4, 5
+
+  def __init__(self):
+    self.words = {}
+
+  def encode_text(self, text):
+    return [6 + self.words.setdefault(w, len(self.words)) for w in text.split()]
+
+  def codes_to_ids(self, codes):
+    return np.asarray(codes) + 100
+
+
+def test_caption_names_every_object_and_cell():
+  world = WorldConfig()
+  scene = P.pretraining_scenes(1, seed=0, config=world)[0]
+  text = P.caption(scene)
+  for o in scene.objects:
+    assert f'the {o.color} {o.shape} at row {o.row + 1} column {o.col + 1}' in text
+  assert parse_action(text, world) is None  # a caption is not an action
+
+
+def test_pretraining_scenes_are_their_own_stream():
+  world = WorldConfig.preset('smoke')
+  a = P.pretraining_scenes(50, seed=0, config=world)
+  assert a == P.pretraining_scenes(50, seed=0, config=world)  # deterministic
+  assert a != P.pretraining_scenes(50, seed=1, config=world)
+  # Not the scenes the splits draw for the same seed (the splits use streams 1-5).
+  splits = build_splits(world, 0)
+  split_scenes = {str(ex['src']) for name in ('labelled', 'test') for ex in splits[name]}
+  assert sum(str(s.to_json()) in split_scenes for s in a) <= 1
+  for s in a:
+    assert world.min_objects <= len(s) <= world.max_objects
+
+
+def test_document_kinds_and_layouts():
+  vocab = _Vocab()
+  scenes = P.pretraining_scenes(8, seed=0)
+  codes = np.arange(8 * 25).reshape(8, 25) % 25
+  rng = np.random.default_rng(0)
+  seen = set()
+  for _ in range(40):
+    doc = P.sample_document(rng, P.DOCUMENT_KINDS, scenes)
+    seen.add(doc.kind)
+    image_out = doc.kind in P.IMAGE_OUTPUT_KINDS
+    text = vocab.encode_text(doc.text)
+    seq = seqs.build_document([codes[i] for i in doc.scene_ids], text, vocab, image_out)
+    ids, w = seq.token_ids, seq.loss_weights
+    assert ids[0] == vocab.bos_id and w[:seq.prompt_len].sum() == 0
+    if image_out:
+      assert seq.task == seqs.FDP and ids[-1] == vocab.eoi_id
+      assert np.array_equal(ids[w > 0][:-1], codes[doc.scene_ids[-1]] + 100)
+      if doc.kind == 'repeat':
+        assert doc.scene_ids[0] == doc.scene_ids[1] and doc.text == ''
+    else:
+      assert seq.task == seqs.IDP and ids[-1] == vocab.eos_id
+      assert list(ids[w > 0][:-1]) == text and doc.text == P.caption(scenes[doc.scene_ids[-1]])
+      assert len(doc.scene_ids) == (2 if doc.kind == 'multi_caption' else 1)
+  assert seen == set(P.DOCUMENT_KINDS)
+  with pytest.raises(ValueError, match='unknown pretraining document kind'):
+    P.sample_document(rng, ('captions',), scenes)
+
+
+def test_document_source_batches_are_resumable():
+  vocab = _Vocab()
+  scenes = P.pretraining_scenes(16, seed=0)
+  codes = np.zeros((16, 25), np.int32)
+  make = lambda: DocumentSource(scenes, codes, [P.caption(s) for s in scenes], vocab,  # noqa: E731
+                                kinds=P.DOCUMENT_KINDS, seq_len=112, local_batch_size=4, seed=0)
+  a = make()
+  first, second = next(a), next(a)
+  b = make()
+  b.set_state({'step': 1})
+  np.testing.assert_array_equal(next(b)['token_ids'], second['token_ids'])
+  assert first['token_ids'].shape == (4, 112) and set(first['task'].tolist()) <= {0, 1}
+  assert (first['loss_weights'].sum(1) > 0).all()
