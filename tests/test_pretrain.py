@@ -1,4 +1,4 @@
-"""The world's pretraining documents: action-free, fresh scenes, laid out as the model reads them."""
+"""The world's pretraining documents: action-free, fresh scenes, laid out as the model reads."""
 
 import numpy as np
 import pytest
