@@ -60,9 +60,7 @@ def sample_document(rng: np.random.Generator, kinds: tuple[str, ...],
       raise ValueError(f'unknown pretraining document kind {k!r}; use some of {DOCUMENT_KINDS}')
   kind = kinds[int(rng.integers(len(kinds)))]
   a, b = (int(i) for i in rng.integers(len(scenes), size=2))
-  if kind == 'caption':
-    return Document(kind, (a,), caption(scenes[a]))
-  if kind == 'text_to_image':
+  if kind in ('caption', 'text_to_image'):
     return Document(kind, (a,), caption(scenes[a]))
   if kind == 'multi_caption':
     return Document(kind, (b, a), caption(scenes[a]))
