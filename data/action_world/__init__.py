@@ -8,6 +8,8 @@ parser.py    parse_frame(frame) -> scene, the ground truth for generated frames
 splits.py    build_splits / write_world / load_split (labelled, unlabelled, test,
              test_compositional)
 tokenizer.py the world's word-level text tokenizer directory
+pretrain.py  action-free pretraining documents over fresh scenes (captions, text-to-image,
+             multi-image captions, repeated images): the stand-in for a VLM's pretraining data
 `python -m data.action_world build --out DIR [--size default|smoke] [--seed 0]` writes a data set.
 Pure Python + numpy; imports nothing from jax_vlm but its errors.
 """
