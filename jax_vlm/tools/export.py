@@ -7,19 +7,28 @@ DIR is train.py's workdir (the stage folder is `--stage`, default the last train
 config.stages) or a stage folder itself (it has `checkpoints/`). The newest readable checkpoint is
 used. `--format orbax` writes an Orbax params checkpoint at OUT, `hf` a transformers directory at
 OUT (via jax_vlm.weights.hf.save_pretrained), `both` writes OUT/orbax and OUT/hf.
+
+The transformers directory loads with ChameleonForConditionalGeneration / GemmaForCausalLM
+`from_pretrained` for both families: config.json carries what transformers needs beyond the sizes
+(Chameleon's `vocabulary_map` from config.vocab's tokenizer, its `vq_config` from config.vqgan,
+the special token ids), the tokenizer files are copied next to the weights, and with
+config.checkpoint.vqgan_dir set the VQGAN's encoder goes in as `model.vqmodel.*`.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jax_vlm.core.errors import UserError, require
+from jax_vlm.tokens import vocab as vocab_lib
 from jax_vlm.training import checkpointing, sharding, trainer
-from jax_vlm.weights import hf
+from jax_vlm.weights import hf, vqgan_files
+from jax_vlm.weights import vqgan as vqgan_weights
 
 FORMATS = ('orbax', 'hf', 'both')
 TRAIN_STAGES = ('train_dynamics', 'train_fdp')
@@ -37,6 +46,53 @@ def find_stage_dir(config, workdir: str, stage: str | None = None) -> str:
   require(os.path.isdir(os.path.join(stage_dir, 'checkpoints')),
           f'{stage_dir} has no checkpoints/ folder; check --workdir and --stage.')
   return stage_dir
+
+
+def hf_base_config(config) -> dict:
+  """config.json entries beyond the model sizes: token ids, and for Chameleon the vocabulary map
+  (the tokenizer's names -> ids, when config.vocab.tokenizer_dir is a directory) and vq_config."""
+  base: dict = {}
+  family = config.model.family
+  tokenizer_dir = config.vocab.get('tokenizer_dir', '')
+  if tokenizer_dir and os.path.isdir(tokenizer_dir):
+    tokenizer = vocab_lib.load_tokenizer(tokenizer_dir)
+    names = tokenizer.get_vocab()
+    for field in ('bos_token', 'eos_token', 'pad_token'):
+      if config.vocab.get(field) in names:
+        base[f'{field}_id'] = int(names[config.vocab[field]])
+    if family == 'chameleon':
+      base['vocabulary_map'] = {str(k): int(v) for k, v in names.items()}
+  if family == 'chameleon':
+    base.setdefault('vocabulary_map', {})
+    if 'vqgan' in config:
+      base['vq_config'] = hf.chameleon_vq_config(config.vqgan)
+  return base
+
+
+def vqgan_tensors(config) -> dict:
+  """The VQGAN encoder as transformers' `model.vqmodel.*` tensors (Chameleon, with
+  config.checkpoint.vqgan_dir set to a Flax VQGAN directory); {} otherwise."""
+  vqgan_dir = config.get('checkpoint', {}).get('vqgan_dir', '')
+  if config.model.family != 'chameleon' or not vqgan_dir or not os.path.isdir(vqgan_dir):
+    return {}
+  _, params = vqgan_files.load_vqgan(vqgan_dir)
+  params = {k: v for k, v in dict(params).items() if k in vqgan_weights.ENCODER_SUBTREES}
+  tensors = vqgan_weights.vqgan_params_to_torch_state_dict(params, prefix='model.vqmodel.')
+  return {k: v.numpy() for k, v in tensors.items()}
+
+
+def write_hf(config, model_config, params, out: str) -> str:
+  """Writes `params` (host arrays, no adapters) as a transformers directory at `out`, with
+  hf_base_config's entries and the tokenizer files; returns `out`."""
+  hf.save_pretrained(model_config, params, out, base_config=hf_base_config(config),
+                     extra_tensors=vqgan_tensors(config))
+  tokenizer_dir = config.vocab.get('tokenizer_dir', '')
+  if tokenizer_dir and os.path.isdir(tokenizer_dir):
+    for name in os.listdir(tokenizer_dir):
+      full = os.path.join(tokenizer_dir, name)
+      if os.path.isfile(full) and name != 'config.json' and not name.endswith('.safetensors'):
+        shutil.copy2(full, os.path.join(out, name))
+  return out
 
 
 def export(config, workdir: str, out: str, fmt: str = 'both', stage: str | None = None) -> dict:
@@ -59,7 +115,7 @@ def export(config, workdir: str, out: str, fmt: str = 'both', stage: str | None 
     paths['hf'] = out if fmt == 'hf' else os.path.join(out, 'hf')
     host_params = jax.tree.map(lambda x: jax.device_get(x), params)
     if jax.process_index() == 0:
-      hf.save_pretrained(base_config, host_params, paths['hf'])
+      write_hf(config, base_config, host_params, paths['hf'])
   return paths
 
 

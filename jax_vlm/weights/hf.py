@@ -123,6 +123,11 @@ def hf_config_dict(config: TransformerConfig, base: Mapping[str, Any] | None = N
             'd_model = heads * head_dim and qk_norm on.')
     d['swin_norm'] = c.swin_norm
     d['hidden_act'] = 'silu'
+    # transformers' ChameleonModel reads vocabulary_map when it is built (AttributeError on None);
+    # a model trained here without a tokenizer at hand gets an empty map: text works, images need
+    # the tokenizer's IMGIMG names (tools/export.py fills them in from config.vocab).
+    if not isinstance(d.get('vocabulary_map'), Mapping):
+      d['vocabulary_map'] = {}
   else:
     require(not c.qk_norm and not c.swin_norm,
             'model config with qk_norm or swin_norm cannot be written as a transformers Gemma '
@@ -133,6 +138,19 @@ def hf_config_dict(config: TransformerConfig, base: Mapping[str, Any] | None = N
     if 'hidden_activation' in d:
       d['hidden_activation'] = 'gelu_pytorch_tanh'
   return d
+
+
+def chameleon_vq_config(vqgan: Mapping[str, Any]) -> dict:
+  """configs/base.py's `vqgan` section -> transformers' ChameleonVQVAEConfig dict."""
+  return dict(embed_dim=int(vqgan['embed_dim']), num_embeddings=int(vqgan['num_embeddings']),
+              double_latent=bool(vqgan.get('double_z', False)),
+              latent_channels=int(vqgan['z_channels']), resolution=int(vqgan['resolution']),
+              in_channels=int(vqgan.get('in_channels', 3)),
+              base_channels=int(vqgan['base_channels']),
+              channel_multiplier=[int(m) for m in vqgan['channel_multiplier']],
+              num_res_blocks=int(vqgan['num_res_blocks']),
+              attn_resolutions=[int(r) for r in (vqgan.get('attn_resolutions') or ())],
+              dropout=float(vqgan.get('dropout', 0.0)), attn_type='vanilla')
 
 
 # --- the key mapping -------------------------------------------------------------------------
@@ -349,13 +367,16 @@ def _torch_dtype_name(arrays: Mapping[str, np.ndarray]) -> str:
 
 def save_pretrained(module_or_config, params, path: str, source: str | None = None, dtype=None,
                     base_config: Mapping[str, Any] | None = None,
-                    max_shard_bytes: int = 5 * 2**30) -> str:
+                    max_shard_bytes: int = 5 * 2**30,
+                    extra_tensors: Mapping[str, np.ndarray] | None = None) -> str:
   """Writes `params` as a transformers checkpoint directory (config.json + model*.safetensors).
 
   module_or_config: a DecoderLM or TransformerConfig. source: a transformers directory (default
   the one a DecoderLM's params came from, `module.hf_source`) whose config.json extras, non-LM
   tensors (Chameleon's `model.vqmodel.*`) and tokenizer files are kept; base_config: config.json
-  entries to keep when there is no source directory. LoRA adapters are merged.
+  entries to keep when there is no source directory (merged over the source's config.json when both
+  are given); extra_tensors: non-LM tensors to write too (e.g. `model.vqmodel.*`). LoRA adapters
+  are merged.
   dtype: tensor dtype to write (default the params' own). Returns `path`.
   """
   from safetensors.numpy import save_file
@@ -371,7 +392,7 @@ def save_pretrained(module_or_config, params, path: str, source: str | None = No
   base, extra = base_config, {}
   if source:
     source = os.path.abspath(source)
-    base = read_hf_config(source)
+    base = dict(read_hf_config(source), **(base_config or {}))
     if base.get('model_type') == config.family:
       try:
         checkpoint = SafetensorsCheckpoint(source)
@@ -381,6 +402,7 @@ def save_pretrained(module_or_config, params, path: str, source: str | None = No
         if not name.startswith(_LM_PREFIXES):  # Chameleon's VQGAN (model.vqmodel.*) and the like
           extra[name] = checkpoint[name]
   state.update(extra)
+  state.update({k: np.ascontiguousarray(np.asarray(v)) for k, v in (extra_tensors or {}).items()})
   hf = hf_config_dict(config, base, dtype=_torch_dtype_name(state))
 
   os.makedirs(path, exist_ok=True)
