@@ -248,7 +248,7 @@ def test_cli_aurora_and_errors(vqgan, aurora_root, tmp_path, capsys):
   capsys.readouterr()
 
   def error(argv):
-    assert prepare.main(argv) == 2
+    assert prepare.main(argv) == 1  # runtime input errors exit 1 (jax_vlm/core/cli.py)
     message = capsys.readouterr().err.strip()
     assert message.startswith('error: ') and message.count('\n') == 0
     return message

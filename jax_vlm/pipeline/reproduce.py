@@ -35,6 +35,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from jax_vlm.core import cli
 from jax_vlm.core.errors import UserError, require
 from jax_vlm.core.settings import section_with_defaults
 from jax_vlm.evaluation import plots
@@ -177,12 +178,16 @@ def _share_stages(seed_dir: str, first_dir: str) -> None:
       os.symlink(os.path.relpath(os.path.join(first_dir, name), seed_dir), link)
 
 
-def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int) -> dict:
-  """Runs (or continues) one seed's pipeline in `workdir`; returns its evaluation summary."""
+def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
+             rerun: Sequence[str] = ()) -> dict:
+  """Runs (or continues) one seed's pipeline in `workdir`; returns its evaluation summary.
+
+  The shared stages' fingerprints leave `seed` out (stages.run_stages), so the other seeds accept
+  the first seed's data; `rerun`: stages to run again (--rerun_stages)."""
   cfg = resolve_paths(reproduction_config(config, seed), workdir)
   validate_config(cfg)
   wall, cpu = time.perf_counter(), _cpu_seconds()
-  done = stages.run_stages(cfg, workdir)
+  done = stages.run_stages(cfg, workdir, rerun=rerun, shared=SHARED_STAGES)
   if not done:
     raise UserError(f'The pipeline in {workdir} stopped early (preempted); rerun the same '
                     'command to continue it.')
@@ -200,7 +205,7 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int) -> dict
 
 
 def reproduce(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
-              command: str = '') -> tuple[str, dict]:
+              command: str = '', rerun: Sequence[str] = ()) -> tuple[str, dict]:
   """Runs every seed and writes DIR/reproduction.md + .json; returns (markdown, JSON)."""
   require(len(seeds) > 0, 'No seeds given; pass --seeds 0 (or 0,1,2).')
   workdir = os.path.abspath(workdir)
@@ -213,7 +218,9 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[i
     if seed != seeds[0]:
       _share_stages(seed_dir, first)
     print(f'reproduce: seed {seed} in {seed_dir}', flush=True)
-    runs.append(run_seed(config, seed_dir, seed))
+    # A shared stage is rerun once, by the first seed; the others then accept it.
+    again = [n for n in rerun if seed == seeds[0] or n not in SHARED_STAGES]
+    runs.append(run_seed(config, seed_dir, seed, again))
   md, js = build_table(runs, command)
   wall = time.perf_counter() - start
   md += (f'\nTotal wall time of this command: {wall:.0f} s ({wall / 60:.1f} min), CPU time '
@@ -252,37 +259,42 @@ def write_reproduction_report(path: str, runs: Sequence[dict], js: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """The command line (jax_vlm/core/cli.py: --help, one-sentence errors, exit codes 0/1/2)."""
   fl = flags.FlagValues()
   config_flag = config_flags.DEFINE_config_file('config', None, 'configs/action_world.py[:smoke]',
                                                 flag_values=fl)
   flags.DEFINE_string('workdir', None, 'Output folder (one sub-folder per seed).', flag_values=fl)
   flags.DEFINE_list('seeds', None, 'Seeds to run, e.g. 0,1,2 (default: config.reproduce.seeds; '
                     'the verdicts need 2 or more).', flag_values=fl)
+  flags.DEFINE_list('rerun_stages', [], 'Rerun these stages even if done (needed when their '
+                    'config changed; their files are kept).', flag_values=fl)
   argv = list(sys.argv if argv is None else argv)
-  try:
-    fl(argv)
-  except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
-    print(f'error: the flags could not be parsed ({str(e).splitlines()[0]}); check the config '
-          'path and --config.key=value names.', file=sys.stderr)
-    return 1
-  try:
+
+  def body(_) -> int:
     config = config_flag.value
     if config is None:
-      raise UserError('No config given; pass --config configs/action_world.py.')
+      raise cli.ConfigError('No config given; pass --config configs/action_world.py.')
     if not fl.workdir:
-      raise UserError('No workdir given; pass --workdir DIR for the outputs.')
+      raise cli.ConfigError('No workdir given; pass --workdir DIR for the outputs.')
     given = fl.seeds if fl.seeds is not None else reproduce_settings(config).seeds
     try:
       seeds = [int(s) for s in given]
-    except (TypeError, ValueError) as e:
-      raise UserError(f'--seeds={",".join(map(str, given))} must be integers like 0,1,2.') from e
+    except (TypeError, ValueError):
+      raise cli.ConfigError(f'--seeds={",".join(map(str, given))} must be integers like 0,1,2.'
+                            ) from None
+    if not seeds:
+      raise cli.ConfigError('No seeds given; pass --seeds 0 (or 0,1,2).')
+    try:
+      validate_config(reproduction_config(config, seeds[0]))
+    except UserError as e:
+      raise cli.ConfigError(str(e)) from None
     command = 'python -m jax_vlm.reproduce ' + ' '.join(argv[1:])
-    md, _ = reproduce(config, fl.workdir, seeds, command)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  print(md)
-  return 0
+    md, _ = reproduce(config, fl.workdir, seeds, command, rerun=fl.rerun_stages)
+    print(md)
+    return 0
+
+  return cli.run(body, fl, __doc__, argv, config_flag=config_flag,
+                 default_config=os.path.join(cli.ROOT, 'configs', 'action_world.py'))
 
 
 if __name__ == '__main__':

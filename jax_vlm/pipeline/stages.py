@@ -7,6 +7,20 @@ continues with the first stage that has no DONE marker; a finished stage is skip
 stops early on purpose (preemption) raises `StageInterrupted`: no DONE is written and the runner
 returns.
 
+Fingerprints: before a stage runs, the resolved config it runs with is written to
+`WORKDIR/<stage>/config.json` (readable) and its SHA-256 goes into the DONE marker ('fingerprint').
+A done stage whose fingerprint differs from the current config's is refused (a ConfigError naming
+the changed keys) unless the stage is in `rerun` (train.py / reproduce: --rerun_stages=a,b; the
+config key `rerun_stages` does the same); a rerun keeps the stage folder's files (training resumes
+from its checkpoints) and replaces the marker. The fingerprint covers the stage's config except:
+the run's bookkeeping (`stages`, `stage_overrides` (already applied), `reproduce`,
+`rerun_stages`),
+the display settings (`train.peak_flops`, `train.progress_bar`, `train.tensorboard`), the
+evaluation sections (`world_eval`, `eval`) for stages other than `evaluate`, and, for the stages
+a caller shares between seeds (`shared`, e.g. reproduce's SHARED_STAGES), `seed`. Paths under the
+workdir are recorded as '{workdir}/...', so seeds' folders compare equal. A DONE marker without a
+fingerprint (written before fingerprints existed) is accepted as it is.
+
 Per-stage settings: `config.stage_overrides.<stage>` (if the config has it) is a dict of dotted keys
 ('objectives.idp_share': 0) applied to a copy of the config for that stage only.
 
@@ -16,15 +30,16 @@ package (or of the layer that owns it), plus an import line here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import ml_collections
 
-from jax_vlm.core import registry, settings
+from jax_vlm.core import cli, registry, settings
 from jax_vlm.core.errors import StageInterrupted, require
 from jax_vlm.evaluation import world as world_evaluation  # noqa: F401  (evaluate)
 from jax_vlm.method import bootstrap  # noqa: F401  (bootstrap)
@@ -36,6 +51,13 @@ from jax_vlm.training import trainer  # noqa: F401  (train_dynamics, train_fdp)
 
 StageFn = Callable[[ml_collections.ConfigDict, str], None]
 DONE = 'DONE'
+CONFIG_FILE = 'config.json'
+NOT_FINGERPRINTED = ('stages', 'stage_overrides', 'reproduce', 'rerun_stages')
+# Keys that change what a run shows, not what it computes.
+NOT_FINGERPRINTED_KEYS = (('train', 'peak_flops'), ('train', 'progress_bar'),
+                          ('train', 'tensorboard'))
+# Sections only these stages read; other stages' fingerprints leave them out.
+READ_BY = {'world_eval': ('evaluate',), 'eval': ('evaluate',)}
 
 
 def registered() -> list[str]:
@@ -58,25 +80,111 @@ def is_done(workdir: str, name: str) -> bool:
   return os.path.exists(os.path.join(workdir, name, DONE))
 
 
+def _plain(value: Any, workdir: str) -> Any:
+  if isinstance(value, (ml_collections.ConfigDict, dict)):
+    return {str(k): _plain(v, workdir) for k, v in dict(value).items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v, workdir) for v in value]
+  if isinstance(value, str) and workdir and value.startswith(workdir):
+    return '{workdir}' + value[len(workdir):]
+  if isinstance(value, float) and value != value:
+    return 'nan'
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  return repr(value)
+
+
+def fingerprint_config(config: ml_collections.ConfigDict, name: str, workdir: str,
+                       shared: bool = False) -> dict:
+  """The part of stage `name`'s config its fingerprint covers, as plain JSON values."""
+  skip = set(NOT_FINGERPRINTED) | {k for k, users in READ_BY.items() if name not in users}
+  if shared:
+    skip.add('seed')
+  data = _plain({k: v for k, v in config.items() if k not in skip}, os.path.abspath(workdir))
+  for section, key in NOT_FINGERPRINTED_KEYS:
+    if isinstance(data.get(section), dict):
+      data[section].pop(key, None)
+  return data
+
+
+def fingerprint(covered: dict) -> str:
+  return hashlib.sha256(json.dumps(covered, sort_keys=True).encode()).hexdigest()
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = '') -> list[str]:
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = []
+    for k in sorted(set(old) | set(new)):
+      out += _changed_keys(old.get(k, '<absent>'), new.get(k, '<absent>'), f'{prefix}{k}.')
+    return out
+  return [] if old == new else [prefix.rstrip('.')]
+
+
+def _read_json(path: str) -> Any:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def check_fingerprint(stage_dir: str, name: str, covered: dict) -> None:
+  """ConfigError when the done stage in `stage_dir` ran with a different config."""
+  marker = _read_json(os.path.join(stage_dir, DONE))
+  old_hash = marker.get('fingerprint') if isinstance(marker, dict) else None
+  if not old_hash or old_hash == fingerprint(covered):
+    return
+  old = _read_json(os.path.join(stage_dir, CONFIG_FILE))
+  keys = _changed_keys(old, covered) if isinstance(old, dict) else []
+  what = (f'key(s) {", ".join(keys[:8])}{" ..." if len(keys) > 8 else ""}' if keys
+          else f'config (its {CONFIG_FILE} is missing)')
+  raise cli.ConfigError(
+      f'Stage {name} in {stage_dir} is done but ran with a different {what}; rerun it with '
+      f'--rerun_stages={name} (its files are kept), use another --workdir, or restore the old '
+      'values.')
+
+
+def _write_json_atomic(path: str, data: Any) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(data, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
 def run_stages(config: ml_collections.ConfigDict, workdir: str,
-               names: list[str] | tuple[str, ...] | None = None, is_main: bool = True) -> bool:
+               names: list[str] | tuple[str, ...] | None = None, is_main: bool = True,
+               rerun: Iterable[str] = (), shared: Iterable[str] = ()) -> bool:
   """Runs the stages (default `config.stages`) in order; True when all are done.
 
-  Unknown stage names are reported before any stage runs.
+  Unknown stage names are reported before any stage runs. `rerun`: stages run again even when
+  done (with `config.rerun_stages`). `shared`: stages whose fingerprint leaves `seed` out.
   """
   names = list(names if names is not None else config.get('stages', ('train_dynamics',)))
   require(names, 'config.stages is empty; list the stages to run, e.g. ["train_dynamics"].')
   fns = [get(n) for n in names]  # unknown names fail here, before any work
+  rerun = set(rerun) | set(config.get('rerun_stages', None) or ())
+  unknown = sorted(rerun - set(registered()))
+  if unknown:
+    raise cli.ConfigError(f'--rerun_stages names unknown stage(s) {", ".join(unknown)}; use '
+                          f'{", ".join(names)}.')
+  shared = set(shared)
   for name, fn in zip(names, fns):
     stage_dir = os.path.join(workdir, name)
-    if is_done(workdir, name):
+    cfg = stage_config(config, name)
+    covered = fingerprint_config(cfg, name, workdir, shared=name in shared)
+    if is_done(workdir, name) and name not in rerun:
+      check_fingerprint(stage_dir, name, covered)
       logging.info('Stage %s is done (%s); skipping it.', name, stage_dir)
       continue
     os.makedirs(stage_dir, exist_ok=True)
+    if is_main:
+      if is_done(workdir, name):  # a rerun: the old marker goes first, so a crash reruns it
+        os.replace(os.path.join(stage_dir, DONE), os.path.join(stage_dir, DONE + '.previous'))
+      _write_json_atomic(os.path.join(stage_dir, CONFIG_FILE), covered)
     logging.info('Stage %s: running in %s.', name, stage_dir)
     start = time.time()
     try:
-      fn(stage_config(config, name), stage_dir)
+      fn(cfg, stage_dir)
     except StageInterrupted as e:
       logging.warning('Stage %s interrupted (%s); rerun the same command to continue.', name, e)
       return False
@@ -84,7 +192,8 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str,
       # Written last, atomically: a stage killed before this point runs again.
       tmp = os.path.join(stage_dir, DONE + '.tmp')
       with open(tmp, 'w') as f:
-        json.dump({'stage': name, 'seconds': round(time.time() - start, 1)}, f)
+        json.dump({'stage': name, 'seconds': round(time.time() - start, 1),
+                   'fingerprint': fingerprint(covered), 'config': CONFIG_FILE}, f)
       os.replace(tmp, os.path.join(stage_dir, DONE))
   return True
 

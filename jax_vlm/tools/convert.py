@@ -17,7 +17,8 @@ import json
 import os
 import sys
 
-from jax_vlm.core.errors import UserError, require
+from jax_vlm.core import cli
+from jax_vlm.core.errors import require
 from jax_vlm.training import checkpointing
 from jax_vlm.weights import hf, vqgan_files
 from jax_vlm.weights.vqgan import convert_vqgan_checkpoint
@@ -60,14 +61,14 @@ def vqgan(ckpt: str, yaml: str, dst: str) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m jax_vlm.convert', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog='python -m jax_vlm.convert', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest='command', required=True)
   p = sub.add_parser('hf-to-flax', help='transformers checkpoint -> Orbax params')
   p.add_argument('src')
   p.add_argument('dst')
-  p.add_argument('--no-scan', action='store_true', help='per-layer params (layers_0, ...)')
-  p.add_argument('--param-dtype', default='float32')
+  p.add_argument('--no_scan', action='store_true', help='per-layer params (layers_0, ...)')
+  p.add_argument('--param_dtype', default='float32')
   p = sub.add_parser('flax-to-hf', help='Orbax params -> transformers checkpoint')
   p.add_argument('src')
   p.add_argument('dst')
@@ -79,8 +80,8 @@ def main(argv=None) -> int:
   p.add_argument('--ckpt', required=True)
   p.add_argument('--yaml', required=True)
   p.add_argument('dst')
-  args = parser.parse_args(argv)
-  try:
+
+  def body(args) -> None:
     if args.command == 'hf-to-flax':
       hf_to_flax(args.src, args.dst, not args.no_scan, args.param_dtype)
     elif args.command == 'flax-to-hf':
@@ -88,11 +89,9 @@ def main(argv=None) -> int:
     else:
       os.makedirs(args.dst, exist_ok=True)
       vqgan(args.ckpt, args.yaml, args.dst)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  return 0
 
+  # Errors (jax_vlm/core/cli.py): a mistake in the command exits 2, a bad input file 1.
+  return cli.run_argparse(parser, body, argv)
 
 if __name__ == '__main__':
   sys.exit(main())

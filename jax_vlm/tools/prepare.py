@@ -2,7 +2,7 @@
 
   python -m jax_vlm.prepare aurora --root AURORA_ROOT --vqgan VQ_DIR --out OUT [--tasks a,b]
                                    [--split train]                      -> OUT/<split>
-  python -m jax_vlm.prepare epic --csv EPIC_100_train.csv --frames-root R --vqgan VQ_DIR --out OUT
+  python -m jax_vlm.prepare epic --csv EPIC_100_train.csv --frames_root R --vqgan VQ_DIR --out OUT
                                  [--split train]                        -> OUT/<split>
   python -m jax_vlm.prepare videos --videos DIR_OR_FILE [...] --vqgan VQ_DIR --out OUT
                                    [--kf 6 --if 20]                     -> OUT/unlabelled
@@ -45,6 +45,7 @@ from data.aurora import load_aurora_train
 from data.epic import load_epic_triplets
 from data.images import load_rgb
 from data.records import MAX_ACTION_CHARS, clean_action
+from jax_vlm.core import cli
 from jax_vlm.core.batching import pad_rows
 from jax_vlm.core.errors import UserError, require
 from jax_vlm.models.vqgan import VQGAN
@@ -601,16 +602,16 @@ def _common_args(p: argparse.ArgumentParser) -> None:
                  'vqgan_config.json)')
   p.add_argument('--out', required=True, help='output directory; records go to OUT/<split>')
   p.add_argument('--resolution', type=int, default=None, help="default: the VQGAN's")
-  p.add_argument('--batch-size', type=int, default=8, help='examples per encoder call')
-  p.add_argument('--num-shards', type=int, default=1)
+  p.add_argument('--batch_size', type=int, default=8, help='examples per encoder call')
+  p.add_argument('--num_shards', type=int, default=1)
   p.add_argument('--workers', type=int, default=None, help='image reading threads (default <= 8)')
   p.add_argument('--overwrite', action='store_true', help='replace an existing record set')
-  p.add_argument('--no-progress', action='store_true', help='no progress bar')
+  p.add_argument('--no_progress', action='store_true', help='no progress bar')
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog='python -m jax_vlm.prepare', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog='python -m jax_vlm.prepare', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest='command', required=True)
   p = sub.add_parser('aurora', help='AURORA training triplets -> OUT/<split>')
   p.add_argument('--root', required=True, help='McGill-NLP/AURORA checkout')
@@ -619,7 +620,7 @@ def _parser() -> argparse.ArgumentParser:
   _common_args(p)
   p = sub.add_parser('epic', help='EPIC-KITCHENS action segments -> OUT/<split>')
   p.add_argument('--csv', required=True, help='EPIC_100_train.csv (or validation)')
-  p.add_argument('--frames-root', required=True, help='directory with <P>/rgb_frames/<video>/')
+  p.add_argument('--frames_root', required=True, help='directory with <P>/rgb_frames/<video>/')
   p.add_argument('--split', default='train')
   _common_args(p)
   p = sub.add_parser('videos', help='unlabelled videos -> key-frame pairs -> OUT/unlabelled')
@@ -627,10 +628,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--kf', type=int, default=6, help='Kf: key frames per video')
   p.add_argument('--if', dest='min_gap', type=int, default=20,
                  help='If: least distance between key frames (in frames after --stride)')
-  p.add_argument('--min-motion', type=float, default=0.0,
+  p.add_argument('--min_motion', type=float, default=0.0,
                  help='frames with at most this motion score are never key frames')
   p.add_argument('--stride', type=int, default=1, help='use every stride-th frame')
-  p.add_argument('--max-frames', type=int, default=None, help='frames read per video (after '
+  p.add_argument('--max_frames', type=int, default=None, help='frames read per video (after '
                  'stride)')
   p.add_argument('--split', default=UNLABELLED_SPLIT)
   _common_args(p)
@@ -640,7 +641,9 @@ def _parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> PrepareReport:
   """Runs one parsed command line; UserError for anything the user can fix."""
   load_vqgan_dir(args.vqgan)  # a wrong --vqgan fails before any data is read
-  require(args.batch_size >= 1, f'--batch-size {args.batch_size} must be at least 1.')
+  if args.batch_size < 1 or args.num_shards < 1:
+    raise cli.ConfigError(f'--batch_size={args.batch_size} and --num_shards={args.num_shards} must '
+                          'be at least 1; pass positive values.')
   common = dict(resolution=args.resolution, batch_size=args.batch_size, split=args.split,
                 num_shards=args.num_shards, num_workers=args.workers, overwrite=args.overwrite,
                 progress_bar=not args.no_progress)
@@ -662,20 +665,18 @@ def run(args: argparse.Namespace) -> PrepareReport:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    report = run(args)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(report.summary())
-  print(f'report: {report.out_prefix}{REPORT_SUFFIX}')
-  if not report.written:
-    print(f'error: no examples were written to {report.out_prefix}; see the skipped reasons '
-          'above.', file=sys.stderr)
-    return 2
-  return 0
+  """Errors (jax_vlm/core/cli.py): a mistake in the command exits 2, a bad input 1."""
 
+  def body(args) -> int:
+    report = run(args)
+    print(report.summary())
+    print(f'report: {report.out_prefix}{REPORT_SUFFIX}')
+    if not report.written:
+      raise UserError(f'no examples were written to {report.out_prefix}; see the skipped reasons '
+                      'above.')
+    return 0
+
+  return cli.run_argparse(_parser(), body, argv)
 
 if __name__ == '__main__':
   sys.exit(main())

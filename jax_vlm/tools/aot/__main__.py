@@ -26,10 +26,11 @@ import sys
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from jax_vlm.core.errors import UserError, require
+from jax_vlm.core import cli
+from jax_vlm.core.errors import require
 from jax_vlm.core.files import write_json
 from jax_vlm.tools.aot.chips import set_tpu_env
 from jax_vlm.tools.aot.compile import _SHORT_KEYS, DEFAULT_POINTS, analyze_topology, run_sweep
@@ -53,47 +54,43 @@ def main(argv=None) -> int:
   seq_flag = flags.DEFINE_integer('seq_len', None, 'Tokens per row (default data.max_seq_len).')
 
   def run(_):
-    try:
-      config = config_flag.value
-      require(config is not None, 'No config given; pass --config configs/NAME.py.')
-      topologies = topology_flag.value
-      if topologies and topologies[0] != 'cpu':
-        set_tpu_env(topologies[0])
-      if 'JAX_PLATFORMS' not in os.environ:
-        jax.config.update('jax_platforms', 'cpu')  # the host compiles; TPUs are descriptions
-      if sweep_flag.value:
-        points = [p for p in points_flag.value.split(';') if p.strip()]
-        name = name_flag.value or os.path.splitext(os.path.basename(
-            config_flags.get_config_filename(flags.FLAGS['config'])))[0]
-        def save(rows):
-          if md_flag.value:
-            with open(md_flag.value, 'w') as f:
-              f.write(sweep_markdown(rows))
-          if csv_flag.value:
-            with open(csv_flag.value, 'w') as f:
-              f.write(sweep_csv(rows))
-          if json_flag.value:
-            write_json(json_flag.value, rows, **JSON_OPTIONS)
+    # Errors: jax_vlm/core/cli.py (one sentence; exit 2 for the command, 1 for input).
+    config = config_flag.value
+    require(config is not None, 'No config given; pass --config configs/NAME.py.')
+    topologies = topology_flag.value
+    if topologies and topologies[0] != 'cpu':
+      set_tpu_env(topologies[0])
+    if 'JAX_PLATFORMS' not in os.environ:
+      jax.config.update('jax_platforms', 'cpu')  # the host compiles; TPUs are descriptions
+    if sweep_flag.value:
+      points = [p for p in points_flag.value.split(';') if p.strip()]
+      name = name_flag.value or os.path.splitext(os.path.basename(
+          config_flags.get_config_filename(flags.FLAGS['config'])))[0]
+      def save(rows):
+        if md_flag.value:
+          with open(md_flag.value, 'w') as f:
+            f.write(sweep_markdown(rows))
+        if csv_flag.value:
+          with open(csv_flag.value, 'w') as f:
+            f.write(sweep_csv(rows))
+        if json_flag.value:
+          write_json(json_flag.value, rows, **JSON_OPTIONS)
 
-        t0 = time.perf_counter()
-        rows = run_sweep(config, topologies, points, name=name, decode=decode_flag.value,
-                         log=lambda s: print(s, flush=True), on_row=save)
-        print(sweep_markdown(rows))
-        print(f'sweep took {time.perf_counter() - t0:.0f} s')
-        return
-      require(len(topologies) == 1, 'Several --topology values need --sweep; pass one topology.')
-      result = analyze_topology(config, topologies[0], decode=decode_flag.value,
-                                seq_len=seq_flag.value)
-      print(format_report(result))
-      if json_flag.value:
-        write_json(json_flag.value, result, **JSON_OPTIONS)
-    except UserError as e:
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(1)
+      t0 = time.perf_counter()
+      rows = run_sweep(config, topologies, points, name=name, decode=decode_flag.value,
+                       log=lambda s: print(s, flush=True), on_row=save)
+      print(sweep_markdown(rows))
+      print(f'sweep took {time.perf_counter() - t0:.0f} s')
+      return
+    require(len(topologies) == 1, 'Several --topology values need --sweep; pass one topology.')
+    result = analyze_topology(config, topologies[0], decode=decode_flag.value,
+                              seq_len=seq_flag.value)
+    print(format_report(result))
+    if json_flag.value:
+      write_json(json_flag.value, result, **JSON_OPTIONS)
 
-  app.run(run, argv=argv)
-  return 0
+  return cli.run(run, flags.FLAGS, __doc__, argv, config_flag=config_flag)
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())
