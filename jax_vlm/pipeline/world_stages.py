@@ -315,7 +315,8 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   result = trainer.run()
   if result['status'] != 'done':
     raise StageInterrupted(f'pretraining stopped at step {result["step"]}')
-  checkpointing.save_params(os.path.join(stage_dir, 'params'), trainer.final_params)
+  checkpointing.save_params(os.path.join(stage_dir, 'params'), trainer.final_params,
+                            trainer.model_config)
   write_json(os.path.join(stage_dir, 'metrics.json'), dict(
       scenes=len(scenes), documents=list(kinds), steps=int(p.num_steps),
       encode_seconds=round(encode_s, 1), seconds=round(time.perf_counter() - start, 1),

@@ -52,6 +52,9 @@ def train_section() -> ml_collections.ConfigDict:
   c.data_source = 'dataset'
   # Params to start from: Orbax params dir or an earlier stage's name ('' = checkpoint.model_dir).
   c.init_from = ''
+  # Loading params whose leaves differ from the model's (missing ones keep their fresh init, extra
+  # ones are dropped) is an error unless this is True.
+  c.init_partial = False
   c.peak_flops = 0.0  # peak FLOP/s per device for MFU; 0 = MFU not reported
   c.progress_bar = True
   c.tensorboard = True  # event files next to metrics.jsonl (tensorboardX)

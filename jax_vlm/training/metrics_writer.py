@@ -2,8 +2,9 @@
 
 Only process 0 writes (other processes get a writer that does nothing). Every logged metric goes to
 `metrics.jsonl` (one object per line, with `step`) and to TensorBoard; the bar shows step, losses,
-tokens/s and the ETA. On resume the JSON-lines file is cut back to the restored step, so it reads as
-if the run had never stopped.
+tokens/s and the ETA. The lines are strict JSON: a non-finite value is written as null and named
+with its reason under `non_finite` ({"loss": null, "non_finite": {"loss": "nan"}}). On resume the
+JSON-lines file is cut back to the restored step, so it reads as if the run had never stopped.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     clean = {k: _to_py(v) for k, v in metrics.items()}
-    self._jsonl.write(json.dumps({'step': int(step), **clean}) + '\n')
+    self._jsonl.write(json_line({'step': int(step), **clean}) + '\n')
     self._jsonl.flush()
     if self._tb is not None:
       for k, v in clean.items():
@@ -84,6 +85,28 @@ def _to_py(v: Any) -> Any:
   if isinstance(v, (jax.Array,)) or hasattr(v, 'item'):
     v = v.item()
   return float(v) if isinstance(v, float) else v
+
+
+def json_line(record: dict[str, Any]) -> str:
+  """One strict-JSON line: non-finite floats (also inside lists/dicts) become null, named under
+  `non_finite` with 'nan', 'inf' or '-inf' (json.dumps would write bare NaN, which strict readers
+  reject)."""
+  reasons: dict[str, str] = {}
+
+  def clean(v: Any, key: str) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+      reasons[key] = 'nan' if v != v else ('inf' if v > 0 else '-inf')
+      return None
+    if isinstance(v, dict):
+      return {k: clean(x, f'{key}.{k}') for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+      return [clean(x, f'{key}[{i}]') for i, x in enumerate(v)]
+    return v
+
+  out = {k: clean(v, str(k)) for k, v in record.items()}
+  if reasons:
+    out['non_finite'] = reasons
+  return json.dumps(out, allow_nan=False, default=str)
 
 
 def truncate_jsonl(path: str, last_step: int) -> None:

@@ -207,7 +207,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
 
-  metrics = {'loss': loss, 'grad_norm': grad_norm}
+  metrics = {'loss': loss, 'grad_norm': grad_norm,
+             # One reduction per leaf: the trainer saves no checkpoint whose params are not finite.
+             'params_finite': jnp.all(jnp.stack(
+                 [jnp.isfinite(x).all() for x in jax.tree.leaves(params)]))}
   if schedule is not None:
     metrics['learning_rate'] = schedule(state.step)
   for name in OBJECTIVES:

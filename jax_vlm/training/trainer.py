@@ -60,6 +60,24 @@ def _merge_loaded(fresh: Any, loaded: Any) -> Any:
   return loaded
 
 
+def _dict_paths(tree: Any, prefix: tuple = ()) -> set[tuple]:
+  if isinstance(tree, dict):
+    out = set()
+    for k, v in tree.items():
+      out |= _dict_paths(v, prefix + (str(k),))
+    return out
+  return {prefix}
+
+
+def leaf_difference(fresh: Any, loaded: Any) -> tuple[list[str], list[str]]:
+  """(missing, extra): leaf paths ('a/b/kernel') of the model that `loaded` lacks (LoRA adapters
+  aside: they are made fresh) and of `loaded` that the model lacks."""
+  want, have = _dict_paths(fresh), _dict_paths(loaded)
+  missing = sorted('/'.join(p) for p in want - have if not (p and p[-1] in lora.LORA_NAMES))
+  extra = sorted('/'.join(p) for p in have - want)
+  return missing, extra
+
+
 class Trainer:
   """Owns the mesh, the compiled step and the loop; see the module docstring."""
 
@@ -111,7 +129,18 @@ class Trainer:
     if os.path.exists(os.path.join(path, 'config.json')):
       _, loaded = hf.from_pretrained(path, scan_layers=self.model_config.scan_layers)
     else:
+      checkpointing.check_model_record(path, self.model_config)  # family, vocabulary, shapes
       loaded = checkpointing.load_params(path)
+    missing, extra = leaf_difference(fresh, loaded)
+    if missing or extra:
+      what = '; '.join(f'{len(names)} {kind} leaf/leaves (e.g. {names[0]})'
+                       for kind, names in (('missing', missing), ('extra', extra)) if names)
+      require(bool(self.config.train.get('init_partial', False)),
+              f'The params in {path} do not match the model: {what}; check config.model against '
+              'them, or pass --config.train.init_partial=true to keep the fresh values of missing '
+              'leaves and drop extra ones.')
+      logging.warning('train.init_partial: %s in %s; missing leaves keep their fresh values, '
+                      'extra ones are dropped.', what, path)
     merged = _merge_loaded(fresh, loaded)
     flat_fresh, _ = jax.tree_util.tree_flatten_with_path(fresh)
     for (path_, a), b in zip(flat_fresh, jax.tree.leaves(merged)):
@@ -221,16 +250,22 @@ class Trainer:
     """Fetches pending metrics, stops on a non-finite loss, logs the last one."""
     fetched = [(s, jax.device_get(m)) for s, m in pending]
     for s, m in fetched:
-      if not math.isfinite(float(m['loss'])):
+      # The loss and gradient norm of the step and the params it produced (what a save would hold).
+      bad = [(what, f'{float(m[k])}') for k, what in (('loss', 'The loss'),
+                                                         ('grad_norm', 'The gradient norm'))
+             if k in m and not math.isfinite(float(m[k]))]
+      if 'params_finite' in m and not bool(m['params_finite']):
+        bad.append(('The updated params', 'NaN or inf values'))
+      if bad:
         kept = (f'the last good checkpoint is step {last_saved} in {ckpts.directory}'
                 if last_saved is not None else 'no checkpoint was written')
-        raise NonFiniteLoss(f'The loss became non-finite ({float(m["loss"])}) at step {s}; '
+        raise NonFiniteLoss(f'{bad[0][0]} became non-finite ({bad[0][1]}) at step {s}; '
                             f'{kept}; lower train.learning_rate or check the data.')
     step, m = fetched[-1]
     out = {}
     for k, v in m.items():
       v = float(v)
-      if k.endswith('_tokens'):
+      if k.endswith('_tokens') or k == 'params_finite':
         continue
       task = k.split('_')[0]
       if task in ts.OBJECTIVES and float(m[f'{task}_tokens']) == 0:
@@ -268,7 +303,8 @@ def train_dynamics_stage(config: ml_collections.ConfigDict, stage_dir: str) -> N
   if config.train.mode == 'lora':
     params = merge_lora_params(params, trainer.model_config)
   # Every process takes part (Orbax writes collectively; the primary process writes metadata).
-  checkpointing.save_params(os.path.join(stage_dir, 'params'), params)
+  checkpointing.save_params(os.path.join(stage_dir, 'params'), params,
+                            trainer.model_config.replace(lora_rank=0))
 
 
 # What train_fdp changes unless config.stage_overrides.train_fdp says otherwise.
