@@ -8,13 +8,20 @@ The prompt is VIEScore's two-image "semantic consistency" rubric, which the pape
 kept as published so that scores stay comparable. The endpoint is any OpenAI-compatible
 `POST {base_url}/chat/completions`; the API key comes from an environment variable.
 
-Failures are never scored 0 in silence: an unparseable reply, a refusal, or an HTTP error is
-retried (`max_retries`, exponential backoff), then returned as an invalid `JudgeResult` that the
-caller counts. An endpoint that cannot be reached at all raises `JudgeUnavailable`.
+Failures are never scored 0 in silence: any reply body that is not a chat completion with a score
+(not JSON, a JSON list or string, `choices`/`message`/`content` missing or of another type, a
+refusal, an unparseable text), an HTTP error, or HTTP 429 (waiting `Retry-After` seconds, at most
+`MAX_RETRY_AFTER_S`) is a failed attempt with a reason; it is retried (`max_retries`, exponential
+backoff), then returned as an invalid `JudgeResult` that the caller counts. An endpoint that cannot
+be reached at all raises `JudgeUnavailable`. The API key is masked ('***') in every message, error
+and recorded reply (an endpoint may echo the Authorization header). `judge_many` runs several items
+with bounded concurrency (`max_in_flight` requests at once).
 """
 
 import base64
+import concurrent.futures
 import dataclasses
+import http.client
 import json
 import os
 import re
@@ -22,7 +29,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -66,6 +73,8 @@ JUDGE_PROMPT = (
 )
 
 MAX_SCORE = 10
+MAX_RETRY_AFTER_S = 60.0  # the longest Retry-After wait honoured per attempt
+MASK = '***'
 
 # Typographic quotes some replies use instead of ASCII ones.
 _QUOTES = str.maketrans({'\u201c': '"', '\u201d': '"', '\u201e': '"', '\u00ab': '"', '\u00bb': '"',
@@ -136,6 +145,49 @@ def parse_scores(text: str | None) -> tuple | None:
   return None
 
 
+def reply_text(body: Any) -> tuple[str, str, str]:
+  """(text, refusal, error) from a decoded chat-completion body of any shape; `error` says why
+  there is no text ('' when there is)."""
+  if not isinstance(body, dict):
+    return '', '', f'reply is a JSON {type(body).__name__}, not an object'
+  if isinstance(body.get('error'), (dict, str)):
+    err = body['error']
+    return '', '', f'error reply: {str(err.get("message", err) if isinstance(err, dict) else err)}'
+  choices = body.get('choices')
+  if not isinstance(choices, list) or not choices:
+    return '', '', 'reply has no "choices" list'
+  choice = choices[0]
+  if not isinstance(choice, dict):
+    return '', '', f'"choices"[0] is a {type(choice).__name__}, not an object'
+  message = choice.get('message')
+  if isinstance(message, str):  # some servers put the text there directly
+    return message, '', ''
+  if not isinstance(message, dict):
+    return '', '', f'"message" is {type(message).__name__}, not an object'
+  refusal = message.get('refusal')
+  refusal = str(refusal) if refusal else ''
+  content = message.get('content')
+  if isinstance(content, list):  # content parts
+    content = ''.join(str(p.get('text', '')) for p in content if isinstance(p, dict))
+  if content is None:
+    content = ''
+  if not isinstance(content, str):
+    return '', refusal, f'"content" is a {type(content).__name__}, not text'
+  if refusal:
+    return content, refusal, f'refusal: {refusal[:200]}'
+  if not content:
+    return '', '', 'reply has an empty "content"'
+  return content, '', ''
+
+
+def _retry_after(headers: Any) -> float | None:
+  try:
+    value = headers.get('Retry-After') if headers is not None else None
+    return None if value is None else min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
+  except (TypeError, ValueError):
+    return None
+
+
 @dataclasses.dataclass
 class JudgeResult:
   """One item's judgement. `valid` False means no usable score (it is counted, never scored 0)."""
@@ -177,7 +229,7 @@ class JudgeClient:
 
   def __init__(self, base_url: str, model: str, api_key: str = '', max_retries: int = 3,
                backoff_s: float = 2.0, timeout_s: float = 120.0, max_tokens: int = 512,
-               temperature: float = 0.0):
+               temperature: float = 0.0, max_in_flight: int = 4):
     self.url = base_url.rstrip('/') + '/chat/completions'
     self.model = model
     self.api_key = api_key
@@ -186,6 +238,14 @@ class JudgeClient:
     self.timeout_s = timeout_s
     self.max_tokens = max_tokens
     self.temperature = temperature
+    self.max_in_flight = max(int(max_in_flight), 1)
+
+  def mask(self, text: Any) -> str:
+    """`text` with the API key replaced by '***' (what every message and record goes through)."""
+    text = str(text)
+    if self.api_key and len(self.api_key) >= 4:
+      text = text.replace(self.api_key, MASK)
+    return text
 
   @classmethod
   def from_config(cls, judge_config) -> 'JudgeClient':
@@ -201,7 +261,8 @@ class JudgeClient:
     return cls(judge_config.base_url, judge_config.model, api_key,
                max_retries=judge_config.max_retries, backoff_s=judge_config.backoff_s,
                timeout_s=judge_config.timeout_s, max_tokens=judge_config.max_tokens,
-               temperature=judge_config.temperature)
+               temperature=judge_config.temperature,
+               max_in_flight=int(judge_config.get('max_in_flight', 4)))
 
   def _post(self, payload: dict) -> dict:
     request = urllib.request.Request(
@@ -222,35 +283,43 @@ class JudgeClient:
                'max_tokens': self.max_tokens, 'temperature': self.temperature}
     response, error, unreachable = '', '', 0
     attempts = self.max_retries + 1
+    wait = None
     for attempt in range(attempts):
       if attempt:
-        time.sleep(self.backoff_s * 2 ** (attempt - 1))
+        time.sleep(wait if wait is not None else self.backoff_s * 2 ** (attempt - 1))
+      wait = None
       try:
         body = self._post(payload)
       except urllib.error.HTTPError as e:
-        detail = e.read(500).decode('utf-8', 'replace').strip() if e.fp else ''
+        try:
+          detail = e.read(500).decode('utf-8', 'replace').strip() if e.fp else ''
+        except Exception:  # noqa: BLE001 - a body that cannot be read is no detail
+          detail = ''
+        detail = self.mask(detail)
         if e.code in (401, 403, 404):
           raise UserError(
               f'The judge endpoint {self.url} answered HTTP {e.code} ({detail[:200] or e.reason}); '
-              'check eval.judge.base_url, eval.judge.model and the API key.') from e
+              'check eval.judge.base_url, eval.judge.model and the API key.') from None
+        if e.code == 429:
+          wait = _retry_after(e.headers)
         error = f'HTTP {e.code}: {detail[:200] or e.reason}'
         continue
-      except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError) as e:
+      except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError, OSError) as e:
         unreachable += 1
-        error = f'unreachable: {getattr(e, "reason", e)}'
+        error = self.mask(f'unreachable: {getattr(e, "reason", e)}')
         continue
-      except ValueError as e:  # not JSON
-        error = f'reply is not JSON: {e}'
+      except ValueError as e:  # not JSON (or not UTF-8)
+        error = self.mask(f'reply is not JSON: {str(e)[:200]}')
         continue
-      message = ((body.get('choices') or [{}])[0] or {}).get('message') or {}
-      response = message.get('content') or ''
-      if isinstance(response, list):  # content parts
-        response = ''.join(p.get('text', '') for p in response if isinstance(p, dict))
-      if message.get('refusal'):
-        error = f'refusal: {str(message["refusal"])[:200]}'
-        response = response or str(message['refusal'])
+      except http.client.HTTPException as e:  # a reply cut short, a malformed status line
+        error = self.mask(f'bad HTTP reply: {type(e).__name__}: {str(e)[:200]}')
         continue
-      scores = parse_scores(response)
+      text, refusal, why = reply_text(body)
+      response = self.mask(text or refusal)
+      if why:
+        error = self.mask(why)
+        continue
+      scores = parse_scores(text)
       if scores is None:
         error = 'unparseable reply (no "score": [a, b] with values in 0-10)'
         continue
@@ -262,3 +331,14 @@ class JudgeClient:
           f'({error.removeprefix("unreachable: ")}); start it (items already scored are kept and '
           'the same command continues from them) or set eval.judge.enabled=False.')
     return JudgeResult(False, response=response, error=error, attempts=attempts)
+
+  def judge_many(self, items: Sequence[tuple[str, np.ndarray, np.ndarray]]
+                 ) -> list[JudgeResult]:
+    """`judge` over (instruction, src_frame, pred_frame) items, at most `max_in_flight` requests
+    at once; results in the items' order. JudgeUnavailable / UserError from any item is raised
+    after the requests in flight finish."""
+    if self.max_in_flight == 1 or len(items) <= 1:
+      return [self.judge(*item) for item in items]
+    with concurrent.futures.ThreadPoolExecutor(self.max_in_flight) as pool:
+      futures = [pool.submit(self.judge, *item) for item in items]
+      return [f.result() for f in futures]
