@@ -29,6 +29,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.save_predictions = True  # PNGs under WORKDIR/predictions, reused by reruns and the report
   c.report_items_per_task = 8  # items per task shown in report.html (-1: all)
   c.progress = True
+  # Model predictors (eval.model=fdp; jax_vlm/evaluation/aurora_models.py). Checkpoints are Orbax
+  # params directories (train.py / `python -m jax_vlm.export --format orbax`) or transformers
+  # directories (config.json + safetensors). The VQGAN is checkpoint.vqgan_dir, the vocabulary
+  # config.vocab (tokenizer_dir '' = the tokenizer files inside fdp_checkpoint); sampling follows
+  # config.sampler (temperature 1, no top-k/top-p, no CFG by default), ranking config.verifier.
+  c.fdp_checkpoint = ''  # the forward-dynamics (next frame) model
+  c.idp_checkpoint = ''  # the IDP verifier; '' = the FDP checkpoint itself (a joint model)
+  c.num_candidates = 1  # K frames sampled per item from one prefill; the verifier keeps the best
 
   c.judge = ml_collections.ConfigDict()
   c.judge.enabled = False  # GPT-4o as judge; needs the network and an API key

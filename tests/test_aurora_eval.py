@@ -81,7 +81,7 @@ def test_copy_baseline_l1_by_hand_and_outputs(bench, tmp_path):
   workdir = str(tmp_path / 'run')
   metrics = aurora.evaluate_aurora_bench(items, aurora.copy_predictor, workdir, model_name='copy',
                                          progress=False)
-  assert list(metrics) == ['ag', 'kubric', 'all', 'notes']
+  assert list(metrics) == ['ag', 'kubric', 'all', 'run', 'notes']
   assert metrics['ag']['L1'] == pytest.approx((expected[0] + expected[1]) / 2)
   assert metrics['kubric']['L1'] == pytest.approx((expected[2] + expected[3]) / 2)
   assert metrics['all']['L1'] == pytest.approx(np.mean([expected[i] for i in range(4)]))
@@ -194,15 +194,26 @@ def test_as_prediction_rejects_malformed_outputs():
     aurora.as_prediction(np.zeros((2, 2, 3), np.float32))
 
 
-def test_corrupt_image_stops_with_one_sentence_and_keeps_earlier_items(bench, tmp_path):
+def test_corrupt_image_is_a_failed_item_and_the_run_goes_on(bench, tmp_path):
   root, items, _, _ = bench
   with open(os.path.join(root, 'data/kubric/2_out.png'), 'wb') as f:
     f.write(b'not a png')
   workdir = str(tmp_path / 'run')
-  with pytest.raises(UserError, match='2_out.png could not be decoded'):
-    aurora.evaluate_aurora_bench(items, aurora.copy_predictor, workdir, model_name='copy',
-                                 progress=False)
-  assert [r['index'] for r in _lines(workdir)] == [0, 1]
+  metrics = aurora.evaluate_aurora_bench(items, aurora.copy_predictor, workdir, model_name='copy',
+                                         progress=False)
+  lines = _lines(workdir)
+  assert [r['index'] for r in lines] == [0, 1, 2, 3]
+  assert lines[2]['failed'] == aurora.FAILURE_UNREADABLE
+  assert '2_out.png could not be decoded' in lines[2]['error']
+  assert metrics['all']['#sample'] == 3
+  assert metrics['run']['failures'] == {aurora.FAILURE_UNREADABLE: 1}
+  assert not metrics['run']['complete'] and metrics['run']['model'] == 'copy'
+  assert any(n.startswith('Incomplete run: 1 item failed') for n in metrics['notes'])
+  # Fixed file: a rerun scores the failed item and the run is complete.
+  Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(os.path.join(root, 'data/kubric/2_out.png'))
+  metrics = aurora.evaluate_aurora_bench(items, aurora.copy_predictor, workdir, model_name='copy',
+                                         progress=False)
+  assert metrics['run']['complete'] and metrics['all']['#sample'] == 4
 
 
 def test_clip_and_dino_through_the_evaluation(bench, tmp_path):

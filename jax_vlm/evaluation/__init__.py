@@ -5,9 +5,9 @@ One module per benchmark, each registering `run(config, workdir) -> metrics` as 
 register as 'predictor'. A new benchmark or predictor is a module here plus an import line below.
 """
 
-from jax_vlm.evaluation import aurora, world
+from jax_vlm.evaluation import aurora, aurora_models, world
 from jax_vlm.evaluation.aurora import Prediction, evaluate_aurora_bench, make_predictor
 from jax_vlm.evaluation.world import evaluate_world
 
-__all__ = ['Prediction', 'aurora', 'evaluate_aurora_bench', 'evaluate_world', 'make_predictor',
-           'world']
+__all__ = ['Prediction', 'aurora', 'aurora_models', 'evaluate_aurora_bench', 'evaluate_world',
+           'make_predictor', 'world']

@@ -15,6 +15,12 @@ Outputs under the workdir:
                   CLIP_T, DINO, #sample, GPT4o, GPT4o_all_predictions, #gpt4o_valid (plus
                   #gpt4o_invalid, #missing_target) and `notes` on what was skipped
   report.html     metric table and a sample of items with their frames
+
+A bad item (an unreadable source or target image, a prediction that fails with a UserError or a
+malformed output) is recorded as failed, with `failed` (the reason) and `error` (the sentence), and
+the run goes on; a rerun tries failed items again. metrics.json's `run` entry says which model and
+K / selection rule produced the numbers, counts failures per reason and whether the run is
+`complete`; a note says so too. A judge outage still stops the run (items scored so far are kept).
 """
 
 import dataclasses
@@ -280,13 +286,32 @@ def _report_items(records: Sequence[dict], workdir: str, per_task: int) -> list[
   return items
 
 
+FAILURE_UNREADABLE = 'unreadable image'
+FAILURE_PREDICTION = 'prediction failed'
+NON_TASK_KEYS = ('notes', 'run')
+
+
 def _finish(workdir: str, records: list[dict], missing: Mapping[str, int], notes: list[str],
-            scorers: Scorers, title: str, report_items_per_task: int) -> dict:
-  metrics = summarize(records, missing, judged=scorers.judge is not None)
-  metrics['notes'] = list(notes)
+            scorers: Scorers, title: str, report_items_per_task: int,
+            run_info: Mapping[str, Any] | None = None) -> dict:
+  failed = [r for r in records if r.get('failed')]
+  scored = [r for r in records if not r.get('failed')]
+  metrics = summarize(scored, missing, judged=scorers.judge is not None)
+  failures: dict[str, int] = {}
+  for r in failed:
+    failures[r['failed']] = failures.get(r['failed'], 0) + 1
+  notes = list(notes)
+  if failed:
+    notes.append(f'Incomplete run: {_count(failed, "item", "items")} failed ('
+                 + ', '.join(f'{n} {reason}' for reason, n in sorted(failures.items()))
+                 + '); see `failed`/`error` in items.jsonl. A rerun tries them again.')
+  metrics['run'] = dict(run_info or {}, failures=failures, num_failed=len(failed),
+                        complete=not failed)
+  metrics['notes'] = notes
   write_json(os.path.join(workdir, METRICS_FILE), metrics)
   rows = [{'task': task, **{k: v for k, v in entry.items() if k != 'GPT4o_all_predictions'}}
-          for task, entry in metrics.items() if task != 'notes']
+          for task, entry in metrics.items() if task not in NON_TASK_KEYS]
+  records = scored
   write_html_report(os.path.join(workdir, REPORT_FILE), title, {'AURORA-BENCH': rows},
                     _report_items(records, workdir, report_items_per_task), notes=notes)
   return metrics
@@ -298,7 +323,8 @@ def _finish(workdir: str, records: list[dict], missing: Mapping[str, int], notes
 def evaluate_aurora_bench(items: Sequence[Any], predictor: Predictor, workdir: str,
                           scorers: Scorers | None = None, *, model_name: str = '',
                           save_predictions: bool = True, notes: Sequence[str] = (),
-                          report_items_per_task: int = 8, progress: bool = True) -> dict:
+                          report_items_per_task: int = 8, progress: bool = True,
+                          run_info: Mapping[str, Any] | None = None) -> dict:
   """Scores `predictor` on AURORA-BENCH items and writes items.jsonl, metrics.json, report.html.
 
   Args:
@@ -313,14 +339,19 @@ def evaluate_aurora_bench(items: Sequence[Any], predictor: Predictor, workdir: s
     notes: extra sentences for metrics.json and the report.
     report_items_per_task: items per task shown in the report (-1: all).
     progress: show a tqdm progress bar.
+    run_info: recorded in metrics.json's `run` entry (e.g. num_candidates and the selection rule;
+      default: the predictor's `info` attribute when it has one).
 
   Returns:
     The metrics dict written to metrics.json.
 
   Raises:
-    UserError: a bad image or an unreachable judge; items scored before it are kept.
+    UserError: an unreachable judge; items scored before it are kept. Bad items do not raise:
+      they are recorded as failed and counted in metrics.json's `run` entry.
   """
   scorers = scorers or Scorers()
+  run_info = dict(model=model_name, **(run_info if run_info is not None
+                                       else getattr(predictor, 'info', None) or {}))
   os.makedirs(workdir, exist_ok=True)
   info_path = os.path.join(workdir, RUN_INFO_FILE)
   if os.path.exists(info_path):
@@ -364,7 +395,8 @@ def evaluate_aurora_bench(items: Sequence[Any], predictor: Predictor, workdir: s
   def finish():
     ordered = [records[it.index] for it in scorable if it.index in records]
     return _finish(workdir, ordered, missing, notes, scorers,
-                   f'AURORA-BENCH: {model_name or "predictions"}', report_items_per_task)
+                   f'AURORA-BENCH: {model_name or "predictions"}', report_items_per_task,
+                   run_info)
 
   newly_invalid = 0
   bar = tqdm.tqdm(scorable, desc='aurora_bench', unit='item', disable=not progress)
@@ -373,18 +405,22 @@ def evaluate_aurora_bench(items: Sequence[Any], predictor: Predictor, workdir: s
     needed = _needed(record, scorers)
     if not needed:
       continue
-    record = dict(record or {
+    record = {k: v for k, v in (record or {
         'index': item.index, 'id': item.id, 'task': item.task, 'instruction': item.instruction,
-        'input_path': item.input_path, 'output_path': item.output_path})
+        'input_path': item.input_path, 'output_path': item.output_path}).items()
+              if k not in ('failed', 'error')}
+    reason = FAILURE_UNREADABLE
     try:
       src_frame = load_rgb(item.input_path)
       tgt_frame = load_rgb(item.output_path)
+      reason = FAILURE_PREDICTION
       pred_frame = _prediction_for(item, record, predictor, workdir, save_predictions)
-    except UserError:
-      logging.warning('Stopped at item %d; %d items scored so far are kept in %s.', item.index,
-                      len(records), items_path)
-      finish()
-      raise
+    except (UserError, ValueError) as e:
+      logging.warning('Item %d failed (%s): %s The run goes on.', item.index, reason, e)
+      record.update(failed=reason, error=str(e))
+      _append_record(items_path, record)
+      records[item.index] = record
+      continue
     # L1 at the source frame's resolution, as the paper computes it.
     size = (src_frame.shape[1], src_frame.shape[0])
     if 'L1' in needed:

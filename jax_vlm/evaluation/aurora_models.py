@@ -1,0 +1,179 @@
+"""Model predictors for AURORA-BENCH (and any benchmark in its layout): FDP with best-of-K.
+
+  python eval.py --config configs/aurora_bench.py --config.bench_root=ROOT \
+      --config.eval.model=fdp --config.eval.fdp_checkpoint=DIR \
+      [--config.eval.idp_checkpoint=DIR] --config.eval.num_candidates=K \
+      --config.checkpoint.vqgan_dir=VQ --config.vocab.tokenizer_dir=TOK --workdir W
+
+Per item: source image -> `preprocess` at the VQGAN's resolution -> VQGAN codes -> the FDP prompt
+`<bos> instruction <boi> src <eoi> <boi>` -> K candidates from one prefill (inference/sampler.py;
+config.sampler's temperature / top_k / top_p / cfg_* scales, by default plain sampling at T=1) ->
+the IDP verifier's log p(instruction | src, candidate) per candidate (inference/verifier.py,
+config.verifier.rank_by) -> best-of-K -> VQGAN decode -> the predicted frame (all K decoded and
+saved). A checkpoint is this project's Orbax params directory (model sizes from its
+hf_config.json when convert wrote one, else config.model) or a transformers directory
+(config.json + safetensors; model sizes from it). The vocabulary is config.vocab; with
+vocab.tokenizer_dir empty, the tokenizer files inside the FDP checkpoint (export copies them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from data.images import load_rgb
+from jax_vlm.core import registry
+from jax_vlm.core.errors import require
+from jax_vlm.evaluation.aurora import Prediction
+from jax_vlm.inference.sampler import Sampler, SamplingParams, guidance_from_config
+from jax_vlm.inference.verifier import Verifier, best_of_first_k, check_same_vocab
+from jax_vlm.models.config import TransformerConfig
+from jax_vlm.models.transformer import DecoderLM
+from jax_vlm.models.vqgan import VQGAN
+from jax_vlm.tokens import sequences
+from jax_vlm.tokens.image_processing import postprocess, preprocess
+from jax_vlm.tokens.vocab import UnifiedVocab
+from jax_vlm.training import checkpointing
+from jax_vlm.weights import hf, vqgan_files
+
+SELECTION = 'best-of-K by the IDP verifier (config.verifier.rank_by: mean or sum log p(action))'
+
+
+def _round8(n: int) -> int:
+  return -(-int(n) // 8) * 8
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  module: DecoderLM
+  params: Any
+  vocab: UnifiedVocab
+  path: str
+
+
+def _vocab_for(config, path: str) -> UnifiedVocab:
+  """The checkpoint's own tokenizer files when it has them (what it was trained with), else
+  config.vocab.tokenizer_dir; the other vocab settings from config.vocab."""
+  vocab_cfg = config.vocab
+  if os.path.isfile(os.path.join(path, 'tokenizer_config.json')):
+    vocab_cfg = vocab_cfg.copy_and_resolve_references()
+    vocab_cfg.tokenizer_dir = path
+  require(bool(vocab_cfg.tokenizer_dir),
+          f'No tokenizer for {path}: set --config.vocab.tokenizer_dir=DIR (the checkpoint has no '
+          'tokenizer files).')
+  return UnifiedVocab.from_config(vocab_cfg)
+
+
+def load_model(config, path: str, what: str) -> LoadedModel:
+  """An FDP/IDP checkpoint (Orbax params dir or transformers dir) -> module, params, vocab."""
+  require(bool(path), f'No {what} checkpoint given; pass --config.eval.{what}_checkpoint=DIR.')
+  path = os.path.abspath(path)
+  require(os.path.isdir(path), f'{what} checkpoint {path} is not a directory; pass an Orbax params '
+          'directory (train.py/export) or a transformers directory.')
+  dtype, scan = config.model.dtype, bool(config.model.scan_layers)
+  if os.path.isfile(os.path.join(path, 'config.json')):
+    module, params = hf.from_pretrained(path, dtype=dtype, param_dtype=config.model.param_dtype,
+                                        scan_layers=scan, remat_policy='none')
+    params = jax.tree.map(np.asarray, params)
+  else:
+    hf_config = os.path.join(path, hf.HF_CONFIG_FILE)
+    if os.path.isfile(hf_config):
+      with open(hf_config) as f:
+        model_config = hf.config_from_hf(json.load(f), where=hf_config, dtype=dtype,
+                                         scan_layers=scan, remat_policy='none')
+    else:
+      model_config = TransformerConfig.from_config(config.model, lora_rank=0, remat_policy='none')
+    module = DecoderLM(model_config)
+    params = checkpointing.load_params(path)
+    if isinstance(params, dict) and 'params' in params and 'embed_tokens' not in params:
+      params = params['params']
+  embedding = params.get('embed_tokens', {}).get('embedding') if isinstance(params, dict) else None
+  require(embedding is not None, f'The {what} checkpoint {path} has no embed_tokens/embedding; '
+          'pass the params of a DecoderLM.')
+  rows = int(np.shape(embedding)[0])
+  require(rows == module.config.vocab_size,
+          f'The {what} checkpoint {path} has {rows} token embeddings but model.vocab_size is '
+          f'{module.config.vocab_size}; set --config.model.* to the sizes it was trained with.')
+  vocab = _vocab_for(config, path)
+  family, scheme = module.config.family, vocab.scheme
+  require(vocab.vocab_size <= module.config.vocab_size,
+          f'The {what} checkpoint {path} has {module.config.vocab_size} token embeddings but the '
+          f'vocabulary needs {vocab.vocab_size}; use a checkpoint trained with this tokenizer.')
+  require((family == 'chameleon') == (scheme == 'chameleon'),
+          f'The {what} checkpoint {path} is a {family} model but vocab.image_token_scheme is '
+          f'{scheme!r}; use chameleon with IMGIMG tokens and gemma (Liquid) with offset tokens.')
+  return LoadedModel(module, params, vocab, path)
+
+
+class FDPPredictor:
+  """`item -> Prediction` with K candidates, their verifier scores and the verifier's choice."""
+
+  def __init__(self, config):
+    e = config.eval
+    self.num_candidates = int(e.num_candidates)
+    require(self.num_candidates >= 1,
+            f'eval.num_candidates must be >= 1, got {self.num_candidates}.')
+    require(bool(config.checkpoint.vqgan_dir),
+            'No VQGAN given; pass --config.checkpoint.vqgan_dir=DIR (Flax VQGAN params).')
+    self.fdp = load_model(config, e.fdp_checkpoint, 'fdp')
+    self.vq_config, self.vq_params = vqgan_files.load_vqgan(config.checkpoint.vqgan_dir)
+    require(self.vq_config.num_embeddings == self.fdp.vocab.num_image_codes,
+            f'The VQGAN in {config.checkpoint.vqgan_dir} has {self.vq_config.num_embeddings} '
+            f'codes but the vocabulary of {self.fdp.path} has {self.fdp.vocab.num_image_codes} '
+            'image tokens; use the VQGAN the model was trained with (vocab.num_image_codes).')
+    self.resolution = int(self.vq_config.resolution)
+    vq = VQGAN(self.vq_config)
+    self._encode = jax.jit(lambda p, x: vq.apply({'params': p}, x, method=VQGAN.encode)[0])
+    self._decode = jax.jit(lambda p, c: vq.apply({'params': p}, c, method=VQGAN.decode))
+    grid = self._encode(self.vq_params, np.zeros((1, self.resolution, self.resolution, 3),
+                                                 np.float32))
+    self.grid = tuple(grid.shape[1:])
+    n = int(np.prod(self.grid))
+    self.max_action_tokens = int(config.sampler.max_action_tokens)
+    prompt = _round8(n + 4 + self.max_action_tokens)
+    self.sampler = Sampler(self.fdp.module, self.fdp.vocab, prompt + n + 8, (prompt,))
+    self.sampling = SamplingParams.from_config(config.sampler)
+    self.guidance = guidance_from_config(config.sampler)
+    idp = load_model(config, e.idp_checkpoint, 'idp') if e.idp_checkpoint else self.fdp
+    check_same_vocab(self.fdp.vocab, idp.vocab)
+    require(idp.module.config.vocab_size >= self.fdp.vocab.vocab_size,
+            f'The verifier {idp.path} has fewer token embeddings than the vocabulary needs.')
+    self.verifier = Verifier(idp.module, idp.params, idp.vocab, str(config.verifier.rank_by),
+                             max(1, min(int(config.verifier.batch_size), self.num_candidates)),
+                             (_round8(2 * n + 6 + self.max_action_tokens),))
+    self.key = jax.random.PRNGKey(int(config.get('seed', 0)))
+    self.info = {'num_candidates': self.num_candidates, 'selection': SELECTION,
+                 'rank_by': str(config.verifier.rank_by), 'fdp_checkpoint': self.fdp.path,
+                 'idp_checkpoint': idp.path, 'temperature': self.sampling.temperature,
+                 'top_k': self.sampling.top_k, 'top_p': self.sampling.top_p,
+                 'resolution': self.resolution}
+
+  def codes(self, image: np.ndarray) -> np.ndarray:
+    pixels = preprocess(image, self.resolution)[None]
+    return np.asarray(self._encode(self.vq_params, pixels))[0].reshape(-1)
+
+  def __call__(self, item) -> Prediction:
+    src = self.codes(load_rgb(item.input_path))
+    action, _ = sequences.action_ids_of({'action': item.instruction}, self.fdp.vocab,
+                                        self.max_action_tokens)
+    key = jax.random.fold_in(self.key, int(item.index))
+    out = self.sampler.sample_frames(self.fdp.params, [src], [action], key, self.num_candidates,
+                                     self.sampling, self.guidance)
+    candidates = np.asarray(out.codes)[:1].reshape(1, self.num_candidates, -1)
+    summed, mean = self.verifier.score_items([src], candidates, [action])
+    ranking = mean[0] if self.verifier.rank_by == 'mean' else summed[0]
+    chosen = best_of_first_k(ranking, self.num_candidates)
+    grids = candidates[0].reshape(self.num_candidates, *self.grid)
+    frames = postprocess(jax.device_get(self._decode(self.vq_params, grids)))
+    return Prediction(candidates=list(frames), verifier_scores=[float(s) for s in ranking],
+                      chosen=chosen)
+
+
+@registry.register('predictor', 'fdp')
+def fdp_factory(config):
+  return FDPPredictor(config)
