@@ -4,6 +4,11 @@
       --workdir DIR [--config.eval.clip_dir=... --config.eval.dino_dir=... \
       --config.eval.judge.enabled=True]
 
+A trained model (jax_vlm/evaluation/aurora_models.py): `--config.eval.model=fdp
+--config.eval.fdp_checkpoint=DIR [--config.eval.idp_checkpoint=DIR] --config.eval.num_candidates=K
+--config.checkpoint.vqgan_dir=VQ [--config.vocab.tokenizer_dir=TOK]`; IDP action text:
+`--config.eval.task=idp --config.eval.idp_checkpoint=DIR [--config.eval.bertscore_dir=DIR]`.
+
 `--config.model` and `--config.bench_root` are eval.py's short names for `eval.model` and
 `eval.bench_root` (`config.model` itself is the transformer's config). The optional ARG sets
 eval.model: `configs/aurora_bench.py:copy`.
@@ -37,6 +42,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.fdp_checkpoint = ''  # the forward-dynamics (next frame) model
   c.idp_checkpoint = ''  # the IDP verifier; '' = the FDP checkpoint itself (a joint model)
   c.num_candidates = 1  # K frames sampled per item from one prefill; the verifier keeps the best
+  # eval.task: 'fdp' (next frame, Table 2 / 8) or 'idp' (greedy action text per (source, target)
+  # pair with idp_checkpoint, scored by BLEU / ROUGE-1 / ROUGE-L / BERTScore as in Table 1).
+  c.task = 'fdp'
+  c.bertscore_dir = ''  # local transformers model for BERTScore; '' skips it with a note
+  c.batch_size = 8  # IDP: pairs decoded per sampler call
 
   c.judge = ml_collections.ConfigDict()
   c.judge.enabled = False  # GPT-4o as judge; needs the network and an API key

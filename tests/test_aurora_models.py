@@ -172,3 +172,23 @@ def test_eval_py_fdp_interface(tmp_path):
       timeout=300)
   assert bad.returncode != 0 and 'Traceback' not in bad.stderr
   assert 'is not a directory' in bad.stderr
+
+
+def test_idp_text_evaluation(tmp_path):
+  art = tiny_artifacts(str(tmp_path / 'art'))
+  root = small_bench(str(tmp_path / 'bench'))
+  config = fdp_config(art, root, idp=art['model_dir'])
+  config.eval.update(task='idp', batch_size=2)
+  workdir = str(tmp_path / 'idp')
+  metrics = aurora.run(config, workdir)
+  for task in ('ag', 'all'):
+    for name in ('BLEU', 'ROUGE1', 'ROUGEL'):
+      assert metrics[task][name] is not None
+    assert metrics[task]['BERTScore'] is None
+  assert metrics['all']['#sample'] == 2 and metrics['run']['num_failed'] == 1
+  assert any('BERTScore skipped' in n for n in metrics['notes'])
+  records = _lines(workdir)
+  assert sorted(r['index'] for r in records) == [0, 1, 2]
+  assert all(isinstance(r['prediction'], str) for r in records if not r.get('failed'))
+  html = open(os.path.join(workdir, aurora.REPORT_FILE)).read()
+  assert 'predicted action' in html

@@ -457,6 +457,10 @@ def evaluate_aurora_bench(items: Sequence[Any], predictor: Predictor, workdir: s
 def run(config, workdir: str) -> dict:
   """eval.py's entry for `config.eval.benchmark == 'aurora_bench'`."""
   eval_config = config.eval
+  task = eval_config.get('task', 'fdp')
+  require(task in ('fdp', 'idp'), f"eval.task={task!r} is unknown; use 'fdp' or 'idp'.")
+  if task == 'idp':  # jax_vlm/evaluation/aurora_models.py
+    return registry.get('benchmark', 'aurora_bench_idp')(config, workdir)
   require(bool(eval_config.bench_root),
           'No AURORA-BENCH root given; pass --config.bench_root=DIR (a McGill-NLP/AURORA checkout '
           'with test.json and data/).')

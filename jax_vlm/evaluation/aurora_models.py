@@ -14,6 +14,10 @@ saved). A checkpoint is this project's Orbax params directory (model sizes from 
 hf_config.json when convert wrote one, else config.model) or a transformers directory
 (config.json + safetensors; model sizes from it). The vocabulary is config.vocab; with
 vocab.tokenizer_dir empty, the tokenizer files inside the FDP checkpoint (export copies them).
+
+IDP (Table 1): `--config.eval.task=idp --config.eval.idp_checkpoint=DIR` decodes the action text
+greedily for each (source, target) pair and writes BLEU / ROUGE-1 / ROUGE-L / BERTScore
+(`--config.eval.bertscore_dir=DIR`, skipped with a note when empty) per task and `all`.
 """
 
 from __future__ import annotations
@@ -25,11 +29,17 @@ from typing import Any
 
 import jax
 import numpy as np
+import tqdm
 
+from data.aurora import load_aurora_bench
 from data.images import load_rgb
 from jax_vlm.core import registry
-from jax_vlm.core.errors import require
+from jax_vlm.core.errors import UserError, require
+from jax_vlm.core.files import write_json
+from jax_vlm.evaluation import aurora
 from jax_vlm.evaluation.aurora import Prediction
+from jax_vlm.evaluation.metrics import text_metrics
+from jax_vlm.evaluation.report import ReportItem, write_html_report
 from jax_vlm.inference.sampler import Sampler, SamplingParams, guidance_from_config
 from jax_vlm.inference.verifier import Verifier, best_of_first_k, check_same_vocab
 from jax_vlm.models.config import TransformerConfig
@@ -177,3 +187,139 @@ class FDPPredictor:
 @registry.register('predictor', 'fdp')
 def fdp_factory(config):
   return FDPPredictor(config)
+
+
+# --- IDP: action text for each (source, target) pair ----------------------------------------------
+
+
+class IDPEvaluator:
+  """Greedy IDP action text per (source, target) pair of AURORA-BENCH (the paper's Table 1)."""
+
+  def __init__(self, config):
+    e = config.eval
+    path = e.idp_checkpoint or e.fdp_checkpoint
+    require(bool(path), 'No IDP checkpoint given; pass --config.eval.idp_checkpoint=DIR.')
+    require(bool(config.checkpoint.vqgan_dir),
+            'No VQGAN given; pass --config.checkpoint.vqgan_dir=DIR (Flax VQGAN params).')
+    self.idp = load_model(config, path, 'idp')
+    self.vq_config, self.vq_params = vqgan_files.load_vqgan(config.checkpoint.vqgan_dir)
+    require(self.vq_config.num_embeddings == self.idp.vocab.num_image_codes,
+            f'The VQGAN in {config.checkpoint.vqgan_dir} has {self.vq_config.num_embeddings} '
+            f'codes but the vocabulary of {self.idp.path} has {self.idp.vocab.num_image_codes} '
+            'image tokens; use the VQGAN the model was trained with (vocab.num_image_codes).')
+    self.resolution = int(self.vq_config.resolution)
+    vq = VQGAN(self.vq_config)
+    self._encode = jax.jit(lambda p, x: vq.apply({'params': p}, x, method=VQGAN.encode)[0])
+    n = int(np.prod(self._encode(self.vq_params, np.zeros(
+        (1, self.resolution, self.resolution, 3), np.float32)).shape[1:]))
+    self.max_new_tokens = int(config.sampler.max_action_tokens) + 1
+    prompt = _round8(2 * n + 5)
+    self.sampler = Sampler(self.idp.module, self.idp.vocab, prompt + self.max_new_tokens + 8,
+                           (prompt,))
+    self.batch_size = max(1, int(e.batch_size))
+
+  def codes(self, image: np.ndarray) -> np.ndarray:
+    pixels = preprocess(image, self.resolution)[None]
+    return np.asarray(self._encode(self.vq_params, pixels))[0].reshape(-1)
+
+  def texts(self, pairs) -> list[str]:
+    """[(src_codes, tgt_codes)] -> greedy action texts (batches of one compiled shape)."""
+    out = []
+    for start in range(0, len(pairs), self.batch_size):
+      chunk = list(pairs[start:start + self.batch_size])
+      m = len(chunk)
+      chunk += [chunk[-1]] * (self.batch_size - m)
+      prompts = [sequences.idp_prompt(s, t, self.idp.vocab) for s, t in chunk]
+      res = self.sampler.generate_text(self.idp.params, prompts, jax.random.PRNGKey(0), 1,
+                                       self.max_new_tokens, SamplingParams(greedy=True))
+      out += [res.texts[r][0] for r in range(m)]
+    return out
+
+
+def _text_summary(records, bertscore_dir: str) -> tuple[dict, list[str]]:
+  tasks: dict[str, list[dict]] = {}
+  for r in records:
+    tasks.setdefault(r['task'], []).append(r)
+  out, notes = {}, []
+  for task, recs in list(tasks.items()) + [('all', list(records))]:
+    if not recs:
+      continue
+    m = text_metrics.text_metrics([r['prediction'] for r in recs],
+                                  [r['instruction'] for r in recs], bertscore_dir or None)
+    notes += [n for n in m.pop('notes') if n not in notes]
+    out[task] = m
+  return out, notes
+
+
+@registry.register('benchmark', 'aurora_bench_idp')
+def run_idp(config, workdir: str) -> dict:
+  """`eval.task=idp`: greedy action text per (source, target) pair; BLEU, ROUGE-1, ROUGE-L and
+  BERTScore (eval.bertscore_dir; skipped with a note when empty) per task and `all`. Writes
+  items.jsonl (one record per item, with `prediction`; resumable, bad items recorded as failed),
+  metrics.json and report.html in the workdir."""
+
+  e = config.eval
+  require(bool(e.bench_root), 'No AURORA-BENCH root given; pass --config.bench_root=DIR.')
+  items, load_report = load_aurora_bench(e.bench_root)
+  notes = [f'{n} bench entries skipped while loading: {reason}.'
+           for reason, n in sorted(load_report.skipped.items())]
+  if e.max_items > 0:
+    items = items[:e.max_items]
+    notes.append(f'Only the first {e.max_items} bench entries were used (eval.max_items).')
+  items = [it for it in items if it.output_path is not None and os.path.isfile(it.output_path)]
+  evaluator = IDPEvaluator(config)
+  os.makedirs(workdir, exist_ok=True)
+  items_path = os.path.join(workdir, aurora.ITEMS_FILE)
+  stored = aurora.read_records(items_path)
+  records = {i: r for i, r in stored.items() if r.get('prediction') is not None}
+  todo = [it for it in items if it.index not in records]
+  bar = tqdm.tqdm(total=len(todo), desc='aurora_bench idp', unit='item', disable=not e.progress)
+  for start in range(0, len(todo), evaluator.batch_size):
+    chunk, pairs = [], []
+    for it in todo[start:start + evaluator.batch_size]:
+      base = {'index': it.index, 'id': it.id, 'task': it.task, 'instruction': it.instruction,
+              'input_path': it.input_path, 'output_path': it.output_path}
+      try:
+        pairs.append((evaluator.codes(load_rgb(it.input_path)),
+                      evaluator.codes(load_rgb(it.output_path))))
+        chunk.append(base)
+      except (UserError, ValueError) as err:
+        failed = dict(base, failed=aurora.FAILURE_UNREADABLE, error=str(err))
+        aurora._append_record(items_path, failed)  # pylint: disable=protected-access
+        records[it.index] = failed
+    for base, text in zip(chunk, evaluator.texts(pairs) if pairs else []):
+      record = dict(base, prediction=text)
+      aurora._append_record(items_path, record)  # pylint: disable=protected-access
+      records[base['index']] = record
+    bar.update(len(todo[start:start + evaluator.batch_size]))
+  bar.close()
+  ordered = [records[it.index] for it in items if it.index in records]
+  scored = [r for r in ordered if not r.get('failed')]
+  failures: dict[str, int] = {}
+  for r in ordered:
+    if r.get('failed'):
+      failures[r['failed']] = failures.get(r['failed'], 0) + 1
+  metrics, text_notes = _text_summary(scored, e.bertscore_dir) if scored else ({}, [])
+  notes += text_notes
+  if failures:
+    notes.append(f'Incomplete run: {sum(failures.values())} items failed; see `failed` in '
+                 'items.jsonl. A rerun tries them again.')
+  metrics['run'] = {'model': 'idp', 'task': 'idp', 'idp_checkpoint': evaluator.idp.path,
+                    'decoding': 'greedy', 'failures': failures,
+                    'num_failed': sum(failures.values()), 'complete': not failures}
+  metrics['notes'] = notes
+  write_json(os.path.join(workdir, aurora.METRICS_FILE), metrics)
+  rows = [{'task': t, **m} for t, m in metrics.items() if t not in aurora.NON_TASK_KEYS]
+  shown: dict[str, int] = {}
+  report_items = []
+  for r in scored:
+    if e.report_items_per_task >= 0 and shown.get(r['task'], 0) >= e.report_items_per_task:
+      continue
+    shown[r['task']] = shown.get(r['task'], 0) + 1
+    report_items.append(ReportItem(
+        title=f'{r["task"]} #{r["index"]}', action=r['instruction'], src_frame=r['input_path'],
+        tgt_frame=r['output_path'], fields={'reference': r['instruction'],
+                                            'predicted action': r['prediction']}))
+  write_html_report(os.path.join(workdir, aurora.REPORT_FILE), 'AURORA-BENCH: IDP action text',
+                    {'IDP (Table 1)': rows}, report_items, notes=notes)
+  return metrics
