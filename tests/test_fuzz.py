@@ -425,22 +425,23 @@ def test_trainer_refuses_partial_params_unless_asked(tmp_path):
   from configs import train_smoke
   config = train_smoke.get_config('dp')
   config.train.update(num_steps=1, tensorboard=False, progress_bar=False)
-  fresh = trainer.Trainer(config, str(tmp_path / 'a')).init_state().params
+  t = trainer.Trainer(config, str(tmp_path / 'a'))
+  fresh = t.init_state().params
   params = dict(fresh)
   params['extra_head'] = {'kernel': np.zeros((3,), np.float32)}
   missing_one = sorted(params)[0]
   del params[missing_one]
   path = str(tmp_path / 'params')
   checkpointing.save_params(path, params)
-  config.train.init_from = path
   with pytest.raises(trainer.UserError) as e:
-    trainer.Trainer(config, str(tmp_path / 'b')).init_state()
+    t._load_params(path, fresh)  # what init_state does with train.init_from=path
   msg = str(e.value)
   assert 'missing' in msg and missing_one in msg and 'extra_head' in msg
   assert 'init_partial' in msg
-  config.train.init_partial = True
-  state = trainer.Trainer(config, str(tmp_path / 'c')).init_state()
-  assert 'extra_head' not in state.params
+  t.config.train.init_partial = True
+  loaded = t._load_params(path, fresh)
+  assert 'extra_head' not in loaded and missing_one in loaded
+  assert os.path.isdir(path)  # nothing lost
 
 
 # ------------------------------------------------------------------------------------------------
@@ -556,3 +557,25 @@ def test_judge_many_bounded_concurrency_in_order():
   results = client.judge_many(items)
   assert [r.final_score for r in results] == list(range(10))
   assert 1 < state['peak'] <= 3
+
+
+def test_sigterm_during_first_compile_exits_cleanly(tmp_path):
+  """SIGTERM while the stage starts (imports, init, first compile): exit 0, no traceback."""
+  import signal
+  import time
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  work = tmp_path / 'w'
+  proc = subprocess.Popen([sys.executable, 'train.py', '--config', SMOKE, '--workdir', str(work),
+                           '--config.train.progress_bar=false'], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 200
+  while not (work / 'train_dynamics' / 'config.json').exists() and time.time() < deadline:
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=200)
+  assert proc.returncode == 0, err[-2000:]
+  assert 'Traceback' not in err
+  assert 'SIGTERM' in err or 'Preempted' in out + err or 'preempted' in err
+  assert not (work / 'train_dynamics' / 'DONE').exists()

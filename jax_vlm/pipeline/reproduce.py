@@ -188,9 +188,10 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
   validate_config(cfg)
   wall, cpu = time.perf_counter(), _cpu_seconds()
   done = stages.run_stages(cfg, workdir, rerun=rerun, shared=SHARED_STAGES)
-  if not done:
-    raise UserError(f'The pipeline in {workdir} stopped early (preempted); rerun the same '
-                    'command to continue it.')
+  if not done:  # preempted (SIGTERM): the trainer saved; the command exits 0 (core/cli.py)
+    print(f'reproduce: the pipeline in {workdir} stopped early (preempted); rerun the same '
+          'command to continue it.', file=sys.stderr, flush=True)
+    raise cli.Terminated()
   with open(os.path.join(workdir, 'evaluate', 'metrics.json')) as f:
     summary = json.load(f)
   bootstrap = os.path.join(workdir, 'bootstrap', 'stats.json')
