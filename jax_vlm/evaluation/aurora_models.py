@@ -155,7 +155,8 @@ class FDPPredictor:
             f'The verifier {idp.path} has fewer token embeddings than the vocabulary needs.')
     self.verifier = Verifier(idp.module, idp.params, idp.vocab, str(config.verifier.rank_by),
                              max(1, min(int(config.verifier.batch_size), self.num_candidates)),
-                             (_round8(2 * n + 6 + self.max_action_tokens),))
+                             (_round8(2 * n + 6 + self.max_action_tokens),),
+                             min_window=self.max_action_tokens + 1)
     self.key = jax.random.PRNGKey(int(config.get('seed', 0)))
     self.info = {'num_candidates': self.num_candidates, 'selection': SELECTION,
                  'rank_by': str(config.verifier.rank_by), 'fdp_checkpoint': self.fdp.path,

@@ -300,7 +300,9 @@ class Sampler:
 
   # --- helpers -------------------------------------------------------------------------------
   def bucket(self, longest: int) -> int:
-    return sequences.choose_seq_len([longest], max_seq_len=longest, buckets=self.prompt_buckets)
+    """The smallest prompt bucket that holds `longest` tokens, else `longest` itself."""
+    return sequences.choose_seq_len([longest], max_seq_len=max((longest,) + self.prompt_buckets),
+                                    buckets=self.prompt_buckets)
 
   def _batch(self, rows: Sequence[np.ndarray], new_tokens: int) -> tuple[np.ndarray, np.ndarray]:
     longest = max(int(np.asarray(r).size) for r in rows)

@@ -71,16 +71,19 @@ class SequenceScorer:
   Rows are left-padded to a common length (the smallest of `length_buckets` that fits, else the
   longest row) and the scored window is rounded up to a multiple of 8, so repeated calls reuse
   compiled programs. batch_size rows per forward pass (the last batch is padded with copies).
+  min_window: score at least this many tail positions (e.g. the longest action + <eos>), so
+  actions of different lengths share one compiled program.
   """
 
   def __init__(self, module: DecoderLM, params: Any, pad_id: int, batch_size: int = 16,
-               length_buckets: Sequence[int] = ()):
+               length_buckets: Sequence[int] = (), min_window: int = 0):
     require(batch_size >= 1, f'verifier.batch_size must be >= 1, got {batch_size}.')
     self.module = module
     self.params = params
     self.pad_id = int(pad_id)
     self.batch_size = int(batch_size)
     self.length_buckets = tuple(length_buckets)
+    self.min_window = int(min_window)
 
   def score(self, token_ids: Sequence[np.ndarray], target_masks: Sequence[np.ndarray]
             ) -> tuple[np.ndarray, np.ndarray]:
@@ -89,13 +92,14 @@ class SequenceScorer:
     if n == 0:
       return np.zeros((0,), np.float32), np.zeros((0,), np.float32)
     longest = max(int(np.asarray(t).size) for t in token_ids)
-    length = sequences.choose_seq_len([longest], longest, self.length_buckets)
+    length = sequences.choose_seq_len([longest], max((longest,) + self.length_buckets),
+                                      self.length_buckets)
     window = 0
     for t, m in zip(token_ids, target_masks):
       m = np.asarray(m).reshape(-1)
       first = int(np.argmax(m > 0)) if np.any(m > 0) else m.size
       window = max(window, m.size - first)
-    window = max(1, min(_round_up(window, 8), length - 1))
+    window = max(1, min(_round_up(max(window, self.min_window), 8), length - 1))
     ids = np.full((n, length), self.pad_id, np.int32)
     seg = np.zeros((n, length), np.int32)
     mask = np.zeros((n, length), np.float32)
@@ -149,12 +153,13 @@ class Verifier:
   """Scores candidate frames with an IDP model (module + params + vocab)."""
 
   def __init__(self, module: DecoderLM, params: Any, vocab, rank_by: str = 'mean',
-               batch_size: int = 16, length_buckets: Sequence[int] = ()):
+               batch_size: int = 16, length_buckets: Sequence[int] = (), min_window: int = 0):
     require(rank_by in RANK_BY,
             f'verifier.rank_by={rank_by!r} is unknown; use one of {", ".join(RANK_BY)}.')
     self.vocab = vocab
     self.rank_by = rank_by
-    self.scorer = SequenceScorer(module, params, vocab.pad_id, batch_size, length_buckets)
+    self.scorer = SequenceScorer(module, params, vocab.pad_id, batch_size, length_buckets,
+                                 min_window)
 
   @classmethod
   def from_config(cls, verifier_cfg, module: DecoderLM, params: Any, vocab) -> 'Verifier':
