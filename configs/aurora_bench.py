@@ -58,5 +58,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.judge.timeout_s = 120.0
   c.judge.max_tokens = 512
   c.judge.temperature = 0.0
+  c.judge.max_in_flight = 4  # judge requests at once (items wait in groups of this many)
   c.judge.rejudge_invalid = False  # on a rerun, ask again about items with an invalid verdict
   return config

@@ -293,7 +293,9 @@ def test_real_judge_client_against_a_local_server(bench, tmp_path):
         _reply("I'm sorry, I can't help."), _reply("I'm sorry, I can't help."),  # item 2: invalid
         (500, {'error': 'x'}), _reply('{\u201cscore\u201d: [10, 10]}'),  # item 3: 10 on retry
     ]
-    client = JudgeClient(server.url, 'gpt-4o', max_retries=1, backoff_s=0.01, timeout_s=5.0)
+    # One request at a time: the scripted replies are handed out in arrival order.
+    client = JudgeClient(server.url, 'gpt-4o', max_retries=1, backoff_s=0.01, timeout_s=5.0,
+                         max_in_flight=1)
     metrics = aurora.evaluate_aurora_bench(items, aurora.copy_predictor, str(tmp_path / 'run'),
                                            aurora.Scorers(judge=client), model_name='copy',
                                            progress=False)
@@ -305,3 +307,37 @@ def test_real_judge_client_against_a_local_server(bench, tmp_path):
   record = _lines(str(tmp_path / 'run'))[2]
   assert record['judge']['valid'] is False and record['judge']['attempts'] == 2
   assert "can't help" in record['judge']['response']
+
+
+def test_judge_requests_run_concurrently_in_evaluation(bench, tmp_path):
+  """With max_in_flight=4 the evaluation hands the judge 4 items at once (judge_many)."""
+  import threading
+  import time as time_lib
+  _, items, _, _ = bench
+
+  class _SlowJudge:
+    max_in_flight = 4
+
+    def __init__(self):
+      self.active, self.peak, self.lock = 0, 0, threading.Lock()
+
+    def judge(self, instruction, src, pred):
+      from jax_vlm.evaluation.judge import JudgeResult
+      with self.lock:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+      time_lib.sleep(0.05)
+      with self.lock:
+        self.active -= 1
+      return JudgeResult(valid=True, success=5.0, minimal=5.0, final_score=5.0, attempts=1)
+
+    def judge_many(self, asks):
+      import concurrent.futures
+      with concurrent.futures.ThreadPoolExecutor(self.max_in_flight) as pool:
+        return list(pool.map(lambda a: self.judge(*a), asks))
+
+  slow = _SlowJudge()
+  metrics = aurora.evaluate_aurora_bench(items, aurora.copy_predictor, str(tmp_path / 'run'),
+                                         aurora.Scorers(judge=slow), model_name='copy',
+                                         progress=False)
+  assert slow.peak > 1 and metrics['all']['#gpt4o_valid'] == 4

@@ -145,7 +145,8 @@ def test_help_of_argparse_tools_exits_0(capsys):
 
 
 def test_entry_points_in_subprocesses(tmp_path):
-  """train.py, eval.py, the aot tool and `python -m jax_vlm.reproduce` (started together)."""
+  """train.py, eval.py, the aot and export tools and `python -m jax_vlm.reproduce` (started
+  together)."""
   work = tmp_path / 'w'
   cases = [
       (['train.py', '--config', SMOKE, '--workdir', str(work),
@@ -154,6 +155,8 @@ def test_entry_points_in_subprocesses(tmp_path):
        2, ['eval.no_such']),
       (['-m', 'jax_vlm.aot', '--config', SMOKE, '--config.mesh.data=0'], 2, ['mesh.data=0']),
       (['-m', 'jax_vlm.reproduce', '--help'], 0, []),
+      (['-m', 'jax_vlm.export', '--config', SMOKE, '--workdir', str(work), '--out',
+        str(tmp_path / 'o'), '--config.trian.steps=1'], 2, ['trian.steps']),
   ]
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)

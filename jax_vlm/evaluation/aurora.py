@@ -37,7 +37,7 @@ from data.images import encode_png, load_rgb
 from jax_vlm.core import registry
 from jax_vlm.core.errors import UserError, require
 from jax_vlm.core.files import write_json
-from jax_vlm.evaluation.judge import JudgeClient, JudgeResult
+from jax_vlm.evaluation.judge import JudgeClient
 from jax_vlm.evaluation.metrics.image_metrics import ClipScorer, DinoScorer, l1_distance
 from jax_vlm.evaluation.report import ReportItem, write_html_report
 
@@ -399,6 +399,36 @@ def evaluate_aurora_bench(items: Sequence[Any], predictor: Predictor, workdir: s
                    run_info)
 
   newly_invalid = 0
+  # Items wait here for their judge verdicts, so up to `judge.max_in_flight` requests run at once.
+  pending: list[tuple[Any, dict, np.ndarray, np.ndarray]] = []
+
+  def flush_judged():
+    nonlocal newly_invalid
+    if not pending:
+      return
+    try:
+      asks = [(it.instruction, src, pred) for it, _, src, pred in pending]
+      judge_many = getattr(scorers.judge, 'judge_many', None)  # a custom judge may lack it
+      verdicts = (judge_many(asks) if judge_many is not None
+                  else [scorers.judge.judge(*ask) for ask in asks])
+    except UserError:  # unreachable or rejected: keep what these items have, stop cleanly
+      for it, rec, _, _ in pending:
+        _append_record(items_path, rec)
+        records[it.index] = rec
+      pending.clear()
+      finish()
+      raise
+    for (it, rec, _, _), verdict in zip(pending, verdicts):
+      rec['judge'] = verdict.to_json()
+      if not verdict.valid:
+        newly_invalid += 1
+        logging.warning('Judge gave no usable score for item %d after %d attempts (%s); counted '
+                        'as invalid.', it.index, verdict.attempts, verdict.error)
+      _append_record(items_path, rec)
+      records[it.index] = rec
+    pending.clear()
+
+  in_flight = max(1, int(getattr(scorers.judge, 'max_in_flight', 1) or 1))
   bar = tqdm.tqdm(scorable, desc='aurora_bench', unit='item', disable=not progress)
   for item in bar:
     record = records.get(item.index)
@@ -430,20 +460,13 @@ def evaluate_aurora_bench(items: Sequence[Any], predictor: Predictor, workdir: s
     if 'DINO' in needed:
       record.update(scorers.dino.scores(pred_frame, tgt_frame))
     if 'judge' in needed:
-      try:
-        verdict: JudgeResult = scorers.judge.judge(item.instruction, src_frame, pred_frame)
-      except UserError:  # unreachable or rejected: keep what this item has, stop cleanly
-        _append_record(items_path, record)
-        records[item.index] = record
-        finish()
-        raise
-      record['judge'] = verdict.to_json()
-      if not verdict.valid:
-        newly_invalid += 1
-        logging.warning('Judge gave no usable score for item %d after %d attempts (%s); counted '
-                        'as invalid.', item.index, verdict.attempts, verdict.error)
+      pending.append((item, record, src_frame, pred_frame))
+      if len(pending) >= in_flight:
+        flush_judged()
+      continue
     _append_record(items_path, record)
     records[item.index] = record
+  flush_judged()
   bar.close()
   metrics = finish()
   if newly_invalid:

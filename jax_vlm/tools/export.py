@@ -21,10 +21,11 @@ import os
 import shutil
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from jax_vlm.core.errors import UserError, require
+from jax_vlm.core import cli
+from jax_vlm.core.errors import require
 from jax_vlm.tokens import vocab as vocab_lib
 from jax_vlm.training import checkpointing, sharding, trainer
 from jax_vlm.weights import hf, vqgan_files
@@ -127,22 +128,19 @@ _STAGE = flags.DEFINE_string('stage', None, 'Stage folder under --workdir (defau
                              'stage in config.stages).')
 
 
-def main(argv):
+def main(argv) -> int:
+  """Exports the newest params of a training run; mistakes go through jax_vlm/core/cli.py."""
   del argv
   sharding.maybe_initialize_distributed()
-  try:
-    if _CONFIG.value is None:
-      raise UserError('No config given; pass --config configs/NAME.py.')
-    if not _WORKDIR.value or not _OUT.value:
-      raise UserError('Pass --workdir DIR (where train.py wrote) and --out OUT.')
-    paths = export(_CONFIG.value, _WORKDIR.value, _OUT.value, _FORMAT.value, _STAGE.value)
-  except UserError as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  if _CONFIG.value is None:
+    raise cli.ConfigError('No config given; pass --config configs/NAME.py.')
+  if not _WORKDIR.value or not _OUT.value:
+    raise cli.ConfigError('Pass --workdir DIR (where train.py wrote) and --out OUT.')
+  paths = export(_CONFIG.value, _WORKDIR.value, _OUT.value, _FORMAT.value, _STAGE.value)
   print(f'Exported step {paths["step"]}: ' + ', '.join(
       f'{k}={v}' for k, v in paths.items() if k != 'step' and v))
+  return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  sys.exit(cli.run(main, flags.FLAGS, __doc__, config_flag=_CONFIG))
