@@ -34,9 +34,9 @@ _RERUN = flags.DEFINE_list('rerun_stages', [], 'Rerun these stages even if they 
 
 def main(argv):
   del argv
+  stages.project_logging()  # first, so the distributed start-up line is shown
   # Before anything touches a device.
   sharding.maybe_initialize_distributed()
-  stages.project_logging()
   config = _CONFIG.value
   if config is None:
     raise cli.ConfigError('No config given; pass --config configs/NAME.py.')
