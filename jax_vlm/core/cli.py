@@ -311,11 +311,20 @@ def run(body: Callable[[list[str]], int | None], fl: flags.FlagValues, doc: str,
   argv = list(sys.argv if argv is None else argv)
   if rewrite is not None:
     argv = rewrite(argv)
-  try:
+
+  def parse_and_run():
     rest = parse(argv, fl, doc, default_config=default_config)
     if config_flag is not None and config_flag.value is not None:
       check_ranges(config_flag.value)
-    code = body(rest)
+    return body(rest)
+  return _exit_code(parse_and_run)
+
+
+def _exit_code(fn: Callable[[], int | None]) -> int:
+  """Runs `fn`; its result as an exit code, or a mistake reported in one sentence: ConfigError
+  2, UserError 1, SIGTERM 0."""
+  try:
+    code = fn()
     return EXIT_OK if code is None else int(code)
   except ConfigError as e:
     _error(str(e))
@@ -371,16 +380,4 @@ def run_argparse(parser: argparse.ArgumentParser, body: Callable[[argparse.Names
     args = parser.parse_args(argv)
   except SystemExit as e:  # --help (0) or a mistake (2, already reported)
     return int(e.code or 0)
-  try:
-    code = body(args)
-    return EXIT_OK if code is None else int(code)
-  except ConfigError as e:
-    _error(str(e))
-    return EXIT_USAGE
-  except UserError as e:
-    _error(str(e))
-    return EXIT_INPUT
-  except Terminated:
-    _error('Stopped by SIGTERM; what was written is kept, and rerunning the same command '
-           'continues.')
-    return EXIT_TERMINATED
+  return _exit_code(lambda: body(args))
