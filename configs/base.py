@@ -111,6 +111,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.sampler.cache_len = 0  # KV cache slots; 0 = data.max_seq_len
   config.sampler.prompt_buckets = ()  # prompts are left-padded to the smallest bucket that fits
   config.sampler.num_image_tokens = 1024  # tokens per generated frame (25 in the action world)
+  # Decode precision ('' = unchanged): compute dtype, params cast once per call, KV cache dtype.
+  # 'bfloat16' weights + cache halve the bytes a memory-bound decode step reads from fp32 params.
+  config.sampler.dtype = ''  # '' = model.dtype
+  config.sampler.param_dtype = ''  # '' = the params as stored (fp32 from training)
+  config.sampler.cache_dtype = ''  # '' = the decode compute dtype
 
   # The IDP verifier that ranks K sampled frames (jax_vlm/inference/verifier.py).
   config.verifier = ml_collections.ConfigDict()
@@ -120,12 +125,17 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # IDP bootstrapping: label unlabelled pairs, keep a stratified top-K (method/bootstrap.py).
   config.bootstrap = ml_collections.ConfigDict()
-  config.bootstrap.labeller_stage = 'train_dynamics'  # stage whose `params` label the pairs
-  config.bootstrap.unlabelled = ''  # record prefix; '' = WORKDIR/tokenize/unlabelled
+  # The IDP labeller: a stage of this workdir whose `params` label the pairs, or a checkpoint
+  # directory (Orbax params or a transformers directory; a path, e.g. /runs/anole_export/hf).
+  config.bootstrap.labeller_stage = 'train_dynamics'
+  # Record prefix of the unlabelled pairs ('prepare videos' writes OUT/unlabelled); '' =
+  # WORKDIR/tokenize/unlabelled (the world's tokenize stage).
+  config.bootstrap.unlabelled = ''
   config.bootstrap.num_selected = 0.5  # a fraction (<= 1.0) of the labelled pairs, or a count
   config.bootstrap.decoding = 'greedy'  # 'greedy' | 'sampled' (sampler temperature/top_k/top_p)
   config.bootstrap.score = 'mean'  # label_score: 'mean' or 'sum' token log-likelihood
-  config.bootstrap.class_key = 'world'  # 'world' (parse_action) | 'first_word' | 'none'
+  # 'world' (parse_action) | 'first_word' (free text: the verb) | 'none' (one class)
+  config.bootstrap.class_key = 'world'
   config.bootstrap.keep_unparsed = False  # keep labels the world cannot parse (class 'unparsed')
   config.bootstrap.true_action_field = 'hidden_action'  # withheld true action, for label accuracy
   config.bootstrap.batch_size = 32

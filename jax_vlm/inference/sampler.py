@@ -32,6 +32,14 @@ one repeated cache are exactly K single-candidate runs given `row_keys` = those 
 
 Prompts are left-padded (segment 0, never attended; RoPE positions count real tokens only) to the
 smallest of `prompt_buckets` that fits, so a few compiled programs serve all prompt lengths.
+
+Precision (`config.sampler.dtype / param_dtype / cache_dtype`, '' = unchanged): decoding reads every
+weight and the whole KV cache once per token, so it is bound by memory bandwidth; bfloat16 weights
+and cache halve the bytes of an fp32 checkpoint. `dtype` is the decode compute dtype (default the
+model's), `param_dtype` casts the floating params once per call inside the compiled program (the
+loop then reads the cast copy), `cache_dtype` is the KV cache's element type (default the decode
+compute dtype). tests/test_sampler.py checks that bfloat16 decoding picks fp32's greedy tokens on a
+tiny model.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_vlm.core.errors import UserError, require
+from jax_vlm.models.config import to_dtype
 from jax_vlm.models.transformer import DecoderLM, KVCache, init_cache, repeat_cache
 from jax_vlm.tokens import sequences
 
@@ -150,12 +159,21 @@ class SamplerState:
   done: Array  # [out] bool
 
 
+def cast_params(params: Any, dtype) -> Any:
+  """Floating leaves of `params` as `dtype` (None: unchanged); integer leaves are kept."""
+  if dtype is None:
+    return params
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+
 def prefill(module: DecoderLM, params: Any, prompt_ids: Array, prompt_segments: Array,
-            cache_len: int) -> tuple[Array, KVCache]:
-  """Writes left-padded prompts [rows, L] into a fresh cache; returns (last logits [rows, vocab],
-  cache). Only the last position goes through the LM head."""
+            cache_len: int, cache_dtype=None) -> tuple[Array, KVCache]:
+  """Writes left-padded prompts [rows, L] into a fresh cache (of `cache_dtype`, default the model's
+  compute dtype); returns (last logits [rows, vocab], cache). Only the last position goes through
+  the LM head."""
   rows = prompt_ids.shape[0]
-  cache = init_cache(module.config, rows, cache_len)
+  cache = init_cache(module.config, rows, cache_len, dtype=cache_dtype)
   _, hidden, cache = module.apply({'params': params}, prompt_ids, segment_ids=prompt_segments,
                                   cache=cache, return_hidden=True)
   logits = module.apply({'params': params}, hidden[:, -1:], method=DecoderLM.logits_from_hidden)
@@ -166,7 +184,7 @@ def sample_loop(params: Any, prompt_ids: Array, prompt_segments: Array, row_keys
                 allowed: Array | None, eos_id: Array, pad_id: Array, *, module: DecoderLM,
                 cache_len: int, num_candidates: int, num_conditions: int, max_new_tokens: int,
                 sampling: SamplingParams, guidance: Guidance | None,
-                stop_at_eos: bool) -> dict[str, Array]:
+                stop_at_eos: bool, param_dtype=None, cache_dtype=None) -> dict[str, Array]:
   """Prefill once, repeat the cache K times, decode all rows together (pure; jit it).
 
   prompt_ids, prompt_segments: [batch * num_conditions, L] left-padded, rows ordered
@@ -180,7 +198,8 @@ def sample_loop(params: Any, prompt_ids: Array, prompt_segments: Array, row_keys
   k, c = num_candidates, num_conditions
   batch = prompt_ids.shape[0] // c
   out = batch * k
-  logits, cache = prefill(module, params, prompt_ids, prompt_segments, cache_len)
+  params = cast_params(params, param_dtype)
+  logits, cache = prefill(module, params, prompt_ids, prompt_segments, cache_len, cache_dtype)
   # Row (prompt i, condition m) -> rows ((i * c + m) * k + j) for candidates j.
   cache = repeat_cache(cache, k)
   logits = jnp.repeat(logits, k, axis=0)
@@ -222,7 +241,7 @@ def sample_loop(params: Any, prompt_ids: Array, prompt_segments: Array, row_keys
 # One jitted function for every Sampler: equal modules hash equal, so compiled programs are shared.
 _sample_loop_jit = jax.jit(sample_loop, static_argnames=(
     'module', 'cache_len', 'num_candidates', 'num_conditions', 'max_new_tokens', 'sampling',
-    'guidance', 'stop_at_eos'))
+    'guidance', 'stop_at_eos', 'param_dtype', 'cache_dtype'))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,11 +293,20 @@ class Sampler:
 
   cache_len: KV cache slots (prompt bucket + new tokens must fit). prompt_buckets: lengths prompts
   are left-padded to (the smallest that fits; with none, the longest prompt's length).
+  dtype / param_dtype / cache_dtype: decode precision (None = the module's compute dtype / params
+  as passed / the decode compute dtype); see the module docstring.
   """
 
-  def __init__(self, module: DecoderLM, vocab, cache_len: int, prompt_buckets: Sequence[int] = ()):
+  def __init__(self, module: DecoderLM, vocab, cache_len: int, prompt_buckets: Sequence[int] = (),
+               dtype=None, param_dtype=None, cache_dtype=None):
     require(cache_len > 0, f'sampler.cache_len must be > 0, got {cache_len}.')
+    if dtype:
+      dtype = to_dtype(dtype)
+      if dtype != module.config.dtype:
+        module = module.clone(config=module.config.replace(dtype=dtype))
     self.module = module
+    self.param_dtype = to_dtype(param_dtype) if param_dtype else None
+    self.cache_dtype = to_dtype(cache_dtype) if cache_dtype else None
     self.vocab = vocab
     self.cache_len = int(cache_len)
     self.prompt_buckets = tuple(sorted(int(b) for b in prompt_buckets))
@@ -293,10 +321,13 @@ class Sampler:
 
   @classmethod
   def from_config(cls, module: DecoderLM, vocab, config) -> 'Sampler':
-    """From the whole config: sampler.cache_len (0 = data.max_seq_len), sampler.prompt_buckets."""
+    """From the whole config: sampler.cache_len (0 = data.max_seq_len), sampler.prompt_buckets,
+    sampler.dtype / param_dtype / cache_dtype ('' = unchanged)."""
     s = config.sampler
     cache_len = int(s.get('cache_len', 0)) or int(config.data.max_seq_len)
-    return cls(module, vocab, cache_len, tuple(s.get('prompt_buckets', ()) or ()))
+    return cls(module, vocab, cache_len, tuple(s.get('prompt_buckets', ()) or ()),
+               dtype=s.get('dtype', '') or None, param_dtype=s.get('param_dtype', '') or None,
+               cache_dtype=s.get('cache_dtype', '') or None)
 
   # --- helpers -------------------------------------------------------------------------------
   def bucket(self, longest: int) -> int:
@@ -347,7 +378,8 @@ class Sampler:
     out = self._loop(params, ids, seg, keys, None, self._id(self.vocab.eos_id),
                      self._id(self.vocab.pad_id), module=self.module, cache_len=self.cache_len,
                      num_candidates=k, num_conditions=1, max_new_tokens=int(max_new_tokens),
-                     sampling=sampling, guidance=None, stop_at_eos=True)
+                     sampling=sampling, guidance=None, stop_at_eos=True,
+                     param_dtype=self.param_dtype, cache_dtype=self.cache_dtype)
     b = len(prompts)
     tokens = np.asarray(out['tokens']).reshape(b, k, -1)
     lengths = np.asarray(out['lengths']).reshape(b, k)
@@ -391,7 +423,8 @@ class Sampler:
     out = self._loop(params, ids, seg, keys, jnp.asarray(self.image_mask), self._id(-1),
                      self._id(self.vocab.pad_id), module=self.module, cache_len=self.cache_len,
                      num_candidates=k, num_conditions=c, max_new_tokens=int(num_image_tokens),
-                     sampling=sampling, guidance=guidance, stop_at_eos=False)
+                     sampling=sampling, guidance=guidance, stop_at_eos=False,
+                     param_dtype=self.param_dtype, cache_dtype=self.cache_dtype)
     tokens = np.asarray(out['tokens']).reshape(b, k, -1)
     codes = np.asarray(self.vocab.ids_to_codes(tokens))
     return ImageSamples(tokens, codes, np.asarray(out['logprob']).reshape(b, k))
