@@ -10,10 +10,11 @@ Per item: source image -> `preprocess` at the VQGAN's resolution -> VQGAN codes 
 config.sampler's temperature / top_k / top_p / cfg_* scales, by default plain sampling at T=1) ->
 the IDP verifier's log p(instruction | src, candidate) per candidate (inference/verifier.py,
 config.verifier.rank_by) -> best-of-K -> VQGAN decode -> the predicted frame (all K decoded and
-saved). A checkpoint is this project's Orbax params directory (model sizes from its
-hf_config.json when convert wrote one, else config.model) or a transformers directory
-(config.json + safetensors; model sizes from it). The vocabulary is config.vocab; with
-vocab.tokenizer_dir empty, the tokenizer files inside the FDP checkpoint (export copies them).
+saved). A checkpoint is this project's Orbax params directory (train.py's `<stage>/params`;
+model sizes from its hf_config.json or model_config.json, else config.model) or a transformers
+directory (config.json + safetensors; model sizes from it), read by training/loading.py. The
+vocabulary is config.vocab; with vocab.tokenizer_dir empty, the tokenizer files inside the FDP
+checkpoint (export copies them).
 
 IDP (Table 1): `--config.eval.task=idp --config.eval.idp_checkpoint=DIR` decodes the action text
 greedily for each (source, target) pair and writes BLEU / ROUGE-1 / ROUGE-L / BERTScore
@@ -22,10 +23,7 @@ greedily for each (source, target) pair and writes BLEU / ROUGE-1 / ROUGE-L / BE
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-from typing import Any
 
 import jax
 import numpy as np
@@ -42,82 +40,17 @@ from jax_vlm.evaluation.metrics import text_metrics
 from jax_vlm.evaluation.report import ReportItem, write_html_report
 from jax_vlm.inference.sampler import Sampler, SamplingParams, guidance_from_config
 from jax_vlm.inference.verifier import Verifier, best_of_first_k, check_same_vocab
-from jax_vlm.models.config import TransformerConfig
-from jax_vlm.models.transformer import DecoderLM
 from jax_vlm.models.vqgan import VQGAN
 from jax_vlm.tokens import sequences
 from jax_vlm.tokens.image_processing import postprocess, preprocess
-from jax_vlm.tokens.vocab import UnifiedVocab
-from jax_vlm.training import checkpointing
-from jax_vlm.weights import hf, vqgan_files
+from jax_vlm.training.loading import LoadedModel, load_model  # noqa: F401  (re-exported)
+from jax_vlm.weights import vqgan_files
 
 SELECTION = 'best-of-K by the IDP verifier (config.verifier.rank_by: mean or sum log p(action))'
 
 
 def _round8(n: int) -> int:
   return -(-int(n) // 8) * 8
-
-
-@dataclasses.dataclass
-class LoadedModel:
-  module: DecoderLM
-  params: Any
-  vocab: UnifiedVocab
-  path: str
-
-
-def _vocab_for(config, path: str) -> UnifiedVocab:
-  """The checkpoint's own tokenizer files when it has them (what it was trained with), else
-  config.vocab.tokenizer_dir; the other vocab settings from config.vocab."""
-  vocab_cfg = config.vocab
-  if os.path.isfile(os.path.join(path, 'tokenizer_config.json')):
-    vocab_cfg = vocab_cfg.copy_and_resolve_references()
-    vocab_cfg.tokenizer_dir = path
-  require(bool(vocab_cfg.tokenizer_dir),
-          f'No tokenizer for {path}: set --config.vocab.tokenizer_dir=DIR (the checkpoint has no '
-          'tokenizer files).')
-  return UnifiedVocab.from_config(vocab_cfg)
-
-
-def load_model(config, path: str, what: str) -> LoadedModel:
-  """An FDP/IDP checkpoint (Orbax params dir or transformers dir) -> module, params, vocab."""
-  require(bool(path), f'No {what} checkpoint given; pass --config.eval.{what}_checkpoint=DIR.')
-  path = os.path.abspath(path)
-  require(os.path.isdir(path), f'{what} checkpoint {path} is not a directory; pass an Orbax params '
-          'directory (train.py/export) or a transformers directory.')
-  dtype, scan = config.model.dtype, bool(config.model.scan_layers)
-  if os.path.isfile(os.path.join(path, 'config.json')):
-    module, params = hf.from_pretrained(path, dtype=dtype, param_dtype=config.model.param_dtype,
-                                        scan_layers=scan, remat_policy='none')
-    params = jax.tree.map(np.asarray, params)
-  else:
-    hf_config = os.path.join(path, hf.HF_CONFIG_FILE)
-    if os.path.isfile(hf_config):
-      with open(hf_config) as f:
-        model_config = hf.config_from_hf(json.load(f), where=hf_config, dtype=dtype,
-                                         scan_layers=scan, remat_policy='none')
-    else:
-      model_config = TransformerConfig.from_config(config.model, lora_rank=0, remat_policy='none')
-    module = DecoderLM(model_config)
-    params = checkpointing.load_params(path)
-    if isinstance(params, dict) and 'params' in params and 'embed_tokens' not in params:
-      params = params['params']
-  embedding = params.get('embed_tokens', {}).get('embedding') if isinstance(params, dict) else None
-  require(embedding is not None, f'The {what} checkpoint {path} has no embed_tokens/embedding; '
-          'pass the params of a DecoderLM.')
-  rows = int(np.shape(embedding)[0])
-  require(rows == module.config.vocab_size,
-          f'The {what} checkpoint {path} has {rows} token embeddings but model.vocab_size is '
-          f'{module.config.vocab_size}; set --config.model.* to the sizes it was trained with.')
-  vocab = _vocab_for(config, path)
-  family, scheme = module.config.family, vocab.scheme
-  require(vocab.vocab_size <= module.config.vocab_size,
-          f'The {what} checkpoint {path} has {module.config.vocab_size} token embeddings but the '
-          f'vocabulary needs {vocab.vocab_size}; use a checkpoint trained with this tokenizer.')
-  require((family == 'chameleon') == (scheme == 'chameleon'),
-          f'The {what} checkpoint {path} is a {family} model but vocab.image_token_scheme is '
-          f'{scheme!r}; use chameleon with IMGIMG tokens and gemma (Liquid) with offset tokens.')
-  return LoadedModel(module, params, vocab, path)
 
 
 class FDPPredictor:

@@ -16,9 +16,18 @@ write them as a synthetic FDP data set.
               per-class counts before and after selection).
 
 The `bootstrap` stage reads the labeller's params from `WORKDIR/<bootstrap.labeller_stage>/params`
-(what train_dynamics writes, LoRA merged) and the pairs from `WORKDIR/tokenize/unlabelled` (or
-`bootstrap.unlabelled`), and writes `STAGE_DIR/synthetic` (a record prefix; the shard paths are in
-`synthetic.meta.json`) for FDP training via `config.data.extra_train`.
+(what train_dynamics writes, LoRA merged) or, when `labeller_stage` is a path, from that checkpoint
+(Orbax params or a transformers directory), and the pairs from `WORKDIR/tokenize/unlabelled` (the
+world) or `bootstrap.unlabelled` (real video: `python -m jax_vlm.prepare videos ... --out OUT`
+writes `OUT/unlabelled`, with recognition weights from the VQGAN features). It writes
+`STAGE_DIR/synthetic` (a record prefix; the shard paths are in `synthetic.meta.json`) for FDP
+training via `config.data.extra_train` (the `train_fdm` stage reads `{workdir}/bootstrap/synthetic`).
+The real-video chain, one workdir:
+
+  python -m jax_vlm.prepare videos --videos VIDEOS --vqgan VQ --out DATA       -> DATA/unlabelled
+  python train.py --config configs/NAME.py --workdir W --stages train_dynamics,bootstrap,train_fdm \
+      --config.data.dir=DATA --config.bootstrap.unlabelled=DATA/unlabelled \
+      --config.bootstrap.class_key=first_word
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from jax_vlm.models.transformer import DecoderLM
 from jax_vlm.tokens import sequences
 from jax_vlm.tokens.vocab import UnifiedVocab
 from jax_vlm.training import checkpointing
+from jax_vlm.training.loading import load_model
 
 UNPARSED = 'unparsed'
 CLASS_KEYS = ('world', 'first_word', 'none')
@@ -228,6 +238,11 @@ def run_bootstrap(sampler: Sampler, params: Any, unlabelled: Sequence[Mapping[st
   pairs = [(ex['src_codes'], ex['tgt_codes']) for ex in unlabelled]
   labels = label_pairs(sampler, params, pairs, key, max_new_tokens, sampling,
                        int(cfg.batch_size), str(cfg.score), str(cfg.class_key), world_config)
+  if (cfg.class_key == 'world' and not cfg.keep_unparsed and labels
+      and all(lab.action_class == UNPARSED for lab in labels)):
+    raise UserError(f'None of the {len(labels)} labels parses as an action-world action (e.g. '
+                    f'{labels[0].text[:60]!r}); for free-text actions set '
+                    '--config.bootstrap.class_key=first_word (the verb) or none.')
   selected = select_labels(labels, cfg.num_selected, bool(cfg.keep_unparsed))
   examples, missing_rw = synthetic_examples(unlabelled, selected)
   report = write_records(os.path.join(out_dir, 'synthetic'), examples,
@@ -257,19 +272,31 @@ def _world_config(data_cfg):
   return load_world_config(data_cfg.dir)
 
 
+def labeller(config: ml_collections.ConfigDict, workdir: str):
+  """(module, params, vocab) of the IDP labeller: `bootstrap.labeller_stage` names a stage of this
+  workdir (its `params`, LoRA merged; the model is config.model, the vocabulary config.vocab) or a
+  checkpoint directory (Orbax params or a transformers directory; training/loading.py)."""
+  source = str(config.bootstrap.labeller_stage)
+  params_dir = os.path.join(workdir, source, 'params')
+  if os.path.isdir(params_dir):
+    # Saved params have LoRA merged in: build the model without adapters.
+    module = DecoderLM(TransformerConfig.from_config(config.model, lora_rank=0))
+    return module, checkpointing.load_params(params_dir), UnifiedVocab.from_config(config.vocab)
+  is_path = os.sep in source or source.startswith('.')
+  require(is_path, f'{params_dir} does not exist; run the {source} stage first or set '
+          'bootstrap.labeller_stage to a stage with params or an IDP checkpoint directory.')
+  loaded = load_model(config, source, 'IDP labeller', flag='bootstrap.labeller_stage')
+  return loaded.module, loaded.params, loaded.vocab
+
+
 @registry.register('stage', 'bootstrap')
 def bootstrap_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
-  """Labels WORKDIR/tokenize/unlabelled with the trained IDP model and writes the synthetic set."""
+  """Labels the unlabelled pairs (`bootstrap.unlabelled`, default WORKDIR/tokenize/unlabelled)
+  with the IDP labeller (`labeller`) and writes the synthetic set."""
 
   cfg = config.bootstrap
   workdir = os.path.dirname(os.path.abspath(stage_dir))
-  params_dir = os.path.join(workdir, cfg.labeller_stage, 'params')
-  require(os.path.isdir(params_dir), f'{params_dir} does not exist; run the '
-          f'{cfg.labeller_stage} stage first or set bootstrap.labeller_stage.')
-  params = checkpointing.load_params(params_dir)
-  # Saved params have LoRA merged in: build the model without adapters.
-  module = DecoderLM(TransformerConfig.from_config(config.model, lora_rank=0))
-  vocab = UnifiedVocab.from_config(config.vocab)
+  module, params, vocab = labeller(config, workdir)
   prefix = cfg.unlabelled or os.path.join(workdir, 'tokenize', 'unlabelled')
   unlabelled = list(RecordSource.from_prefix(prefix))
   sampler = Sampler.from_config(module, vocab, config)

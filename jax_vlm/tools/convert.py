@@ -10,15 +10,29 @@
                                                    Meta's VQGAN -> a VQGAN directory DST
                                                    (params.msgpack + vqgan_config.json; load it
                                                    with vqgan_files.load_vqgan)
+  python -m jax_vlm.convert tiny DST [--words_from FILE ...] [--vocab_size 256]
+                                                   stand-ins for dry runs of the real-data flow
+                                                   (configs/real_smoke.py): DST/tokenizer, a word
+                                                   tokenizer of the words in FILEs (text, or JSON
+                                                   lists with 'instruction', e.g. test.json) plus
+                                                   16 IMGIMG tokens, and DST/vqgan, a random
+                                                   16 px VQGAN with 16 codes (TINY_VQGAN)
 """
 
 import argparse
+import collections
 import json
 import os
+import re
 import sys
+
+import jax
+import numpy as np
 
 from jax_vlm.core import cli
 from jax_vlm.core.errors import require
+from jax_vlm.models.vqgan import VQGAN, VQGANConfig
+from jax_vlm.tokens import vocab as vocab_lib
 from jax_vlm.training import checkpointing
 from jax_vlm.weights import hf, vqgan_files
 from jax_vlm.weights.vqgan import convert_vqgan_checkpoint
@@ -60,6 +74,42 @@ def vqgan(ckpt: str, yaml: str, dst: str) -> None:
   print(f'wrote the VQGAN ({config.num_embeddings} codes, {config.resolution} px) to {dst}')
 
 
+# The stand-in VQGAN of `tiny` (configs/real_smoke.py's vqgan section): 16 px frames, 4 x 4 codes.
+TINY_VQGAN = dict(resolution=16, base_channels=16, channel_multiplier=(1, 2, 2), num_res_blocks=1,
+                  z_channels=8, embed_dim=8, num_embeddings=16, norm_groups=8)
+
+
+def _words(path: str) -> list[str]:
+  require(os.path.isfile(path), f'--words_from {path} does not exist; pass text or JSON files.')
+  with open(path, encoding='utf-8', errors='replace') as f:
+    text = f.read()
+  if path.endswith('.json'):
+    try:
+      entries = json.loads(text)
+    except ValueError:
+      entries = None
+    if isinstance(entries, list):
+      text = ' '.join(str(e.get('instruction', '')) for e in entries if isinstance(e, dict))
+  return re.findall(r'\w+|[^\w\s]+', text)  # the word tokenizer's own split
+
+
+def tiny(dst: str, words_from: list[str], vocab_size: int, seed: int = 0) -> None:
+  """Writes DST/tokenizer and DST/vqgan (see the module docstring)."""
+  vq_config = VQGANConfig(**TINY_VQGAN)
+  room = vocab_size - vq_config.num_embeddings - len(vocab_lib.DEFAULT_SPECIAL_TOKENS)
+  require(room > 0, f'--vocab_size={vocab_size} leaves no room for words; pass a larger one.')
+  counts = collections.Counter(w for path in words_from for w in _words(path))
+  words = [w for w, _ in counts.most_common(room)]
+  tok = vocab_lib.build_word_tokenizer(words, os.path.join(dst, 'tokenizer'),
+                                       num_image_codes=vq_config.num_embeddings)
+  size = len(vocab_lib.DEFAULT_SPECIAL_TOKENS) + len(words) + vq_config.num_embeddings
+  x = np.zeros((1, vq_config.resolution, vq_config.resolution, 3), np.float32)
+  params = VQGAN(vq_config).init(jax.random.PRNGKey(seed), x)['params']
+  vqgan_files.save_vqgan(os.path.join(dst, 'vqgan'), params, vq_config)
+  print(f'wrote a {size}-token word tokenizer to {tok} and a random '
+        f'{vq_config.resolution} px VQGAN ({vq_config.num_embeddings} codes) to {dst}/vqgan')
+
+
 def main(argv=None) -> int:
   parser = cli.ArgumentParser(prog='python -m jax_vlm.convert', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,12 +130,20 @@ def main(argv=None) -> int:
   p.add_argument('--ckpt', required=True)
   p.add_argument('--yaml', required=True)
   p.add_argument('dst')
+  p = sub.add_parser('tiny', help='a word tokenizer and a random 16 px VQGAN for dry runs')
+  p.add_argument('dst')
+  p.add_argument('--words_from', nargs='*', default=[],
+                 help="text files, or JSON lists of {'instruction': ...} (AURORA's test.json)")
+  p.add_argument('--vocab_size', type=int, default=256,
+                 help='the model\'s vocab_size (configs/real_smoke.py: 256); words are cut to fit')
 
   def body(args) -> None:
     if args.command == 'hf-to-flax':
       hf_to_flax(args.src, args.dst, not args.no_scan, args.param_dtype)
     elif args.command == 'flax-to-hf':
       flax_to_hf(args.src, args.dst, args.config, args.source, args.dtype)
+    elif args.command == 'tiny':
+      tiny(args.dst, args.words_from, args.vocab_size)
     else:
       os.makedirs(args.dst, exist_ok=True)
       vqgan(args.ckpt, args.yaml, args.dst)

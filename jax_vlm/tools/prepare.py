@@ -2,6 +2,7 @@
 
   python -m jax_vlm.prepare aurora --root AURORA_ROOT --vqgan VQ_DIR --out OUT [--tasks a,b]
                                    [--split train]                      -> OUT/<split>
+      (--split test reads AURORA-BENCH's test.json, items with a target: for smoke runs only)
   python -m jax_vlm.prepare epic --csv EPIC_100_train.csv --frames_root R --vqgan VQ_DIR --out OUT
                                  [--split train]                        -> OUT/<split>
   python -m jax_vlm.prepare videos --videos DIR_OR_FILE [...] --vqgan VQ_DIR --out OUT
@@ -41,7 +42,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 import numpy as np
 
 from data import keyframes, records
-from data.aurora import load_aurora_train
+from data.aurora import load_aurora_bench, load_aurora_train
 from data.epic import load_epic_triplets
 from data.images import load_rgb
 from data.records import MAX_ACTION_CHARS, clean_action
@@ -60,6 +61,7 @@ Frame = Union[PathLike, np.ndarray]  # an image path or a uint8 frame [h, w, 3]
 REPORT_SUFFIX = '.report.json'  # not '.meta.json': datasets.record_prefixes globs those
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg')
 UNLABELLED_SPLIT = 'unlabelled'
+BENCH_SPLIT = 'test'  # `aurora --split test`: AURORA-BENCH's test.json (smoke runs only)
 MAX_LISTED = 1000  # skipped items listed by name in the report (all are counted)
 
 
@@ -572,7 +574,20 @@ def aurora_triplets(root: PathLike, tasks: Optional[Sequence[str]] = None, split
   root = os.fspath(root)
   require(os.path.isdir(root), f'AURORA root {root} does not exist; pass the McGill-NLP/AURORA '
           'checkout (with data/<task>/train.json).')
-  items, report = load_aurora_train(root, tasks, split)
+  if split == BENCH_SPLIT:
+    # The benchmark's own test.json: for smoke runs of the whole flow, never for reported numbers.
+    items, report = load_aurora_bench(root)
+    kept = []
+    for it in items:
+      if tasks and it.task not in tasks:
+        continue
+      if it.has_target:
+        kept.append(it)
+      else:
+        report.skip(it.index, it.task, 'no target image')
+    items = kept
+  else:
+    items, report = load_aurora_train(root, tasks, split)
   triplets = [Triplet(src=it.input_path, tgt=it.output_path, action=it.instruction,
                       action_type=it.task, example_id=it.id or f'{it.task}/{split}/{it.index}')
               for it in items]
@@ -616,7 +631,8 @@ def _parser() -> argparse.ArgumentParser:
   p = sub.add_parser('aurora', help='AURORA training triplets -> OUT/<split>')
   p.add_argument('--root', required=True, help='McGill-NLP/AURORA checkout')
   p.add_argument('--tasks', default='', help='comma-separated task names (default: all)')
-  p.add_argument('--split', default='train', help="'train' or 'valid' (data/<task>/<split>.json)")
+  p.add_argument('--split', default='train', help="'train' or 'valid' (data/<task>/<split>.json), "
+                 "or 'test': the benchmark's test.json items that have a target (smoke runs only)")
   _common_args(p)
   p = sub.add_parser('epic', help='EPIC-KITCHENS action segments -> OUT/<split>')
   p.add_argument('--csv', required=True, help='EPIC_100_train.csv (or validation)')
