@@ -22,4 +22,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       norm_eps=1e-5, qk_norm=True, swin_norm=False, tie_embeddings=False)
   config.vocab.image_token_scheme = 'chameleon'
   config.vocab.num_image_codes = 8192
+  # Real actions are free text: bootstrapping stratifies IDP labels by their first word (verb).
+  config.bootstrap.class_key = 'first_word'
   return config

@@ -37,4 +37,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   v.pad_token = '<pad>'
   v.boi_token = '<boi>'  # unverified guess; see above
   v.eoi_token = '<eoi>'  # unverified guess; see above
+  # Real actions are free text: bootstrapping stratifies IDP labels by their first word (verb).
+  config.bootstrap.class_key = 'first_word'
   return config

@@ -22,6 +22,7 @@ from jax_vlm.models.transformer import DecoderLM
 from jax_vlm.pipeline import stages
 from jax_vlm.tokens.vocab import UnifiedVocab
 from jax_vlm.training import checkpointing
+from tests.test_aurora_models import tiny_artifacts
 
 NUM_CODES = 16
 N = 4  # codes per frame
@@ -157,3 +158,46 @@ def test_bootstrap_stage_needs_params(world_setup, tmp_path):
   _, config, _, _, _ = world_setup
   with pytest.raises(UserError, match='run the train_dynamics stage first'):
     B.bootstrap_stage(config, str(tmp_path / 'bootstrap'))
+
+
+def test_world_class_key_on_free_text_is_one_sentence(world_setup, monkeypatch, tmp_path):
+  _, config, vocab, module, params = world_setup
+  free_text = [B.Label(i, 'cut the onion', B.UNPARSED, -1.0, -0.5, -0.5, True) for i in range(3)]
+  monkeypatch.setattr(B, 'label_pairs', lambda *a, **k: free_text)
+  cfg = config.bootstrap.copy_and_resolve_references()
+  cfg.update(class_key='world', keep_unparsed=False)
+  pairs = [{'src_codes': np.zeros(N, np.int32), 'tgt_codes': np.ones(N, np.int32)}] * 3
+  with pytest.raises(UserError, match='class_key=first_word'):
+    B.run_bootstrap(Sampler.from_config(module, vocab, config), params, pairs, cfg, None, 7,
+                    str(tmp_path), jax.random.PRNGKey(0))
+
+
+def test_labeller_from_a_checkpoint_directory(tmp_path):
+  """bootstrap.labeller_stage as a path: an IDP checkpoint outside the workdir (here Orbax params
+  with a Chameleon-scheme tokenizer) labels prepared-video records (action '')."""
+  art = tiny_artifacts(str(tmp_path / 'art'))
+  config = base.get_base_config()
+  config.model.update(art['model'])
+  config.vocab.update(tokenizer_dir=art['tok'], num_image_codes=art['num_codes'])
+  config.data.max_seq_len = 64
+  config.sampler.max_action_tokens = 4
+  config.bootstrap.update(labeller_stage=art['model_dir'], class_key='first_word',
+                          keep_unparsed=True, num_selected=1.0, batch_size=4,
+                          unlabelled=str(tmp_path / 'data' / 'unlabelled'))
+  rng = np.random.default_rng(0)
+  write_records(config.bootstrap.unlabelled, [
+      {'src_codes': rng.integers(0, 16, 16).astype(np.int32),
+       'tgt_codes': rng.integers(0, 16, 16).astype(np.int32), 'action': '', 'action_type': '',
+       'recognition_weights': rng.uniform(0, 2, 16).astype(np.float32), 'example_id': f'v:{i}'}
+      for i in range(5)], schema=None)
+  workdir = str(tmp_path / 'work')
+  assert stages.run_stages(config, workdir, ['bootstrap'])
+  stats = json.loads(open(os.path.join(workdir, 'bootstrap', 'stats.json')).read())
+  assert stats['num_labelled'] == 5 and stats['label_accuracy'] is None
+  assert stats['num_written'] == stats['num_selected'] <= 5
+  config.bootstrap.labeller_stage = str(tmp_path / 'nowhere')
+  with pytest.raises(UserError, match='is not a directory'):
+    B.labeller(config, workdir)
+  config.bootstrap.labeller_stage = 'no_such_stage'
+  with pytest.raises(UserError, match='run the no_such_stage stage first'):
+    B.labeller(config, workdir)
