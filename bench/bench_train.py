@@ -19,6 +19,7 @@ CPU runs use float32 compute (bf16 matmuls are emulated and slow on most CPUs) a
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -44,9 +45,9 @@ SIZES = {
 NUM_IMAGE_CODES = {'world': 512, 'mid': 8192}
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-  """Best fp32 FLOP/s of an n x n x n jnp.dot on the default device."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+def matmul_peak(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
+  """Best FLOP/s of an n x n x n jnp.dot in `dtype` (fp32 by default) on the default device."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
   best = float('inf')
@@ -57,13 +58,17 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
   return 2.0 * n ** 3 / best
 
 
-def jax_config(size: str, family: str, batch: int, steps: int, scan: bool):
+def jax_config(size: str, family: str, batch: int, steps: int, scan: bool, dtype='float32',
+               **model_overrides):
+  """The base config at a SIZES preset: compute `dtype`, fp32 params, no remat (model_overrides,
+  e.g. attention_impl or remat_policy, go into config.model last)."""
   from configs import base
   spec = SIZES[size]
   config = base.get_base_config()
-  config.model.update(spec['model'], family=family, dtype='float32', remat_policy='none',
+  config.model.update(spec['model'], family=family, dtype=dtype, remat_policy='none',
                       scan_layers=scan, qk_norm=family == 'chameleon',
                       tie_embeddings=family == 'gemma')
+  config.model.update(model_overrides)
   config.data.max_seq_len = spec['seq']
   config.train.update(data_source='synthetic', global_batch_size=batch, num_steps=steps + 1,
                       progress_bar=False, tensorboard=False, warmup_steps=1)
@@ -71,11 +76,12 @@ def jax_config(size: str, family: str, batch: int, steps: int, scan: bool):
   return config
 
 
-def bench_jax_train(size, family, batch, steps, scan=True) -> dict:
+def bench_jax_train(size, family, batch, steps, scan=True, dtype='float32',
+                    **model_overrides) -> dict:
   """Tokens/s of the trainer's compiled step (first step = compile, not timed)."""
   from jax_vlm.input import sources
   from jax_vlm.training import sharding, trainer
-  config = jax_config(size, family, batch, steps, scan)
+  config = jax_config(size, family, batch, steps, scan, dtype, **model_overrides)
   with tempfile.TemporaryDirectory() as tmp:
     t = trainer.Trainer(config, tmp, devices=jax.devices()[:1])
     state = t.init_state()
@@ -99,7 +105,9 @@ def bench_jax_train(size, family, batch, steps, scan=True) -> dict:
           'flops_per_token': t.model_config.flops_per_token(seq)}
 
 
-def torch_model(size: str, family: str):
+def torch_model(size: str, family: str, attn_implementation: str | None = None):
+  """transformers' model at a SIZES preset, randomly initialised (built on torch's current default
+  device: wrap the call in `with torch.device('cuda'):` to build it on a GPU)."""
   import torch
   import transformers
   m = SIZES[size]['model']
@@ -107,6 +115,8 @@ def torch_model(size: str, family: str):
                 intermediate_size=m['mlp_dim'], num_hidden_layers=m['num_layers'],
                 num_attention_heads=m['num_heads'], num_key_value_heads=m['num_kv_heads'],
                 max_position_embeddings=m['max_positions'])
+  if attn_implementation:
+    common['attn_implementation'] = attn_implementation
   torch.manual_seed(0)
   if family == 'gemma':
     cfg = transformers.GemmaConfig(head_dim=m['head_dim'], tie_word_embeddings=True, **common)
@@ -123,20 +133,39 @@ def _lm(model):
   return model.model, model.lm_head
 
 
-def bench_torch_train(size, family, batch, steps) -> dict:
+def _sync(device) -> None:
   import torch
-  model = torch_model(size, family).train()
+  if torch.device(device).type == 'cuda':
+    torch.cuda.synchronize()
+
+
+def _autocast(device, dtype):
+  """torch.autocast to `dtype` on `device` (a no-op context when dtype is None)."""
+  import torch
+  return torch.autocast(device_type=torch.device(device).type, dtype=dtype,
+                        enabled=dtype is not None)
+
+
+def bench_torch_train(size, family, batch, steps, device='cpu', autocast_dtype=None,
+                      attn_implementation=None) -> dict:
+  """Tokens/s of forward + backward + AdamW with clipping; fp32 params, compute in
+  `autocast_dtype` (None = fp32)."""
+  import torch
+  with torch.device(device):
+    model = torch_model(size, family, attn_implementation).train()
   decoder, head = _lm(model)
   params = [p for n, p in model.named_parameters() if 'vqmodel' not in n]
   opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
   seq = SIZES[size]['seq']
   vocab = SIZES[size]['model']['vocab_size']
   gen = torch.Generator().manual_seed(0)
-  data = [torch.randint(1, vocab, (batch, seq), generator=gen) for _ in range(steps + 1)]
+  data = [torch.randint(1, vocab, (batch, seq), generator=gen).to(device)
+          for _ in range(steps + 1)]
 
   def step(ids):
-    hidden = decoder(input_ids=ids).last_hidden_state
-    logits = head(hidden).float()
+    with _autocast(device, autocast_dtype):
+      hidden = decoder(input_ids=ids).last_hidden_state
+      logits = head(hidden).float()
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab),
                                              ids[:, 1:].reshape(-1))
     opt.zero_grad(set_to_none=True)
@@ -147,33 +176,43 @@ def bench_torch_train(size, family, batch, steps) -> dict:
 
   t0 = time.perf_counter()
   step(data[0])
+  _sync(device)
   first = time.perf_counter() - t0
   t0 = time.perf_counter()
   for ids in data[1:]:
     loss = step(ids)
+  _sync(device)
   elapsed = time.perf_counter() - t0
   return {'tokens_per_s': steps * batch * seq / elapsed, 'step_s': elapsed / steps,
           'first_step_s': first, 'loss': loss.item(),
           'params': sum(p.numel() for p in params)}
 
 
-def bench_jax_generate(size, family, candidates, gen_tokens, scan=True) -> dict:
+@functools.lru_cache(maxsize=1)
+def _init_params(model):
+  """Random params of a DecoderLM (cached: runs with the same model share one init)."""
+  params = jax.jit(lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32)))(jax.random.PRNGKey(0))
+  return jax.tree.map(lambda x: x.unbox() if hasattr(x, 'unbox') else x, params,
+                      is_leaf=lambda x: hasattr(x, 'unbox'))['params']
+
+
+def bench_jax_generate(size, family, candidates, gen_tokens, scan=True, dtype='float32',
+                       sampler_kwargs=None, **model_overrides) -> dict:
   """inference.sampler.Sampler.generate_images: prefill once, repeat the cache K times, sample
-  `gen_tokens` image tokens per row in one jitted while_loop (the product's sampler)."""
+  `gen_tokens` image tokens per row in one jitted while_loop (the product's sampler).
+  sampler_kwargs: e.g. param_dtype / cache_dtype for the Sampler."""
   from bench_sampler import BenchVocab
 
   from jax_vlm.inference import sampler as S
   from jax_vlm.models import transformer
   from jax_vlm.models.config import TransformerConfig
-  config = jax_config(size, family, 1, 1, scan)
+  config = jax_config(size, family, 1, 1, scan, dtype, **model_overrides)
   c = TransformerConfig.from_config(config.model)
   model = transformer.DecoderLM(c)
   prompt_len = SIZES[size]['prompt']
-  params = jax.jit(lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32)))(jax.random.PRNGKey(0))
-  params = jax.tree.map(lambda x: x.unbox() if hasattr(x, 'unbox') else x, params,
-                        is_leaf=lambda x: hasattr(x, 'unbox'))['params']
+  params = _init_params(model)
   vocab = BenchVocab(c.vocab_size - NUM_IMAGE_CODES[size], NUM_IMAGE_CODES[size])
-  sampler = S.Sampler(model, vocab, cache_len=prompt_len + gen_tokens)
+  sampler = S.Sampler(model, vocab, cache_len=prompt_len + gen_tokens, **(sampler_kwargs or {}))
   prompt = jax.random.randint(jax.random.PRNGKey(1), (prompt_len,), 1, c.vocab_size)
   prompts = [jax.device_get(prompt)]
 
@@ -190,21 +229,37 @@ def bench_jax_generate(size, family, candidates, gen_tokens, scan=True) -> dict:
   assert out.tokens.shape == (1, candidates, gen_tokens)
   assert vocab.image_token_mask()[out.tokens].all()
   return {'tokens_per_s': candidates * gen_tokens / elapsed, 'seconds': elapsed,
-          'first_call_s': first}
+          'first_call_s': first, 'cache_len': sampler.cache_len}
 
 
-def bench_torch_generate(size, family, candidates, gen_tokens) -> dict:
+def bench_torch_generate(size, family, candidates, gen_tokens, device='cpu', autocast_dtype=None,
+                         weights_dtype=None, attn_implementation=None, warmup_tokens=0,
+                         model=None) -> dict:
+  """transformers' generate(num_return_sequences=K, do_sample=True, top_k=0). weights_dtype: cast
+  the model (e.g. torch.bfloat16); warmup_tokens > 0: an untimed short generate first (CUDA
+  kernels, caches); model: reuse one built before (it is cast in place)."""
   import torch
-  model = torch_model(size, family).eval()
+  if model is None:
+    with torch.device(device):
+      model = torch_model(size, family, attn_implementation)
+  model = model.eval()
+  if weights_dtype is not None:
+    model = model.to(weights_dtype)
   prompt_len = SIZES[size]['prompt']
   vocab = SIZES[size]['model']['vocab_size']
   prompt = torch.randint(1, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(1))
+  prompt = prompt.to(device)
   # top_k=0: plain sampling at temperature 1, as the JAX side (transformers' default is top-k 50).
   kwargs = dict(max_new_tokens=gen_tokens, min_new_tokens=gen_tokens, do_sample=True, top_k=0,
                 num_return_sequences=candidates, use_cache=True, pad_token_id=0)
-  with torch.no_grad():
+  with torch.no_grad(), _autocast(device, autocast_dtype):
+    if warmup_tokens:
+      model.generate(prompt, **dict(kwargs, max_new_tokens=warmup_tokens,
+                                    min_new_tokens=warmup_tokens))
+      _sync(device)
     t0 = time.perf_counter()
     out = model.generate(prompt, **kwargs)
+    _sync(device)
     elapsed = time.perf_counter() - t0
   assert out.shape == (candidates, prompt_len + gen_tokens), out.shape
   return {'tokens_per_s': candidates * gen_tokens / elapsed, 'seconds': elapsed}
