@@ -46,7 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # pair with idp_checkpoint, scored by BLEU / ROUGE-1 / ROUGE-L / BERTScore as in Table 1).
   c.task = 'fdp'
   c.bertscore_dir = ''  # local transformers model for BERTScore; '' skips it with a note
-  c.batch_size = 8  # IDP: pairs decoded per sampler call
+  # Items per sampler call: IDP pairs decoded, or FDP items sampled (each with K candidates, so
+  # batch_size * K rows in one program) and scored together.
+  c.batch_size = 8
 
   c.judge = ml_collections.ConfigDict()
   c.judge.enabled = False  # GPT-4o as judge; needs the network and an API key

@@ -192,3 +192,32 @@ def test_idp_text_evaluation(tmp_path):
   assert all(isinstance(r['prediction'], str) for r in records if not r.get('failed'))
   html = open(os.path.join(workdir, aurora.REPORT_FILE)).read()
   assert 'predicted action' in html
+
+
+def test_items_are_batched_and_match_single_calls(tmp_path, monkeypatch):
+  """predict_many samples several items in one sampler call and gives each the candidates a call
+  on that item alone gives (fold_in(key, index) per item); the evaluation loop uses it."""
+  art = tiny_artifacts(str(tmp_path / 'art'))
+  root = small_bench(str(tmp_path / 'bench'))
+  config = fdp_config(art, root, k=2)
+  config.eval.batch_size = 4
+  predictor = aurora_models.FDPPredictor(config)
+  items, _ = load_aurora_bench(root)
+  many = predictor.predict_many(items)
+  assert isinstance(many[2], UserError)  # the unreadable source, for that item only
+  for i in (0, 1):
+    one = predictor(items[i])
+    np.testing.assert_allclose(many[i].verifier_scores, one.verifier_scores, atol=1e-4)
+    assert many[i].chosen == one.chosen
+    for a, b in zip(many[i].candidates, one.candidates):
+      np.testing.assert_array_equal(a, b)
+
+  calls = []
+  sample = predictor.sampler.sample_frames
+  monkeypatch.setattr(predictor.sampler, 'sample_frames',
+                      lambda *a, **k: calls.append(len(a[1])) or sample(*a, **k))
+  monkeypatch.setattr(aurora_models, 'FDPPredictor', lambda config: predictor)
+  metrics = aurora.run(config, str(tmp_path / 'run'))
+  assert calls == [4] and metrics['all']['#sample'] == 2  # 2 good items (+1 bad) in one call
+  records = {r['index']: r for r in _lines(str(tmp_path / 'run'))}
+  assert records[0]['verifier_scores'] == pytest.approx(many[0].verifier_scores, abs=1e-4)

@@ -2,7 +2,10 @@
 
 A predictor is any callable `item -> frame` (`uint8 [h, w, 3]`) or `item -> Prediction` (K
 candidate frames, their verifier scores and the chosen index); `copy` (the source frame as the
-prediction) is built in, others register with `registry.register('predictor', NAME)`. Items
+prediction) is built in, others register with `registry.register('predictor', NAME)`. A
+predictor may also offer `predict_many(items)` (one answer or exception per item) and `batch_size`:
+items that need a prediction then go to it `batch_size` at a time (the FDP predictor samples them
+in one call). Items
 that list no target (clevr, emu, epic) are not scored; items whose target file is missing are
 counted and left out, as in the paper (248 of the benchmark's 250 target-bearing items).
 
@@ -175,6 +178,33 @@ def _needed(record: dict | None, scorers: Scorers) -> set[str]:
     if verdict is None or (scorers.rejudge_invalid and not verdict.get('valid')):
       needed.add('judge')
   return needed
+
+
+class _Lookahead:
+  """`item -> prediction` over a predictor; one with `predict_many(items)` (and `batch_size`) is
+  called on the next `batch_size` items of `todo` (in order, those that need a fresh prediction)
+  at once, its answers kept until their items come up. An answer that is an exception is raised
+  for its item only."""
+
+  def __init__(self, predictor: Predictor, todo: Sequence[Any]):
+    self.predictor = predictor
+    self.many = getattr(predictor, 'predict_many', None)
+    self.size = max(1, int(getattr(predictor, 'batch_size', 1) or 1))
+    self.todo = list(todo)
+    self.position = {it.index: i for i, it in enumerate(self.todo)}
+    self.ready: dict[int, Any] = {}
+
+  def __call__(self, item):
+    if self.many is None or item.index not in self.position:
+      return self.predictor(item)
+    if item.index not in self.ready:
+      start = self.position[item.index]
+      chunk = [it for it in self.todo[start:start + self.size] if it.index not in self.ready]
+      self.ready.update(zip((it.index for it in chunk), self.many(chunk)))
+    out = self.ready.pop(item.index)
+    if isinstance(out, Exception):
+      raise out
+    return out
 
 
 def _save_png(path: str, image: np.ndarray) -> None:
@@ -429,6 +459,14 @@ def evaluate_aurora_bench(items: Sequence[Any], predictor: Predictor, workdir: s
     pending.clear()
 
   in_flight = max(1, int(getattr(scorers.judge, 'max_in_flight', 1) or 1))
+
+  def has_saved_prediction(record):
+    saved = (record or {}).get('prediction_path')
+    return bool(saved) and os.path.isfile(os.path.join(workdir, saved))
+
+  predict = _Lookahead(predictor, [
+      it for it in scorable if _needed(records.get(it.index), scorers)
+      and not has_saved_prediction(records.get(it.index))])
   bar = tqdm.tqdm(scorable, desc='aurora_bench', unit='item', disable=not progress)
   for item in bar:
     record = records.get(item.index)
@@ -444,7 +482,7 @@ def evaluate_aurora_bench(items: Sequence[Any], predictor: Predictor, workdir: s
       src_frame = load_rgb(item.input_path)
       tgt_frame = load_rgb(item.output_path)
       reason = FAILURE_PREDICTION
-      pred_frame = _prediction_for(item, record, predictor, workdir, save_predictions)
+      pred_frame = _prediction_for(item, record, predict, workdir, save_predictions)
     except (UserError, ValueError) as e:
       logging.warning('Item %d failed (%s): %s The run goes on.', item.index, reason, e)
       record.update(failed=reason, error=str(e))

@@ -32,13 +32,19 @@ import tqdm
 from data.aurora import load_aurora_bench
 from data.images import load_rgb
 from jax_vlm.core import registry
+from jax_vlm.core.batching import pad_rows
 from jax_vlm.core.errors import UserError, require
 from jax_vlm.core.files import write_json
 from jax_vlm.evaluation import aurora
 from jax_vlm.evaluation.aurora import Prediction
 from jax_vlm.evaluation.metrics import text_metrics
 from jax_vlm.evaluation.report import ReportItem, write_html_report
-from jax_vlm.inference.sampler import Sampler, SamplingParams, guidance_from_config
+from jax_vlm.inference.sampler import (
+  Sampler,
+  SamplingParams,
+  candidate_keys,
+  guidance_from_config,
+)
 from jax_vlm.inference.verifier import Verifier, best_of_first_k, check_same_vocab
 from jax_vlm.models.vqgan import VQGAN
 from jax_vlm.tokens import sequences
@@ -86,10 +92,14 @@ class FDPPredictor:
     check_same_vocab(self.fdp.vocab, idp.vocab)
     require(idp.module.config.vocab_size >= self.fdp.vocab.vocab_size,
             f'The verifier {idp.path} has fewer token embeddings than the vocabulary needs.')
-    self.verifier = Verifier(idp.module, idp.params, idp.vocab, str(config.verifier.rank_by),
-                             max(1, min(int(config.verifier.batch_size), self.num_candidates)),
-                             (_round8(2 * n + 6 + self.max_action_tokens),),
-                             min_window=self.max_action_tokens + 1)
+    self.idp, self.n = idp, n
+    self.rank_by = str(config.verifier.rank_by)
+    self.verifier_batch = int(config.verifier.batch_size)
+    self.verifier = self._make_verifier(self.num_candidates)
+    # predict_many: items per sampler call (each with K candidates); its verifier scores up to
+    # verifier.batch_size of their batch_size * K rows per pass.
+    self.batch_size = max(1, int(e.get('batch_size', 1)))
+    self._batch_verifier = None
     self.key = jax.random.PRNGKey(int(config.get('seed', 0)))
     self.info = {'num_candidates': self.num_candidates, 'selection': SELECTION,
                  'rank_by': str(config.verifier.rank_by), 'fdp_checkpoint': self.fdp.path,
@@ -102,20 +112,67 @@ class FDPPredictor:
     return np.asarray(self._encode(self.vq_params, pixels))[0].reshape(-1)
 
   def __call__(self, item) -> Prediction:
-    src = self.codes(load_rgb(item.input_path))
-    action, _ = sequences.action_ids_of({'action': item.instruction}, self.fdp.vocab,
-                                        self.max_action_tokens)
-    key = jax.random.fold_in(self.key, int(item.index))
-    out = self.sampler.sample_frames(self.fdp.params, [src], [action], key, self.num_candidates,
-                                     self.sampling, self.guidance)
-    candidates = np.asarray(out.codes)[:1].reshape(1, self.num_candidates, -1)
-    summed, mean = self.verifier.score_items([src], candidates, [action])
-    ranking = mean[0] if self.verifier.rank_by == 'mean' else summed[0]
-    chosen = best_of_first_k(ranking, self.num_candidates)
-    grids = candidates[0].reshape(self.num_candidates, *self.grid)
+    """One item (batch 1: what bench/bench_best_of_k.py times)."""
+    out = self._predict([item], 1, self.verifier)[0]
+    if isinstance(out, Exception):
+      raise out
+    return out
+
+  def predict_many(self, items) -> list:
+    """Up to `batch_size` items in one sampler call, one verifier pass and one VQGAN decode (each
+    padded to batch_size items, so every call runs the same compiled programs); per item a
+    Prediction, or the UserError that item failed with (an unreadable source image). Item i draws
+    its candidates with fold_in(key, item.index), as a call on that item alone does."""
+    if self._batch_verifier is None:
+      self._batch_verifier = self._make_verifier(self.batch_size * self.num_candidates)
+    out = []
+    for start in range(0, len(items), self.batch_size):
+      out += self._predict(items[start:start + self.batch_size], self.batch_size,
+                           self._batch_verifier)
+    return out
+
+  def _make_verifier(self, rows: int) -> Verifier:
+    return Verifier(self.idp.module, self.idp.params, self.idp.vocab, self.rank_by,
+                    max(1, min(self.verifier_batch, rows)), (_round8(2 * self.n + 6 +
+                                                                 self.max_action_tokens),),
+                    min_window=self.max_action_tokens + 1)
+
+  def _predict(self, items, pad_to: int, verifier: Verifier) -> list:
+    k = self.num_candidates
+    results: list = [None] * len(items)
+    pixels, actions, keys, rows = [], [], [], []
+    for i, item in enumerate(items):
+      try:
+        pixels.append(preprocess(load_rgb(item.input_path), self.resolution))
+      except UserError as e:
+        results[i] = e
+        continue
+      action, _ = sequences.action_ids_of({'action': item.instruction}, self.fdp.vocab,
+                                          self.max_action_tokens)
+      actions.append(action)
+      keys.append(candidate_keys(jax.random.fold_in(self.key, int(item.index)), 1, k))
+      rows.append(i)
+    if not rows:
+      return results
+    m = len(rows)
+    # One compiled shape per pad_to: padded rows repeat the last item and are dropped.
+    src = np.asarray(self._encode(self.vq_params, pad_rows(np.stack(pixels), pad_to)))
+    src = src.reshape(pad_to, -1)
+    actions = pad_rows(actions, pad_to)
+    row_keys = np.concatenate(pad_rows(keys, pad_to))
+    out = self.sampler.sample_frames(self.fdp.params, list(src), actions, None, k, self.sampling,
+                                     self.guidance, row_keys=row_keys)
+    candidates = np.asarray(out.codes).reshape(pad_to, k, -1)
+    summed, mean = verifier.score_items(list(src), candidates, actions)
+    ranking = mean if verifier.rank_by == 'mean' else summed
+    grids = candidates.reshape(pad_to * k, *self.grid)
     frames = postprocess(jax.device_get(self._decode(self.vq_params, grids)))
-    return Prediction(candidates=list(frames), verifier_scores=[float(s) for s in ranking],
-                      chosen=chosen)
+    frames = np.asarray(frames).reshape(pad_to, k, *np.shape(frames)[1:])
+    for j, i in enumerate(rows[:m]):
+      results[i] = Prediction(candidates=list(frames[j]),
+                              verifier_scores=[float(x) for x in ranking[j]],
+                              chosen=best_of_first_k(ranking[j], k))
+    return results
 
 
 @registry.register('predictor', 'fdp')
