@@ -172,7 +172,8 @@ def test_real_data_pipeline(tmp_path, judge_server):
   assert len(open_split(fdm_config.data, 'train')) == NUM_SCORABLE + len(synthetic)
 
   # 4. Evaluate: the FDP model as a transformers directory, the IDP model as Orbax params.
-  paths = export.export(config, run, str(tmp_path / 'export'), 'hf', stage='train_fdm')
+  assert export.find_stage_dir(config, run) == os.path.join(run, 'train_fdm')  # the last trained
+  paths = export.export(config, run, str(tmp_path / 'export'), 'hf')
   config.eval.update(bench_root=SAMPLE, fdp_checkpoint=paths['hf'],
                      idp_checkpoint=os.path.join(run, 'train_dynamics', 'params'))
   config.eval.judge.update(enabled=True, base_url=judge_server.url, api_key_env='', max_retries=0,

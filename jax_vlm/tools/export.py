@@ -26,13 +26,14 @@ from ml_collections import config_flags
 
 from jax_vlm.core import cli
 from jax_vlm.core.errors import require
+from jax_vlm.pipeline.fdp_variants import FDP_VARIANTS
 from jax_vlm.tokens import vocab as vocab_lib
 from jax_vlm.training import checkpointing, sharding, trainer
 from jax_vlm.weights import hf, vqgan_files
 from jax_vlm.weights import vqgan as vqgan_weights
 
 FORMATS = ('orbax', 'hf', 'both')
-TRAIN_STAGES = ('train_dynamics', 'train_fdp')
+TRAIN_STAGES = ('train_dynamics', 'train_fdp', *FDP_VARIANTS)  # stages that train a model
 
 
 def find_stage_dir(config, workdir: str, stage: str | None = None) -> str:
