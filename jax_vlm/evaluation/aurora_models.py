@@ -46,6 +46,7 @@ from jax_vlm.inference.sampler import (
   guidance_from_config,
 )
 from jax_vlm.inference.verifier import Verifier, best_of_first_k, check_same_vocab
+from jax_vlm.method.bootstrap import label_pairs
 from jax_vlm.models.vqgan import VQGAN
 from jax_vlm.tokens import sequences
 from jax_vlm.tokens.image_processing import postprocess, preprocess
@@ -214,17 +215,12 @@ class IDPEvaluator:
     return np.asarray(self._encode(self.vq_params, pixels))[0].reshape(-1)
 
   def texts(self, pairs) -> list[str]:
-    """[(src_codes, tgt_codes)] -> greedy action texts (batches of one compiled shape)."""
-    out = []
-    for start in range(0, len(pairs), self.batch_size):
-      chunk = list(pairs[start:start + self.batch_size])
-      m = len(chunk)
-      chunk += [chunk[-1]] * (self.batch_size - m)
-      prompts = [sequences.idp_prompt(s, t, self.idp.vocab) for s, t in chunk]
-      res = self.sampler.generate_text(self.idp.params, prompts, jax.random.PRNGKey(0), 1,
-                                       self.max_new_tokens, SamplingParams(greedy=True))
-      out += [res.texts[r][0] for r in range(m)]
-    return out
+    """[(src_codes, tgt_codes)] -> greedy action texts: the bootstrap labeller's decoding
+    (method/bootstrap.label_pairs; batches of one compiled shape)."""
+    labels = label_pairs(self.sampler, self.idp.params, pairs, jax.random.PRNGKey(0),
+                         self.max_new_tokens, SamplingParams(greedy=True), self.batch_size,
+                         class_key='none')
+    return [lab.text for lab in labels]
 
 
 def _text_summary(records, bertscore_dir: str) -> tuple[dict, list[str]]:
