@@ -21,7 +21,8 @@ The `bootstrap` stage reads the labeller's params from `WORKDIR/<bootstrap.label
 world) or `bootstrap.unlabelled` (real video: `python -m jax_vlm.prepare videos ... --out OUT`
 writes `OUT/unlabelled`, with recognition weights from the VQGAN features). It writes
 `STAGE_DIR/synthetic` (a record prefix; the shard paths are in `synthetic.meta.json`) for FDP
-training via `config.data.extra_train` (the `train_fdm` stage reads `{workdir}/bootstrap/synthetic`).
+training via `config.data.extra_train` (the `train_fdm` stage reads
+`{workdir}/bootstrap/synthetic`).
 The real-video chain, one workdir:
 
   python -m jax_vlm.prepare videos --videos VIDEOS --vqgan VQ --out DATA       -> DATA/unlabelled
