@@ -24,6 +24,47 @@ default_init = nn.initializers.normal(stddev=0.02)  # transformers' initializer_
 QK_NORM_EPS = 1e-5  # fixed in Chameleon's ChameleonLayerNorm, not a config value
 
 
+@jax.tree_util.register_pytree_node_class
+class LayerBuffers:
+  """A KV cache's keys (or values) as one buffer per layer, for models with scan_layers=False.
+
+  Each layer writes and reads its own [batch, kv_heads, max_len, head_dim] buffer, so a decode
+  step's attention reads it in place; a slice of one stacked [layers, ...] array is copied before
+  the attention dot on XLA:CPU (docs/benchmarks.md). `shape` and `dtype` describe the stack.
+  """
+
+  def __init__(self, layers):
+    self.layers = tuple(layers)
+
+  def tree_flatten(self):
+    return self.layers, None
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    del aux
+    return cls(children)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return (len(self.layers),) + tuple(self.layers[0].shape)
+
+  @property
+  def dtype(self):
+    return self.layers[0].dtype
+
+  def __len__(self) -> int:
+    return len(self.layers)
+
+  def __getitem__(self, layer: int) -> Array:
+    return self.layers[layer]
+
+  def map(self, fn) -> 'LayerBuffers':
+    return LayerBuffers(fn(a) for a in self.layers)
+
+  def set(self, layer: int, buffer: Array) -> 'LayerBuffers':
+    return LayerBuffers(self.layers[:layer] + (buffer,) + self.layers[layer + 1:])
+
+
 def _contract(x: Array, kernel: Array, n_in: int, out_dtype=None) -> Array:
   """x [..., *in] . kernel [*in, *out] -> [..., *out], contracting the trailing n_in dims of x."""
   x_axes = tuple(range(x.ndim - n_in, x.ndim))
@@ -261,9 +302,9 @@ class Attention(nn.Module):
                cache_kv: Optional[tuple[Array, Array]], cache_index: Optional[Array],
                layer: Any = None, deterministic: bool = True):
     """x [batch, seq, embed]; cache_kv: every layer's keys and values
-    ([layers, batch, kv_heads, max_len, head_dim] x 2) or None; cache_index [] the slot of x's
-    first token; layer: this layer's index into the cache (int or [] int32). Writes x's keys and
-    values into its layer's slots in place (a decode step copies no cache) and returns
+    ([layers, batch, kv_heads, max_len, head_dim] x 2, or two LayerBuffers) or None; cache_index []
+    the slot of x's first token; layer: this layer's index into the cache (int or [] int32; an int
+    for LayerBuffers). Writes x's keys and values into its layer's slots in place and returns
     (out [batch, seq, embed], new cache_kv)."""
     c = self.config
     proj = functools.partial(_projection, c, deterministic=deterministic)
@@ -286,6 +327,12 @@ class Attention(nn.Module):
 
       def write_and_read(cache, new):
         new = new.transpose(0, 2, 1, 3)[None].astype(cache.dtype)  # [1, b, kv_heads, seq, d]
+        if isinstance(cache, LayerBuffers):
+          if not isinstance(layer, int):
+            raise ValueError('A cache of per-layer buffers (init_cache for scan_layers=False) '
+                             'needs an unscanned model; build the cache from the same config.')
+          buffer = lax.dynamic_update_slice(cache[layer], new[0], start[1:])
+          return cache.set(layer, buffer), buffer.astype(c.dtype)
         cache = lax.dynamic_update_slice(cache, new, start)
         read = lax.dynamic_index_in_dim(cache, layer, 0, keepdims=False)
         return cache, read.astype(c.dtype)

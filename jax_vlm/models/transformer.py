@@ -15,6 +15,8 @@ them explicitly for packed rows, where each example restarts at 0).
 KV cache (for samplers; everything has a fixed shape, so it lives in `lax.while_loop` state):
 
     KVCache.k, .v       [layers, batch, kv_heads, max_len, head_dim]   keys after RoPE, values
+                        (scan_layers=False: `LayerBuffers`, one [batch, ...] buffer per layer,
+                        which each layer's attention reads in place instead of a copied slice)
     KVCache.segment_ids [batch, max_len] int32   segment of each written slot, 0 = empty / padding
     KVCache.next_position [batch] int32          RoPE position the row's next real token gets
     KVCache.index       [] int32                 next slot to write (the same for all rows)
@@ -49,6 +51,7 @@ from jax_vlm.models.layers import (
   MLP,
   Attention,
   Embed,
+  LayerBuffers,
   Projection,
   RMSNorm,
   attention_mask,
@@ -61,8 +64,8 @@ Array = jax.Array
 @flax.struct.dataclass
 class KVCache:
   """Fixed-size key/value cache; see the module docstring for the layout."""
-  k: Array  # [layers, batch, kv_heads, max_len, head_dim]
-  v: Array  # [layers, batch, kv_heads, max_len, head_dim]
+  k: Array | LayerBuffers  # [layers, batch, kv_heads, max_len, head_dim]
+  v: Array | LayerBuffers  # [layers, batch, kv_heads, max_len, head_dim]
   segment_ids: Array  # [batch, max_len] int32, 0 = empty slot or padding
   next_position: Array  # [batch] int32
   index: Array  # [] int32
@@ -77,31 +80,47 @@ class KVCache:
 
 
 def init_cache(config: TransformerConfig, batch: int, max_len: int, dtype=None) -> KVCache:
-  """An empty cache for `batch` rows of up to `max_len` tokens (dtype defaults to config.dtype)."""
+  """An empty cache for `batch` rows of up to `max_len` tokens (dtype defaults to config.dtype):
+  stacked keys and values for a scanned model, per-layer `LayerBuffers` for an unscanned one."""
   # Heads before slots: attention reads a layer's [batch, kv_heads, max_len, head_dim] as is.
-  shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
+  shape = (batch, config.num_kv_heads, max_len, config.head_dim)
   dtype = dtype or config.dtype
-  return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+  if config.scan_layers:
+    k = jnp.zeros((config.num_layers,) + shape, dtype)
+    v = jnp.zeros((config.num_layers,) + shape, dtype)
+  else:
+    k = LayerBuffers(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+    v = LayerBuffers(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+  return KVCache(k=k, v=v,
                  segment_ids=jnp.zeros((batch, max_len), jnp.int32),
                  next_position=jnp.zeros((batch,), jnp.int32), index=jnp.zeros((), jnp.int32))
 
 
 def repeat_cache(cache: KVCache, k: int) -> KVCache:
   """Tiles every row k times: row i becomes rows i*k .. i*k+k-1 (best-of-K from one prefill)."""
-  return KVCache(k=jnp.repeat(cache.k, k, axis=1), v=jnp.repeat(cache.v, k, axis=1),
+  def tile(kv):
+    if isinstance(kv, LayerBuffers):
+      return kv.map(lambda a: jnp.repeat(a, k, axis=0))
+    return jnp.repeat(kv, k, axis=1)
+  return KVCache(k=tile(cache.k), v=tile(cache.v),
                  segment_ids=jnp.repeat(cache.segment_ids, k, axis=0),
                  next_position=jnp.repeat(cache.next_position, k, axis=0), index=cache.index)
 
 
-def cache_logical_axes() -> KVCache:
-  """Logical axis names of each cache field (a KVCache of tuples), for building shardings."""
+def cache_logical_axes(config: TransformerConfig | None = None) -> KVCache:
+  """Logical axis names of each cache field (a KVCache of tuples), for building shardings; pass
+  the model config to match `init_cache(config, ...)` (per-layer buffers when unscanned)."""
   kv = ('layers', 'batch', 'kv_heads', 'length', 'head_dim')
-  return KVCache(k=kv, v=kv, segment_ids=('batch', 'length'), next_position=('batch',), index=())
+  k = v = kv
+  if config is not None and not config.scan_layers:
+    k = v = LayerBuffers((kv[1:],) * config.num_layers)
+  return KVCache(k=k, v=v, segment_ids=('batch', 'length'), next_position=('batch',), index=())
 
 
 class DecoderLayer(nn.Module):
   """One block: pre-norm attention and MLP residuals, or swin_norm's norm-after-branch variant."""
   config: TransformerConfig
+  index: int | None = None  # this layer's place when unscanned (static, unlike the carry's count)
 
   @nn.compact
   def __call__(self, carry, sin, cos, mask, cache_index, deterministic=True):
@@ -111,18 +130,20 @@ class DecoderLayer(nn.Module):
     `layer` is this layer's index ([] int32 under scan, else an int; advanced here). See
     Attention for the rest."""
     x, cache_kv, layer = carry
+    # Under remat the carry's count is traced; per-layer cache buffers need a Python int.
+    here = layer if self.index is None else self.index
     c = self.config
     norm = lambda name: RMSNorm(c.norm_eps, c.norm_plus_one, c.dtype, c.param_dtype, name=name)
     attn = Attention(c, name='self_attn')
     mlp = MLP(c, name='mlp')
     if c.swin_norm:
       # Chameleon's swin_norm: normalise each branch's output before adding it to the residual.
-      h, cache_kv = attn(x, sin, cos, mask, cache_kv, cache_index, layer, deterministic)
+      h, cache_kv = attn(x, sin, cos, mask, cache_kv, cache_index, here, deterministic)
       x = x + norm('input_layernorm')(h)
       x = x + norm('post_attention_layernorm')(mlp(x, deterministic))
     else:
       h = norm('input_layernorm')(x)
-      h, cache_kv = attn(h, sin, cos, mask, cache_kv, cache_index, layer, deterministic)
+      h, cache_kv = attn(h, sin, cos, mask, cache_kv, cache_index, here, deterministic)
       x = x + h
       x = x + mlp(norm('post_attention_layernorm')(x), deterministic)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
@@ -154,7 +175,8 @@ class DecoderLM(nn.Module):
           in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
           length=c.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})(c)
     else:
-      self.layers = [layer_cls(c) for _ in range(c.num_layers)]  # named layers_0, layers_1, ...
+      # named layers_0, layers_1, ...
+      self.layers = [layer_cls(c, index=i) for i in range(c.num_layers)]
     self.norm = RMSNorm(c.norm_eps, c.norm_plus_one, c.dtype, c.param_dtype)
     if not c.tie_embeddings:
       self.lm_head = Projection((c.vocab_size,), ('embed',), ('vocab',), dtype=c.dtype,

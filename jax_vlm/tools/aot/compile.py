@@ -152,7 +152,7 @@ def lower_decode_step(parts: TrainStepParts, batch: int, max_len: int):
     cache_shardings = jax.tree.map(
         lambda names: sharding.logical_to_shardings(jax.sharding.PartitionSpec(*names), mesh,
                                                     rules),
-        transformer.cache_logical_axes(), is_leaf=lambda x: isinstance(x, tuple))
+        transformer.cache_logical_axes(c), is_leaf=lambda x: isinstance(x, tuple))
   params_sh = jax.tree.map(lambda s: s.sharding, parts.state.params)
   tokens_sh = sharding.batch_sharding(mesh)
 
