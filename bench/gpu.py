@@ -17,7 +17,8 @@ Chameleon architecture on both sides (SwiGLU, per-head QK LayerNorm, untied head
     jax_vlm.inference.sampler (prefill once, K rows in one jitted while_loop) against
     transformers' generate(num_return_sequences=K, do_sample=True, top_k=0)
     (bench_train.bench_*_generate), then K = 8 again with bfloat16 weights and KV cache on both
-    sides (sampler.param_dtype / cache_dtype; torch: model.to(bfloat16)). jax_vlm's rows also give
+    sides (sampler.param_dtype / cache_dtype; torch: model.to(bfloat16)), and K = 8 with jax_vlm's
+    layers unscanned (per-layer KV buffers; the training rows scan them). jax_vlm's rows also give
     each decode step's bytes (weights + the whole KV cache) against the copy bandwidth.
 
 The two sides run one after the other in child processes (`--part jax`, `--part torch`), so they
@@ -61,7 +62,8 @@ CANDIDATES = (1, 8)
 # Rough seconds a phase needs at the GPU size (compile included); a phase starts only with this
 # much of its part's budget left. The dry run needs none.
 NEED_S = {'matmul_peak': 10, 'copy_bandwidth': 5, 'train_xla': 60, 'train_cudnn': 60,
-          'train_sdpa': 40, 'generate_k1': 40, 'generate_k8': 45, 'generate_k8_bf16': 40}
+          'train_sdpa': 40, 'generate_k1': 40, 'generate_k8': 45, 'generate_k8_bf16': 40,
+          'generate_k8_unscanned': 50}
 
 
 def size_spec(dry_run: bool) -> tuple[str, dict]:
@@ -131,11 +133,12 @@ def run_jax_part(args, out: str) -> None:
   part = Part('jax', out, args.deadline, args.dry_run)
   backend = jax.default_backend()
   dev = jax.devices()[0]
-  part.results.update(backend=backend, device=getattr(dev, 'device_kind', str(dev)),
-                      jax=jax.__version__, size=size, batch=batch, seq=spec['seq'])
-  part.save()
   # As bench_train's --scan_layers auto on a GPU; the dry run too, for the same code path.
   scan = backend != 'cpu' or args.dry_run
+  part.results.update(backend=backend, device=getattr(dev, 'device_kind', str(dev)),
+                      jax=jax.__version__, size=size, batch=batch, seq=spec['seq'],
+                      scan_layers=scan)
+  part.save()
   n = 256 if args.dry_run else 8192
   part.run('matmul_peak', lambda: {
       'bf16_flops': bench_train.matmul_peak(n, repeats=5, dtype=jnp.bfloat16), 'n': n})
@@ -157,7 +160,7 @@ def run_jax_part(args, out: str) -> None:
   config = model_config(spec)
   bandwidth = part.results['phases'].get('copy_bandwidth', {}).get('bytes_per_s')
 
-  def generate(k, bf16_weights=False):
+  def generate(k, bf16_weights=False, scan=scan):
     kwargs = dict(param_dtype='bfloat16', cache_dtype='bfloat16') if bf16_weights else {}
     r = bench_train.bench_jax_generate(size, FAMILY, k, spec['image_tokens'], scan=scan,
                                        dtype='bfloat16', sampler_kwargs=kwargs,
@@ -172,6 +175,8 @@ def run_jax_part(args, out: str) -> None:
   for k in CANDIDATES:
     part.run(f'generate_k{k}', lambda k=k: generate(k))
   part.run('generate_k8_bf16', lambda: generate(8, bf16_weights=True))
+  # Layers unrolled: no loop over layers inside each decode step, one KV buffer per layer.
+  part.run('generate_k8_unscanned', lambda: generate(8, scan=not scan))
 
 
 def run_torch_part(args, out: str) -> None:
@@ -267,10 +272,14 @@ def combine(jax_r: dict, torch_r: dict, spec: dict, args, wall_s: float) -> dict
   batch = jax_r.get('batch') or torch_r.get('batch')
   train_row(f"train {batch} x {seq:,} tokens, attention 'xla'", 'train_xla')
   train_row(f"train {batch} x {seq:,} tokens, attention 'cudnn'", 'train_cudnn')
-  for phase, label in (('generate_k1', 'K = 1'), ('generate_k8', 'K = 8'),
-                       ('generate_k8_bf16', 'K = 8, bf16 weights + KV cache')):
+  scanned = 'scanned' if jax_r.get('scan_layers', True) else 'unscanned'
+  other = 'unscanned' if scanned == 'scanned' else 'scanned'
+  for phase, torch_phase, label in (
+      ('generate_k1', 'generate_k1', 'K = 1'), ('generate_k8', 'generate_k8', 'K = 8'),
+      ('generate_k8_bf16', 'generate_k8_bf16', 'K = 8, bf16 weights + KV cache'),
+      ('generate_k8_unscanned', 'generate_k8', f'K = 8, jax_vlm layers {other}')):
     j = _get(jax_r, 'phases', phase, 'tokens_per_s')
-    t = _get(torch_r, 'phases', phase, 'tokens_per_s')
+    t = _get(torch_r, 'phases', torch_phase, 'tokens_per_s')
     rows.append({'what': f'generate {spec["image_tokens"]:,} image tokens, {label}', 'jax': j,
                  'torch': t, 'ratio': j / t if j and t else None,
                  'roofline': _get(jax_r, 'phases', phase, 'roofline', 'fraction')})

@@ -21,14 +21,14 @@ def test_gpu_bench_dry_run(tmp_path):
     assert not r[side]['stopped'], (side, r[side]['stopped'])
   jax_phases, torch_phases = r['jax']['phases'], r['torch']['phases']
   assert set(jax_phases) == {'matmul_peak', 'copy_bandwidth', 'train_xla', 'generate_k1',
-                             'generate_k8', 'generate_k8_bf16'}
+                             'generate_k8', 'generate_k8_bf16', 'generate_k8_unscanned'}
   assert set(torch_phases) == {'train_sdpa', 'generate_k1', 'generate_k8', 'generate_k8_bf16'}
   # cuDNN attention needs a GPU: skipped here, with the reason.
   assert 'cudnn' in r['jax']['skipped']['train_cudnn']
   # The same model on both sides, and every table row has numbers.
   assert jax_phases['train_xla']['params'] == torch_phases['train_sdpa']['params'] == r['params']
   rows = r['rows']
-  assert [row['ratio'] is None for row in rows] == [False, True, False, False, False]
+  assert [row['ratio'] is None for row in rows] == [False, True, False, False, False, False]
   assert all(0 < row['jax_mfu'] for row in rows[:1])
   assert all(row['roofline'] > 0 for row in rows[2:])
   # bf16 weights and cache halve the weight bytes a decode step reads.
