@@ -1,7 +1,7 @@
 """GPU benchmark: jax_vlm against transformers + torch (sdpa) on one NVIDIA GPU, in one run.
 
   bash bench/gpu.sh                         # installs .whl/ offline, then this script
-  python bench/gpu.py [--budget_s 450] [--batch 4] [--out_dir runs/gpu_bench]
+  python bench/gpu.py [--budget_s 430] [--batch 4] [--out_dir runs/gpu_bench]
   python bench/gpu.py --dry-run             # tiny sizes on CPU, same code paths (a test runs it)
 
 What it measures, all in bfloat16 compute with float32 params, randomly initialised, the same
@@ -105,18 +105,22 @@ class Part:
     if left < need:
       self.skip(name, f'{left:.0f} s of the budget left, it needs about {need} s')
       return None
+    self.results['running'] = name  # what a kill at the deadline interrupted
+    self.save()
     t0 = time.time()
     try:
       r = fn()
     except Exception as e:  # noqa: BLE001 - a benchmark reports every failure and goes on
       traceback.print_exc()
       self.results['errors'][name] = f'{type(e).__name__}: {e}'[:2000]
+      self.results.pop('running', None)
       print(f'[{self.results["part"]}] {name}: FAILED {type(e).__name__}: {str(e)[:300]}',
             flush=True)
       self.save()
       return None
     r = dict(r, wall_s=time.time() - t0)
     self.results['phases'][name] = r
+    self.results.pop('running', None)
     print(f'[{self.results["part"]}] {name}: {json.dumps(r)}', flush=True)
     self.save()
     return r
@@ -242,7 +246,7 @@ def run_part(name: str, args, out: str, deadline: float, kill_at: float) -> str:
   try:
     rc = subprocess.run(cmd, env=env, timeout=max(1.0, kill_at - time.time())).returncode
   except subprocess.TimeoutExpired:
-    return f'killed at its deadline ({kill_at - time.time():+.0f} s)'
+    return 'killed at its deadline'
   return '' if rc == 0 else f'exited with status {rc}'
 
 
@@ -334,7 +338,8 @@ def markdown(r: dict) -> str:
     for name, why in res.get('errors', {}).items():
       lines.append(f'- {side} {name} FAILED: {why.splitlines()[0][:300]}')
     if res.get('stopped'):
-      lines.append(f"- {side} part: {res['stopped']}")
+      during = f" during {res['running']}" if res.get('running') else ''
+      lines.append(f"- {side} part: {res['stopped']}{during}")
   return '\n'.join(lines) + '\n'
 
 
@@ -343,7 +348,7 @@ def main(argv=None) -> int:
   p.add_argument('--dry-run', action='store_true',
                  help='tiny sizes on CPU through the same code paths (no GPU needed)')
   p.add_argument('--budget_s', type=float, default=None,
-                 help='wall-clock budget for both parts (default 450; 240 with --dry-run)')
+                 help='wall-clock budget for both parts (default 430; 240 with --dry-run)')
   p.add_argument('--batch', type=int, default=None, help='training rows (default 4; 2 dry run)')
   p.add_argument('--steps', type=int, default=None, help='timed training steps (default 5; 2)')
   p.add_argument('--remat', default='none', help="model.remat_policy of the JAX training step")
@@ -360,7 +365,7 @@ def main(argv=None) -> int:
     (run_jax_part if args.part == 'jax' else run_torch_part)(args, args.part_out)
     return 0
 
-  budget = args.budget_s or (240.0 if args.dry_run else 450.0)
+  budget = args.budget_s or (240.0 if args.dry_run else 430.0)
   args.budget_s = budget
   os.makedirs(args.out_dir, exist_ok=True)
   start = time.time()
