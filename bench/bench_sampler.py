@@ -18,7 +18,9 @@ Roofline: a decode step reads every weight once and, with fixed-shape attention,
 of every row; `decode_step_bytes` counts those bytes, `copy_bandwidth` measures this machine's
 memory bandwidth (best of a jitted elementwise pass over a large array, read + write), and each
 K prints bytes per step / step time against it. Steps are the run's time / tokens, prefill
-included, so the fraction is a lower bound.
+included, so the fraction is a lower bound. At the world size the weights (4 MB) stay in the CPU's
+caches, so there the fraction says little; it is meant for the mid size and GPUs.
+`--scan_layers auto` runs unscanned on CPU (per-layer KV buffers, as bench_train.py does).
 """
 
 from __future__ import annotations
@@ -121,8 +123,10 @@ def mid_setup(gen_tokens: int):
 
 
 def bench(name, model_config, vocab, frame_codes, action_len, gen, ks, repeats, dtype,
-          param_dtype=None, cache_dtype=None, bandwidth=None):
+          param_dtype=None, cache_dtype=None, bandwidth=None, scan_layers=None):
   model_config = model_config.replace(dtype=dtype)
+  if scan_layers is not None:
+    model_config = model_config.replace(scan_layers=scan_layers)
   module = DecoderLM(model_config)
   params = nn.unbox(jax.jit(module.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
                     )['params']
@@ -136,7 +140,8 @@ def bench(name, model_config, vocab, frame_codes, action_len, gen, ks, repeats, 
   param_bytes = jnp.dtype(param_dtype or model_config.param_dtype).itemsize
   cache_bytes = jnp.dtype(cache_dtype or dtype).itemsize
   print(f'\n[{name}] d_model={model_config.d_model} layers={model_config.num_layers} '
-        f'vocab={model_config.vocab_size} prompt={prompt_len} tokens, generating {gen} of '
+        f'vocab={model_config.vocab_size} scan_layers={model_config.scan_layers} '
+        f'prompt={prompt_len} tokens, generating {gen} of '
         f'{frame_codes} image tokens, dtype={jnp.dtype(dtype).name}, weights {param_bytes} B, '
         f'cache {cache_bytes} B, device={jax.devices()[0]}')
   times = {}
@@ -180,11 +185,17 @@ def main(argv=None):
   p.add_argument('--dtype', default='float32')
   p.add_argument('--param_dtype', default=None, help='decode weights (sampler.param_dtype)')
   p.add_argument('--cache_dtype', default=None, help='KV cache (sampler.cache_dtype)')
+  p.add_argument('--scan_layers', default='auto', choices=('auto', 'true', 'false', 'config'),
+                 help='auto = false on CPU (per-layer KV buffers, as bench_train), true elsewhere; '
+                      "config = the size's own setting")
   args = p.parse_args(argv)
+  scan = {'auto': jax.default_backend() != 'cpu', 'true': True, 'false': False,
+          'config': None}[args.scan_layers]
   ks = [int(k) for k in args.candidates.split(',')]
   bandwidth = copy_bandwidth()
   print(f'measured copy bandwidth (read + write): {bandwidth / 1e9:.1f} GB/s')
-  extra = dict(param_dtype=args.param_dtype, cache_dtype=args.cache_dtype, bandwidth=bandwidth)
+  extra = dict(param_dtype=args.param_dtype, cache_dtype=args.cache_dtype, bandwidth=bandwidth,
+               scan_layers=scan)
   for size in args.sizes.split(','):
     if size == 'world':
       bench('world', *world_setup(), ks, args.repeats, args.dtype, **extra)
