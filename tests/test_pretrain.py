@@ -32,6 +32,28 @@ def test_caption_names_every_object_and_cell():
   assert parse_action(text, world) is None  # a caption is not an action
 
 
+def test_difference_documents_name_changed_cells_and_no_action():
+  world = WorldConfig.preset('default')
+  scenes = P.pretraining_scenes(400, seed=3, config=world)
+  action_words = {'move', 'add', 'remove', 'make', 'swap', 'up', 'down', 'left', 'right', 'above',
+                  'below', 'next'}
+  for a, b in zip(scenes[0::2], scenes[1::2]):
+    assert a != b and world.min_objects <= len(b) <= world.max_objects
+    text = P.difference(a, b)
+    assert parse_action(text, world) is None and not set(text.split()) & action_words
+    before, after = (' ' + text + ' ').split(' to ')
+    gone = {(o.key, o.cell) for o in a.objects} - {(o.key, o.cell) for o in b.objects}
+    new = {(o.key, o.cell) for o in b.objects} - {(o.key, o.cell) for o in a.objects}
+    assert before.count(' at row ') == len(gone) and after.count(' at row ') == len(new)
+    for (color, shape), (r, c) in gone:
+      assert f'the {color} {shape} at row {r + 1} column {c + 1}' in before
+    for (color, shape), (r, c) in new:
+      assert f'the {color} {shape} at row {r + 1} column {c + 1}' in after
+  assert P.difference(scenes[0], scenes[0]) == 'to'
+  with pytest.raises(ValueError, match='at least 2 scenes'):
+    P.sample_document(np.random.default_rng(0), ('difference',), scenes[:1])
+
+
 def test_pretraining_scenes_are_their_own_stream():
   world = WorldConfig.preset('smoke')
   a = P.pretraining_scenes(50, seed=0, config=world)
@@ -66,8 +88,14 @@ def test_document_kinds_and_layouts():
         assert doc.scene_ids[0] == doc.scene_ids[1] and doc.text == ''
     else:
       assert seq.task == seqs.IDP and ids[-1] == vocab.eos_id
-      assert list(ids[w > 0][:-1]) == text and doc.text == P.caption(scenes[doc.scene_ids[-1]])
-      assert len(doc.scene_ids) == (2 if doc.kind == 'multi_caption' else 1)
+      assert list(ids[w > 0][:-1]) == text
+      if doc.kind == 'difference':
+        a, b = doc.scene_ids
+        assert abs(a - b) == 1 and min(a, b) % 2 == 0  # one pair of the pool
+        assert doc.text == P.difference(scenes[a], scenes[b])
+      else:
+        assert doc.text == P.caption(scenes[doc.scene_ids[-1]])
+        assert len(doc.scene_ids) == (2 if doc.kind == 'multi_caption' else 1)
   assert seen == set(P.DOCUMENT_KINDS)
   with pytest.raises(ValueError, match='unknown pretraining document kind'):
     P.sample_document(rng, ('captions',), scenes)

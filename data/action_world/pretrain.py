@@ -3,7 +3,7 @@
 Chameleon and Liquid are pretrained on captioned images and interleaved image-text documents, so
 they already read objects and their places out of image tokens and write about them. The world's
 stand-in for that pretraining draws fresh random scenes (a seed stream no split uses, and no
-action is ever applied to them) and turns them into documents of three kinds:
+action is ever applied to them) and turns them into documents of these kinds:
 
   caption        one scene, then its caption                        <boi> A <eoi> caption(A)
   text_to_image  a caption, then its scene                          caption(A) <boi> A <eoi>
@@ -11,6 +11,16 @@ action is ever applied to them) and turns them into documents of three kinds:
                  last one (reading places in multi-image context)    caption(A)
   repeat         a scene shown twice, as web pages repeat images     <boi> A <eoi> <boi> A <eoi>
                  (the in-context copying a pretrained model has)
+  difference     two photos of one place at two times, then what     <boi> A <eoi> <boi> B <eoi>
+                 differs: the objects only the first shows, "to",     difference(A, B)
+                 the objects only the second shows
+
+The pool pairs its scenes: scene 2i+1 is scene 2i after 1-3 random primitive edits (an object
+vanishes, appears, turns into another object, or is in another cell: any cell, not a world
+action's step). A `difference` document shows one pair in random order. Its text names objects
+and cells only, with no verb, direction or relation, so it is not an action label: it is the
+"what is different between these two pictures" a pretrained VLM can already say about two photos
+(docs/reproduction.md, "The pretrained base", says why the world needs it and what it changes).
 
 A caption names every object with its cell, in reading order: "the red circle at row 2 column 3
 the blue square at row 4 column 1". It uses only words the world's tokenizer already has.
@@ -23,13 +33,18 @@ from typing import NamedTuple
 
 import numpy as np
 
-from data.action_world.world import DEFAULT_CONFIG, Scene, WorldConfig, random_scene
+from data.action_world.world import (DEFAULT_CONFIG, Scene, WorldConfig, WorldObject, all_keys,
+                                     random_scene)
 
-DOCUMENT_KINDS = ('caption', 'text_to_image', 'multi_caption', 'repeat')
+DOCUMENT_KINDS = ('caption', 'text_to_image', 'multi_caption', 'repeat', 'difference')
 # Kinds whose output is an image (the rest end with a caption).
 IMAGE_OUTPUT_KINDS = ('text_to_image', 'repeat')
+# Kinds whose text is the caption of their last scene (a source may cache those).
+CAPTION_KINDS = ('caption', 'text_to_image', 'multi_caption')
 # Seed stream of pretraining scenes; the splits use streams 1-5 (splits._STREAM).
 PRETRAIN_STREAM = 11
+# Scenes the pretrain stage measures its base on, never trained on.
+HELD_OUT_STREAM = 12
 
 
 class Document(NamedTuple):
@@ -46,10 +61,58 @@ def caption(scene: Scene) -> str:
                   for o in scene.objects)
 
 
-def pretraining_scenes(num: int, seed: int, config: WorldConfig = DEFAULT_CONFIG) -> list[Scene]:
-  """`num` fresh random scenes of the world's distribution, from their own seed stream."""
-  rng = np.random.default_rng([seed, PRETRAIN_STREAM])
-  return [random_scene(rng, config) for _ in range(num)]
+def difference(a: Scene, b: Scene) -> str:
+  """What differs from `a` to `b`: the objects (with cells) only `a` has, "to", those only `b`
+  has; either side may be empty ("the red circle at row 1 column 2 to")."""
+  in_a = {(o.key, o.cell) for o in a.objects}
+  in_b = {(o.key, o.cell) for o in b.objects}
+  only_a = Scene(tuple(o for o in a.objects if (o.key, o.cell) not in in_b))
+  only_b = Scene(tuple(o for o in b.objects if (o.key, o.cell) not in in_a))
+  return f'{caption(only_a)} to {caption(only_b)}'.strip()
+
+
+def perturb(scene: Scene, rng: np.random.Generator, config: WorldConfig = DEFAULT_CONFIG) -> Scene:
+  """The scene after 1-3 random primitive edits (remove, add, replace an object, or put one in
+  another free cell), kept within the world's object counts and different from `scene`."""
+  keys = all_keys(config)
+  while True:
+    objs = {o.cell: o for o in scene.objects}
+    for _ in range(int(rng.integers(1, 4))):
+      free = [(r, c) for r in range(config.rows) for c in range(config.cols) if (r, c) not in objs]
+      used = {o.key for o in objs.values()}
+      unused = [k for k in keys if k not in used]
+      cells = sorted(objs)
+      op = int(rng.integers(4))
+      if op == 0 and len(objs) > config.min_objects:
+        del objs[cells[int(rng.integers(len(cells)))]]
+      elif op == 1 and len(objs) < config.max_objects and free and unused:
+        cell, (color, shape) = free[int(rng.integers(len(free)))], unused[int(rng.integers(len(unused)))]
+        objs[cell] = WorldObject(cell[0], cell[1], shape, color)
+      elif op == 2 and cells and unused:
+        cell, (color, shape) = cells[int(rng.integers(len(cells)))], unused[int(rng.integers(len(unused)))]
+        objs[cell] = WorldObject(cell[0], cell[1], shape, color)
+      elif op == 3 and cells and free:
+        o = objs.pop(cells[int(rng.integers(len(cells)))])
+        cell = free[int(rng.integers(len(free)))]
+        objs[cell] = WorldObject(cell[0], cell[1], o.shape, o.color)
+    out = Scene(tuple(objs.values()))
+    if out != scene:
+      return out
+
+
+def pretraining_scenes(num: int, seed: int, config: WorldConfig = DEFAULT_CONFIG,
+                       stream: int = PRETRAIN_STREAM) -> list[Scene]:
+  """`num` fresh scenes of the world's distribution, from their own seed stream, in pairs: scene
+  2i is a random scene, scene 2i+1 the same place after `perturb` (two photos, two times).
+  stream=HELD_OUT_STREAM gives the held-out scenes the base is measured on."""
+  if stream not in (PRETRAIN_STREAM, HELD_OUT_STREAM):
+    raise ValueError(f'pretraining scenes come from stream {PRETRAIN_STREAM} or {HELD_OUT_STREAM}')
+  rng = np.random.default_rng([seed, stream])
+  scenes = []
+  while len(scenes) < num:
+    scenes.append(random_scene(rng, config))
+    scenes.append(perturb(scenes[-1], rng, config))
+  return scenes[:num]
 
 
 def sample_document(rng: np.random.Generator, kinds: tuple[str, ...],
@@ -60,6 +123,13 @@ def sample_document(rng: np.random.Generator, kinds: tuple[str, ...],
       raise ValueError(f'unknown pretraining document kind {k!r}; use some of {DOCUMENT_KINDS}')
   kind = kinds[int(rng.integers(len(kinds)))]
   a, b = (int(i) for i in rng.integers(len(scenes), size=2))
+  if kind == 'difference':
+    if len(scenes) < 2:
+      raise ValueError('difference documents need a pool of at least 2 scenes')
+    first = 2 * int(rng.integers(max(len(scenes) // 2, 1)))
+    pair = (first, min(first + 1, len(scenes) - 1))
+    pair = pair if rng.random() < 0.5 else pair[::-1]
+    return Document(kind, pair, difference(scenes[pair[0]], scenes[pair[1]]))
   if kind in ('caption', 'text_to_image'):
     return Document(kind, (a,), caption(scenes[a]))
   if kind == 'multi_caption':

@@ -110,7 +110,10 @@ class DocumentSource:
     rows = []
     for _ in range(self.batch):
       doc = pretrain.sample_document(rng, self.kinds, self.scenes)
-      text = self.caption_ids[doc.scene_ids[-1]] if doc.text else np.zeros((0,), np.int32)
+      if doc.kind in pretrain.CAPTION_KINDS:
+        text = self.caption_ids[doc.scene_ids[-1]]
+      else:
+        text = np.asarray(self.vocab.encode_text(doc.text) if doc.text else [], np.int32)
       rows.append(seqs.build_document([self.codes[i] for i in doc.scene_ids], text, self.vocab,
                                       image_output=doc.kind in pretrain.IMAGE_OUTPUT_KINDS))
     self.step += 1

@@ -239,7 +239,10 @@ def run_bootstrap(sampler: Sampler, params: Any, unlabelled: Sequence[Mapping[st
   pairs = [(ex['src_codes'], ex['tgt_codes']) for ex in unlabelled]
   labels = label_pairs(sampler, params, pairs, key, max_new_tokens, sampling,
                        int(cfg.batch_size), str(cfg.score), str(cfg.class_key), world_config)
-  if (cfg.class_key == 'world' and not cfg.keep_unparsed and labels
+  # Free-text actions (no action world beside the data) cannot parse: say what to set. On an action
+  # world an untrained labeller may parse nothing; that is a result (0 pairs selected, named in
+  # the reproduction's verdicts), not a mistake.
+  if (cfg.class_key == 'world' and world_config is None and not cfg.keep_unparsed and labels
       and all(lab.action_class == UNPARSED for lab in labels)):
     raise UserError(f'None of the {len(labels)} labels parses as an action-world action (e.g. '
                     f'{labels[0].text[:60]!r}); for free-text actions set '
@@ -264,13 +267,16 @@ def run_bootstrap(sampler: Sampler, params: Any, unlabelled: Sequence[Mapping[st
 # The stage.
 
 
-def _world_config(data_cfg):
-  """The action world's config when data.dir is a world data set, else None (the default)."""
-  if data_cfg.get('name', '') != 'action_world' or not data_cfg.get('dir', ''):
+def _world_config(config):
+  """The action world's config when the data is an action world (its world_config.json beside
+  data.dir or in world.dir, the build_data stage's output), else None (free-text actions)."""
+  data_cfg = config.data
+  if data_cfg.get('name', '') != 'action_world':
     return None
-  if not os.path.isfile(os.path.join(data_cfg.dir, 'world_config.json')):
-    return None
-  return load_world_config(data_cfg.dir)
+  for d in (data_cfg.get('dir', ''), config.get('world', {}).get('dir', '')):
+    if d and os.path.isfile(os.path.join(d, 'world_config.json')):
+      return load_world_config(d)
+  return DEFAULT_CONFIG
 
 
 def labeller(config: ml_collections.ConfigDict, workdir: str):
@@ -304,4 +310,4 @@ def bootstrap_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   sampling = SamplingParams.from_config(config.sampler, greedy=cfg.decoding == 'greedy')
   run_bootstrap(sampler, params, unlabelled, cfg, sampling,
                 int(config.sampler.max_action_tokens) + 1, stage_dir,
-                jax.random.PRNGKey(int(config.seed)), _world_config(config.data))
+                jax.random.PRNGKey(int(config.seed)), _world_config(config))

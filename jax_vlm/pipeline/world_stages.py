@@ -22,9 +22,11 @@ pretrain the stand-in for a pretrained unified VLM.
                    the non-empty action rule). Also tokenize/metrics.json: codebook usage and the
                    round-trip parse accuracy of every split's frames.
   pretrain         trains the unified model from random init on action-free documents over fresh
-                   scenes (captions, text-to-image, multi-image captions, repeated images; no
-                   action, no split's scene), writes WORKDIR/pretrain/params (what train_dynamics
-                   starts from) and metrics.json; config.pretrain sets it (configs/action_world.py)
+                   scenes (captions, text-to-image, multi-image captions, repeated images,
+                   differences between two photos of a place; no action, no split's scene),
+                   writes WORKDIR/pretrain/params (what train_dynamics starts from) and
+                   metrics.json, with the held-out teacher-forced accuracy of every document kind
+                   (held_out_reading); config.pretrain sets it (configs/action_world.py)
 Paths in the config may hold '{workdir}' (jax_vlm.input.datasets.resolve_paths).
 """
 
@@ -317,9 +319,55 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
     raise StageInterrupted(f'pretraining stopped at step {result["step"]}')
   checkpointing.save_params(os.path.join(stage_dir, 'params'), trainer.final_params,
                             trainer.model_config)
+  # How well the base reads and writes scenes it never saw: a pretrained VLM that cannot caption
+  # one frame cannot learn to describe a change between two (docs/reproduction.md).
+  held_out = pretrain.pretraining_scenes(int(p.eval_scenes), int(config.seed), world,
+                                         stream=pretrain.HELD_OUT_STREAM)
+  held_codes, _, _ = encode_frames(vq_params, vq_config, np.stack([render(s, world)
+                                                                    for s in held_out]),
+                                   int(config.tokenize.batch_size))
+  reading = document_accuracy(trainer.model, trainer.final_params, held_out,
+                              held_codes.reshape(len(held_out), -1), vocab, kinds,
+                              seq_len=int(p.max_seq_len), batch_size=int(p.batch_size),
+                              seed=int(config.seed))
   write_json(os.path.join(stage_dir, 'metrics.json'), dict(
       scenes=len(scenes), documents=list(kinds), steps=int(p.num_steps),
       encode_seconds=round(encode_s, 1), seconds=round(time.perf_counter() - start, 1),
+      held_out_reading=reading,
       final_metrics={k: float(v) for k, v in (result.get('metrics') or {}).items()}))
+  read = ', '.join(f'{k} {v["token_accuracy"]:.3f}/{v["document_accuracy"]:.3f}'
+                   for k, v in reading.items())
   print(f'pretrain: {p.num_steps} steps on {len(scenes)} fresh scenes ({", ".join(kinds)}) in '
-        f'{time.perf_counter() - start:.0f} s -> {stage_dir}/params', flush=True)
+        f'{time.perf_counter() - start:.0f} s -> {stage_dir}/params; held-out teacher-forced '
+        f'token/document accuracy: {read}', flush=True)
+
+
+def document_accuracy(module, params, scenes, scene_codes: np.ndarray, vocab, kinds, *,
+                      seq_len: int, batch_size: int, seed: int, num_batches: int = 4
+                      ) -> dict[str, dict[str, float]]:
+  """Teacher-forced accuracy of each document kind over `scenes` (held out from pretraining):
+  the share of output tokens whose argmax is right, and of documents with every output token
+  right, over num_batches x batch_size documents per kind."""
+
+  @jax.jit
+  def hits(params, ids, positions, segments, weights):
+    logits = module.apply({'params': params}, ids, positions=positions, segment_ids=segments)
+    right = (logits[:, :-1].argmax(-1) == ids[:, 1:]).astype(np.float32)
+    w = (weights[:, 1:] > 0).astype(np.float32)
+    return (right * w).sum(1), w.sum(1)
+
+  out = {}
+  captions = [pretrain.caption(s) for s in scenes]
+  for kind in kinds:
+    source = DocumentSource(scenes, scene_codes, captions, vocab, kinds=(kind,), seq_len=seq_len,
+                            local_batch_size=batch_size, seed=seed)
+    right, total = [], []
+    for _ in range(num_batches):
+      b = next(source)
+      r, n = hits(params, b['token_ids'], b['positions'], b['segment_ids'], b['loss_weights'])
+      right.append(np.asarray(r))
+      total.append(np.asarray(n))
+    right, total = np.concatenate(right), np.concatenate(total)
+    out[kind] = dict(token_accuracy=round(float(right.sum() / max(total.sum(), 1)), 4),
+                     document_accuracy=round(float(np.mean(right == total)), 4))
+  return out
