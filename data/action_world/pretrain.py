@@ -33,8 +33,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from data.action_world.world import (DEFAULT_CONFIG, Scene, WorldConfig, WorldObject, all_keys,
-                                     random_scene)
+from data.action_world.world import (
+  DEFAULT_CONFIG,
+  Scene,
+  WorldConfig,
+  WorldObject,
+  all_keys,
+  random_scene,
+)
 
 DOCUMENT_KINDS = ('caption', 'text_to_image', 'multi_caption', 'repeat', 'difference')
 # Kinds whose output is an image (the rest end with a caption).
@@ -75,6 +81,7 @@ def perturb(scene: Scene, rng: np.random.Generator, config: WorldConfig = DEFAUL
   """The scene after 1-3 random primitive edits (remove, add, replace an object, or put one in
   another free cell), kept within the world's object counts and different from `scene`."""
   keys = all_keys(config)
+  pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
   while True:
     objs = {o.cell: o for o in scene.objects}
     for _ in range(int(rng.integers(1, 4))):
@@ -86,10 +93,10 @@ def perturb(scene: Scene, rng: np.random.Generator, config: WorldConfig = DEFAUL
       if op == 0 and len(objs) > config.min_objects:
         del objs[cells[int(rng.integers(len(cells)))]]
       elif op == 1 and len(objs) < config.max_objects and free and unused:
-        cell, (color, shape) = free[int(rng.integers(len(free)))], unused[int(rng.integers(len(unused)))]
+        cell, (color, shape) = pick(free), pick(unused)
         objs[cell] = WorldObject(cell[0], cell[1], shape, color)
       elif op == 2 and cells and unused:
-        cell, (color, shape) = cells[int(rng.integers(len(cells)))], unused[int(rng.integers(len(unused)))]
+        cell, (color, shape) = pick(cells), pick(unused)
         objs[cell] = WorldObject(cell[0], cell[1], shape, color)
       elif op == 3 and cells and free:
         o = objs.pop(cells[int(rng.integers(len(cells)))])
