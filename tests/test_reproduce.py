@@ -132,6 +132,14 @@ def test_smoke_reproduction_end_to_end(tmp_path):
     js = json.load(f)
   run = js['runs'][0]
   assert len(run['learning_curve']) == 2 and run['probe']['items'] == 8
+  # Every stage's cost: wall and CPU seconds and the XLA programs it compiled.
+  assert set(run['stage_cpu_seconds']) == set(R.STAGES) == set(run['stage_compiles'])
+  assert run['stage_compiles']['train_dynamics'] >= 1 and run['stage_compiles']['build_data'] == 0
+  with open(os.path.join(seed_dir, 'pretrain', 'metrics.json')) as f:
+    reading = json.load(f)['held_out_reading']
+  assert set(reading) == set(preset.get_config('smoke').pretrain.documents)
+  assert all(0 <= v[k] <= 1 for v in reading.values()
+             for k in ('document_accuracy', 'token_accuracy'))
   for label in R.VARIANTS.values():
     assert f'| {label} |' in md
   with open(os.path.join(workdir, 'reproduction.md')) as f:

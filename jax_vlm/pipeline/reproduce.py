@@ -156,14 +156,15 @@ def _cpu_seconds() -> float:
   return u.ru_utime + u.ru_stime
 
 
-def _stage_seconds(workdir: str) -> dict[str, float]:
+def _stage_seconds(workdir: str, key: str = 'seconds') -> dict[str, float]:
+  """{stage: its DONE marker's `key`} ('seconds' wall, 'cpu_seconds', 'compiles')."""
   out = {}
   for name in STAGES:
     path = os.path.join(workdir, name, 'DONE')
     if os.path.isfile(path):
       with open(path) as f:
         try:
-          out[name] = float(json.load(f).get('seconds', 0.0))
+          out[name] = float(json.load(f).get(key, 0.0))
         except (ValueError, AttributeError):
           out[name] = 0.0
   return out
@@ -202,6 +203,8 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
   summary['this_run'] = dict(wall_seconds=round(time.perf_counter() - wall, 1),
                              cpu_seconds=round(_cpu_seconds() - cpu, 1))
   summary['stage_seconds'] = _stage_seconds(workdir)
+  summary['stage_cpu_seconds'] = _stage_seconds(workdir, 'cpu_seconds')
+  summary['stage_compiles'] = _stage_seconds(workdir, 'compiles')
   return summary
 
 

@@ -34,9 +34,11 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import time
 from typing import Any, Callable, Iterable
 
+import jax
 import ml_collections
 
 from jax_vlm.core import cli, registry, settings
@@ -51,6 +53,27 @@ from jax_vlm.training import trainer  # noqa: F401  (train_dynamics, train_fdp)
 
 StageFn = Callable[[ml_collections.ConfigDict, str], None]
 DONE = 'DONE'
+
+_COMPILES = [0]
+
+
+def _count_compile(event: str, duration: float, **kwargs) -> None:
+  del duration, kwargs
+  if event == '/jax/core/compile/backend_compile_duration':
+    _COMPILES[0] += 1
+
+
+def compile_count() -> int:
+  """XLA programs compiled by this process since the first stage started (jax.monitoring)."""
+  if not _COMPILES[1:]:
+    jax.monitoring.register_event_duration_secs_listener(_count_compile)
+    _COMPILES.append(True)
+  return _COMPILES[0]
+
+
+def _cpu_seconds() -> float:
+  u = resource.getrusage(resource.RUSAGE_SELF)
+  return u.ru_utime + u.ru_stime
 CONFIG_FILE = 'config.json'
 NOT_FINGERPRINTED = ('stages', 'stage_overrides', 'reproduce', 'rerun_stages')
 # Keys that change what a run shows, not what it computes.
@@ -182,7 +205,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str,
         os.replace(os.path.join(stage_dir, DONE), os.path.join(stage_dir, DONE + '.previous'))
       _write_json_atomic(os.path.join(stage_dir, CONFIG_FILE), covered)
     logging.info('Stage %s: running in %s.', name, stage_dir)
-    start = time.time()
+    start, cpu, compiles = time.time(), _cpu_seconds(), compile_count()
     try:
       fn(cfg, stage_dir)
     except StageInterrupted as e:
@@ -193,6 +216,8 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str,
       tmp = os.path.join(stage_dir, DONE + '.tmp')
       with open(tmp, 'w') as f:
         json.dump({'stage': name, 'seconds': round(time.time() - start, 1),
+                   'cpu_seconds': round(_cpu_seconds() - cpu, 1),
+                   'compiles': compile_count() - compiles,
                    'fingerprint': fingerprint(covered), 'config': CONFIG_FILE}, f)
       os.replace(tmp, os.path.join(stage_dir, DONE))
   return True
