@@ -84,11 +84,12 @@ def test_recorded_replies_reproduce_the_published_scores(name):
 # --- the client against a local server ------------------------------------------------------------
 
 
-class _Server:
-  """Answers POST /v1/chat/completions from a script of (status, body) pairs, recording requests."""
+class FakeServer:
+  """Answers POST /v1/chat/completions from a script of (status, body) pairs, recording requests;
+  once the script is used up, with `default` (a 500 when None)."""
 
-  def __init__(self):
-    self.script, self.requests = [], []
+  def __init__(self, default=None):
+    self.script, self.requests, self.default = [], [], default
     outer = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -97,7 +98,8 @@ class _Server:
         length = int(self.headers['Content-Length'])
         outer.requests.append({'path': self.path, 'headers': dict(self.headers),
                                'body': json.loads(self.rfile.read(length))})
-        status, body = outer.script.pop(0) if outer.script else (500, {'error': 'no script'})
+        status, body = (outer.script.pop(0) if outer.script
+                        else outer.default or (500, {'error': 'no script'}))
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header('Content-Type', 'application/json')
@@ -125,7 +127,7 @@ def _reply(content, refusal=None):
 
 @pytest.fixture
 def server():
-  s = _Server()
+  s = FakeServer()
   yield s
   s.close()
 

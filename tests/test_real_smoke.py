@@ -16,10 +16,8 @@ Checks files, schemas, counts and K candidates per item in the report, not quali
   python -m pytest -q -p no:xdist tests/test_real_smoke.py
 """
 
-import http.server
 import json
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -32,6 +30,7 @@ from jax_vlm.input.datasets import open_split, resolve_paths
 from jax_vlm.pipeline import stages
 from jax_vlm.pipeline.fdp_variants import FDP_VARIANTS
 from jax_vlm.tools import convert, export, prepare
+from tests.test_judge import FakeServer, _reply
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.normpath(os.path.join(REPO, '..', 'shared', 'aurora_bench_sample'))
@@ -65,42 +64,14 @@ def render_videos(directory: str) -> list[str]:
   return paths
 
 
-class FakeJudge:
+def fake_judge():
   """An OpenAI-compatible chat-completions endpoint on 127.0.0.1 that always gives scores [7, 5]."""
-
-  def __init__(self):
-    self.requests = []
-    outer = self
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-
-      def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
-        outer.requests.append((self.path, body))
-        content = '{"score": [7, 5], "reasoning": "a fake verdict"}'
-        data = json.dumps({'choices': [{'message': {'role': 'assistant',
-                                                    'content': content}}]}).encode()
-        self.send_response(200)
-        self.send_header('Content-Type', 'application/json')
-        self.send_header('Content-Length', str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-      def log_message(self, *args):
-        pass
-
-    self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-    self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}/v1'
-    threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-  def close(self):
-    self.httpd.shutdown()
-    self.httpd.server_close()
+  return FakeServer(default=_reply('{"score": [7, 5], "reasoning": "a fake verdict"}'))
 
 
 @pytest.fixture
 def judge_server():
-  server = FakeJudge()
+  server = fake_judge()
   yield server
   server.close()
 
@@ -189,7 +160,7 @@ def test_real_data_pipeline(tmp_path, judge_server):
     assert entry['L1'] is not None or entry['#sample'] == 0
   assert metrics['all']['#gpt4o_valid'] == NUM_SCORABLE and metrics['all']['GPT4o'] == 5
   assert len(judge_server.requests) == NUM_SCORABLE
-  assert all(path == '/v1/chat/completions' for path, _ in judge_server.requests)
+  assert all(r['path'] == '/v1/chat/completions' for r in judge_server.requests)
   assert metrics['run']['num_candidates'] == 2 and metrics['run']['complete']
   records = _lines(os.path.join(workdir, aurora.ITEMS_FILE))
   assert len(records) == NUM_SCORABLE
