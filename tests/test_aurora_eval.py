@@ -283,9 +283,9 @@ def test_eval_py_entry_point(bench, tmp_path):
 
 def test_real_judge_client_against_a_local_server(bench, tmp_path):
   from jax_vlm.evaluation.judge import JudgeClient
-  from tests.test_judge import _reply, _Server
+  from tests.test_judge import FakeServer, _reply
   _, items, _, _ = bench
-  server = _Server()
+  server = FakeServer()
   try:
     server.script = [
         _reply('{"score": [9, 3], "reasoning": "a"}'),  # item 0: 3

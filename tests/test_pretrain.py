@@ -34,7 +34,7 @@ def test_caption_names_every_object_and_cell():
 
 def test_difference_documents_name_changed_cells_and_no_action():
   world = WorldConfig.preset('default')
-  scenes = P.pretraining_scenes(400, seed=3, config=world)
+  scenes = P.pretraining_scenes(400, seed=3, config=world, paired=True)
   action_words = {'move', 'add', 'remove', 'make', 'swap', 'up', 'down', 'left', 'right', 'above',
                   'below', 'next'}
   for a, b in zip(scenes[0::2], scenes[1::2]):
@@ -69,7 +69,7 @@ def test_pretraining_scenes_are_their_own_stream():
 
 def test_document_kinds_and_layouts():
   vocab = _Vocab()
-  scenes = P.pretraining_scenes(8, seed=0)
+  scenes = P.pretraining_scenes(8, seed=0, paired=True)
   codes = np.arange(8 * 25).reshape(8, 25) % 25
   rng = np.random.default_rng(0)
   seen = set()
@@ -103,7 +103,7 @@ def test_document_kinds_and_layouts():
 
 def test_document_source_batches_are_resumable():
   vocab = _Vocab()
-  scenes = P.pretraining_scenes(16, seed=0)
+  scenes = P.pretraining_scenes(16, seed=0, paired=True)
   codes = np.zeros((16, 25), np.int32)
   make = lambda: DocumentSource(scenes, codes, [P.caption(s) for s in scenes], vocab,  # noqa: E731
                                 kinds=P.DOCUMENT_KINDS, seq_len=112, local_batch_size=4, seed=0)

@@ -15,16 +15,14 @@ action is ever applied to them) and turns them into documents of these kinds:
                  differs: the objects only the first shows, "to",     difference(A, B)
                  the objects only the second shows
 
-The pool pairs its scenes: scene 2i+1 is scene 2i after 1-3 random primitive edits (an object
-vanishes, appears, turns into another object, or is in another cell: any cell, not a world
-action's step). A `difference` document shows one pair in random order. Its text names objects
-and cells only, with no verb, direction or relation, so it is not an action label: it is the
-"what is different between these two pictures" a pretrained VLM can already say about two photos
-(docs/reproduction.md, "The pretrained base", says why the world needs it and what it changes).
-
-A caption names every object with its cell, in reading order: "the red circle at row 2 column 3
-the blue square at row 4 column 1". It uses only words the world's tokenizer already has.
-Documents never hold an action, an IDP or FDP sequence, or a scene of any split.
+With `difference` among the kinds the pool pairs its scenes (`pretraining_scenes(paired=True)`;
+without it the pool is the plain random scenes it always was): scene 2i+1 is scene 2i after 1-3
+random primitive edits (an object vanishes, appears, turns into another object, or is in another
+cell: any cell, not a world action's step). A `difference` document shows one pair in random
+order. Its text names objects and cells only, with no verb, direction or relation, so it is not an
+action label: it is the "what is different between these two pictures" a pretrained VLM can
+already say about two photos (docs/reproduction.md, "Session 3: is the base a reader?", has what
+it changed).
 """
 
 from __future__ import annotations
@@ -108,13 +106,17 @@ def perturb(scene: Scene, rng: np.random.Generator, config: WorldConfig = DEFAUL
 
 
 def pretraining_scenes(num: int, seed: int, config: WorldConfig = DEFAULT_CONFIG,
-                       stream: int = PRETRAIN_STREAM) -> list[Scene]:
-  """`num` fresh scenes of the world's distribution, from their own seed stream, in pairs: scene
-  2i is a random scene, scene 2i+1 the same place after `perturb` (two photos, two times).
-  stream=HELD_OUT_STREAM gives the held-out scenes the base is measured on."""
+                       stream: int = PRETRAIN_STREAM, paired: bool = False) -> list[Scene]:
+  """`num` fresh scenes of the world's distribution, from their own seed stream.
+
+  paired (what `difference` documents need): scene 2i is a random scene, scene 2i+1 the same
+  place after `perturb` (two photos, two times). stream=HELD_OUT_STREAM gives the held-out scenes
+  the base is measured on."""
   if stream not in (PRETRAIN_STREAM, HELD_OUT_STREAM):
     raise ValueError(f'pretraining scenes come from stream {PRETRAIN_STREAM} or {HELD_OUT_STREAM}')
   rng = np.random.default_rng([seed, stream])
+  if not paired:
+    return [random_scene(rng, config) for _ in range(num)]
   scenes = []
   while len(scenes) < num:
     scenes.append(random_scene(rng, config))

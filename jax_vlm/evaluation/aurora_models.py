@@ -60,6 +60,20 @@ def _round8(n: int) -> int:
   return -(-int(n) // 8) * 8
 
 
+def _load_vqgan(owner, config, model: LoadedModel) -> VQGAN:
+  """Sets owner.vq_config, vq_params, resolution and a jitted _encode from
+  config.checkpoint.vqgan_dir, after checking its codebook fits `model`'s vocabulary."""
+  owner.vq_config, owner.vq_params = vqgan_files.load_vqgan(config.checkpoint.vqgan_dir)
+  require(owner.vq_config.num_embeddings == model.vocab.num_image_codes,
+          f'The VQGAN in {config.checkpoint.vqgan_dir} has {owner.vq_config.num_embeddings} '
+          f'codes but the vocabulary of {model.path} has {model.vocab.num_image_codes} '
+          'image tokens; use the VQGAN the model was trained with (vocab.num_image_codes).')
+  owner.resolution = int(owner.vq_config.resolution)
+  vq = VQGAN(owner.vq_config)
+  owner._encode = jax.jit(lambda p, x: vq.apply({'params': p}, x, method=VQGAN.encode)[0])
+  return vq
+
+
 class FDPPredictor:
   """`item -> Prediction` with K candidates, their verifier scores and the verifier's choice."""
 
@@ -71,14 +85,7 @@ class FDPPredictor:
     require(bool(config.checkpoint.vqgan_dir),
             'No VQGAN given; pass --config.checkpoint.vqgan_dir=DIR (Flax VQGAN params).')
     self.fdp = load_model(config, e.fdp_checkpoint, 'fdp')
-    self.vq_config, self.vq_params = vqgan_files.load_vqgan(config.checkpoint.vqgan_dir)
-    require(self.vq_config.num_embeddings == self.fdp.vocab.num_image_codes,
-            f'The VQGAN in {config.checkpoint.vqgan_dir} has {self.vq_config.num_embeddings} '
-            f'codes but the vocabulary of {self.fdp.path} has {self.fdp.vocab.num_image_codes} '
-            'image tokens; use the VQGAN the model was trained with (vocab.num_image_codes).')
-    self.resolution = int(self.vq_config.resolution)
-    vq = VQGAN(self.vq_config)
-    self._encode = jax.jit(lambda p, x: vq.apply({'params': p}, x, method=VQGAN.encode)[0])
+    vq = _load_vqgan(self, config, self.fdp)
     self._decode = jax.jit(lambda p, c: vq.apply({'params': p}, c, method=VQGAN.decode))
     grid = self._encode(self.vq_params, np.zeros((1, self.resolution, self.resolution, 3),
                                                  np.float32))
@@ -194,14 +201,7 @@ class IDPEvaluator:
     require(bool(config.checkpoint.vqgan_dir),
             'No VQGAN given; pass --config.checkpoint.vqgan_dir=DIR (Flax VQGAN params).')
     self.idp = load_model(config, path, 'idp')
-    self.vq_config, self.vq_params = vqgan_files.load_vqgan(config.checkpoint.vqgan_dir)
-    require(self.vq_config.num_embeddings == self.idp.vocab.num_image_codes,
-            f'The VQGAN in {config.checkpoint.vqgan_dir} has {self.vq_config.num_embeddings} '
-            f'codes but the vocabulary of {self.idp.path} has {self.idp.vocab.num_image_codes} '
-            'image tokens; use the VQGAN the model was trained with (vocab.num_image_codes).')
-    self.resolution = int(self.vq_config.resolution)
-    vq = VQGAN(self.vq_config)
-    self._encode = jax.jit(lambda p, x: vq.apply({'params': p}, x, method=VQGAN.encode)[0])
+    _load_vqgan(self, config, self.idp)
     n = int(np.prod(self._encode(self.vq_params, np.zeros(
         (1, self.resolution, self.resolution, 3), np.float32)).shape[1:]))
     self.max_new_tokens = int(config.sampler.max_action_tokens) + 1

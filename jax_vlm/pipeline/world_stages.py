@@ -301,7 +301,8 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   require(len(kinds) > 0 and all(k in pretrain.DOCUMENT_KINDS for k in kinds),
           f'pretrain.documents={kinds} must name some of {pretrain.DOCUMENT_KINDS}.')
   start = time.perf_counter()
-  scenes = pretrain.pretraining_scenes(int(p.num_scenes), int(config.seed), world)
+  paired = 'difference' in kinds
+  scenes = pretrain.pretraining_scenes(int(p.num_scenes), int(config.seed), world, paired=paired)
   vq_config, vq_params = vqgan_files.load_vqgan(config.checkpoint.vqgan_dir)
   frames = np.stack([render(s, world) for s in scenes])
   codes, _, _ = encode_frames(vq_params, vq_config, frames, int(config.tokenize.batch_size))
@@ -322,7 +323,7 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   # How well the base reads and writes scenes it never saw: a pretrained VLM that cannot caption
   # one frame cannot learn to describe a change between two (docs/reproduction.md).
   held_out = pretrain.pretraining_scenes(int(p.eval_scenes), int(config.seed), world,
-                                         stream=pretrain.HELD_OUT_STREAM)
+                                         stream=pretrain.HELD_OUT_STREAM, paired=paired)
   held_codes, _, _ = encode_frames(vq_params, vq_config, np.stack([render(s, world)
                                                                     for s in held_out]),
                                    int(config.tokenize.batch_size))
