@@ -5,12 +5,16 @@
   python experiments/idp_probe.py --load /tmp/base.pkl --pretrain_steps 0 --idp_steps 1000
 
 It runs on a development world (--world_seed 100 by default), never the reported items. Cell codes
-are the world patch encoder's bijection (colour, shape) or empty -> 25 ids, so no VQGAN is
-trained. Document kinds: cap1 (caption), t2i (text to image), cap2 (multi-image caption), copy
-(repeat), diff (difference); the documents and the model are the pipeline's own
+are the world patch encoder's bijection (colour, shape) or empty -> 25 ids, so no VQGAN is trained.
+Document kinds: cap1 (caption), t2i (text to image), cap2 (multi-image caption), copy (repeat),
+diff (difference), and two diagnostic kinds that are not pipeline documents: dimg (two scenes, then
+the image of the cells the second changed) and mark (the second scene's caption with "a" for
+objects the first lacks, "the" for the rest); the documents and the model are the pipeline's own
 (data/action_world/pretrain.py, jax_vlm.models), the training loop is a plain optax loop with the
-per-objective loss. It prints training metrics, greedy effect match on the dev `test` and the
-teacher-forced accuracy per word category. docs/reproduction.md lists the runs.
+per-objective loss. Diagnostics: --train_split unlabelled (IDP on the unlabelled pairs' oracle
+actions), --qk_norm 0, --pos_codes 1|2 (image codes that also say their cell or row). It prints
+training metrics, greedy effect match on the dev `test` and the teacher-forced accuracy per word
+category. docs/reproduction.md lists the runs.
 """
 import argparse
 import collections
@@ -54,6 +58,13 @@ p.add_argument('--num_labelled', type=int, default=2000)
 p.add_argument('--save', default='')
 p.add_argument('--fdp_share', type=float, default=0.0)
 p.add_argument('--load', default='')
+p.add_argument('--pos_codes', type=int, default=0,
+               help='diagnostic: 1 = one code per (cell, content), so a code says where it is; '
+               '2 = one per (row, content): it says its row only')
+p.add_argument('--qk_norm', type=int, default=1)
+p.add_argument('--rope_theta', type=float, default=10000.0)
+p.add_argument('--train_split', default='labelled',
+               help="'unlabelled': train IDP on the unlabelled pairs with their oracle actions")
 args = p.parse_args()
 print(vars(args), flush=True)
 
@@ -64,7 +75,8 @@ tok = build_tokenizer(vocabulary_words(world))
 V_TEXT = tok.get_vocab_size()
 KEYS = all_keys(world)
 NUM_CODES = len(KEYS) + 1
-VOCAB = -(-(V_TEXT + NUM_CODES) // 16) * 16
+POS_TAGS = {0: 1, 1: world.rows * world.cols, 2: world.rows}[args.pos_codes]
+VOCAB = -(-(V_TEXT + NUM_CODES * POS_TAGS) // 16) * 16
 BOS, EOS, BOI, EOI, PAD = (tok.token_to_id(t)
                            for t in ('<bos>', '<eos>', '<boi>', '<eoi>', '<pad>'))
 L = 112
@@ -75,6 +87,9 @@ def codes(scene: Scene):
   c = np.full(world.rows * world.cols, len(KEYS), np.int32)
   for o in scene.objects:
     c[o.row * world.cols + o.col] = KEYS.index(o.key)
+  if args.pos_codes:
+    cell = np.arange(len(c))
+    c = c + NUM_CODES * (cell if args.pos_codes == 1 else cell // world.cols)
   return list(V_TEXT + c)
 
 
@@ -122,6 +137,22 @@ def doc_example(kind, rng):
       a, b = b, a
     return example([BOS, BOI] + codes(a) + [EOI, BOI] + codes(b) + [EOI],
                    text(diff_caption(a, b)) + [EOS], 4)
+  if kind == 'dimg':  # two scenes, then the image of what the second has that the first lacks
+    b = perturb(a, rng)
+    if rng.random() < 0.5:
+      a, b = b, a
+    ca, cb = codes(a), codes(b)
+    empty = V_TEXT + len(KEYS)
+    cd = [y if x != y else empty for x, y in zip(ca, cb)]
+    return example([BOS, BOI] + ca + [EOI, BOI] + cb + [EOI, BOI], cd + [EOI], 3)
+  if kind == 'mark':  # two scenes, then the second's caption with 'a' for what the first lacks
+    b = perturb(a, rng)
+    if rng.random() < 0.5:
+      a, b = b, a
+    old = {(o.key, o.cell) for o in a.objects}
+    words = ' '.join(f"{'the' if (o.key, o.cell) in old else 'a'} {o.color} {o.shape} at row "
+                     f'{o.row + 1} column {o.col + 1}' for o in b.objects)
+    return example([BOS, BOI] + codes(a) + [EOI, BOI] + codes(b) + [EOI], text(words) + [EOS], 4)
   if kind == 'cap2':
     b = random_scene(rng, world)
     return example([BOS, BOI] + codes(b) + [EOI, BOI] + codes(a) + [EOI],
@@ -140,7 +171,8 @@ cfg = TransformerConfig(family='chameleon', vocab_size=VOCAB, d_model=args.d_mod
                         num_layers=args.layers, num_heads=4, num_kv_heads=4,
                         head_dim=args.d_model // 4, mlp_dim=4 * args.d_model, max_positions=128,
                         dtype='float32', param_dtype='float32', scan_layers=False,
-                        remat_policy='none', qk_norm=True)
+                        remat_policy='none', qk_norm=bool(args.qk_norm),
+                        rope_theta=args.rope_theta)
 model = DecoderLM(cfg)
 
 
@@ -189,7 +221,7 @@ def train(params, steps, batch_fn, name):
   return params
 
 
-labelled = splits['labelled'][:args.num_labelled]
+labelled = [dict(e, **e.get('hidden', {})) for e in splits[args.train_split][:args.num_labelled]]
 idp_train = [idp_example(Scene.from_json(e['src']), Scene.from_json(e['tgt']), e['action'])
              for e in labelled]
 fdp_train = [fdp_example(Scene.from_json(e['src']), Scene.from_json(e['tgt']), e['action'])
@@ -247,7 +279,8 @@ def greedy(params, exs, max_new=18):
 CATS = {wd: cat for words, cat in ((world.colors, 'colour'), (world.shapes, 'shape'),
                                    (('up', 'down', 'left', 'right'), 'direction'),
                                    (('above', 'below', 'next'), 'relation'), ('12345', 'digit'),
-                                   (('move', 'remove', 'add', 'make', 'swap'), 'verb'))
+                                   (('move', 'remove', 'add', 'make', 'swap'), 'verb'),
+                                   (('a', 'the'), 'article'))
         for wd in words}
 
 
@@ -323,7 +356,7 @@ if args.pretrain_steps:
     with open(args.save, 'wb') as f:
       pickle.dump(jax.tree.map(np.asarray, params), f)
 if args.pretrain_steps or args.load:
-  reading(params, [d for d in docs if d not in ('t2i', 'copy')])
+  reading(params, [d for d in docs if d not in ('t2i', 'copy', 'dimg')])
 t = time.time()
 if args.idp_steps:
   params = train(params, args.idp_steps, idp_batch, 'idp')
