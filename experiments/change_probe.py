@@ -54,37 +54,29 @@ def data():
   return jnp.asarray(np.array(ids, np.int32)), np.array(changed)
 
 
-def fit(x, y, loss_fn, steps=400):
-  x = (x - x[:N_FIT].mean(0)) / (x[:N_FIT].std(0) + 1e-6)
+def fit(x, y, loss_fn, n_fit, steps=400):
+  """A linear map x -> y fit by Adam on rows [:n_fit] of standardised x; its outputs on the rest."""
+  x = (x - x[:n_fit].mean(0)) / (x[:n_fit].std(0) + 1e-6)
   p = (jnp.zeros((x.shape[1], y.shape[1])), jnp.zeros(y.shape[1]))
   tx = optax.adam(1e-2)
   opt = tx.init(p)
-  grad = jax.jit(jax.grad(lambda p: loss_fn(x[:N_FIT] @ p[0] + p[1], y[:N_FIT])))
+  grad = jax.jit(jax.grad(lambda p: loss_fn(x[:n_fit] @ p[0] + p[1], y[:n_fit])))
   for _ in range(steps):
     u, opt = tx.update(grad(p), opt, p)
     p = optax.apply_updates(p, u)
-  return np.asarray(x[N_FIT:] @ p[0] + p[1])
+  return np.asarray(x[n_fit:] @ p[0] + p[1])
 
 
 def cell_probe(h, changed):
   """h [n, 25, d] at B's cells -> balanced accuracy of 'this cell changed' on held-out pairs."""
   n, cells, d = h.shape
-  x, y = jnp.asarray(h.reshape(n * cells, d)), jnp.asarray(changed.reshape(-1, 1))
-  pos = float(y[:N_FIT * cells].mean())
-  weight = jnp.where(y > 0, 0.5 / pos, 0.5 / (1 - pos))
   n_fit = N_FIT * cells
-  xs = (x - x[:n_fit].mean(0)) / (x[:n_fit].std(0) + 1e-6)
-  p = (jnp.zeros((d, 1)), jnp.zeros(1))
-  tx = optax.adam(1e-2)
-  opt = tx.init(p)
-  loss = lambda p: jnp.mean(optax.sigmoid_binary_cross_entropy(xs[:n_fit] @ p[0] + p[1], y[:n_fit])
-                            * weight[:n_fit])
-  grad = jax.jit(jax.grad(loss))
-  for _ in range(400):
-    u, opt = tx.update(grad(p), opt, p)
-    p = optax.apply_updates(p, u)
-  pred = np.asarray(xs[n_fit:] @ p[0] + p[1])[:, 0] > 0
-  truth = np.asarray(y[n_fit:, 0]) > 0
+  y = changed.reshape(-1, 1)
+  pos = float(y[:n_fit].mean())
+  loss = lambda z, y: jnp.mean(optax.sigmoid_binary_cross_entropy(z, y)  # noqa: E731
+                               * jnp.where(y > 0, 0.5 / pos, 0.5 / (1 - pos)))
+  pred = fit(jnp.asarray(h.reshape(n * cells, d)), jnp.asarray(y), loss, n_fit)[:, 0] > 0
+  truth = y[n_fit:, 0] > 0
   return 0.5 * (pred[truth].mean() + (~pred[~truth]).mean())
 
 
@@ -92,7 +84,7 @@ def where_probe(h, changed):
   """h [n, d] at B's <eoi> -> share of held-out pairs whose top-1 cell is a changed one."""
   target = changed / changed.sum(1, keepdims=True)
   z = fit(jnp.asarray(h), jnp.asarray(target),
-          lambda z, y: -jnp.mean(jnp.sum(jax.nn.log_softmax(z) * y, -1)))
+          lambda z, y: -jnp.mean(jnp.sum(jax.nn.log_softmax(z) * y, -1)), N_FIT)
   return float(np.mean(changed[N_FIT:][np.arange(len(z)), z.argmax(-1)] > 0))
 
 
