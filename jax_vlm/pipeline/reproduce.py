@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 from typing import Any, Sequence
@@ -151,22 +150,26 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
 # Running.
 
 
-def _cpu_seconds() -> float:
-  u = resource.getrusage(resource.RUSAGE_SELF)
-  return u.ru_utime + u.ru_stime
-
-
-def _stage_seconds(workdir: str, key: str = 'seconds') -> dict[str, float]:
-  """{stage: its DONE marker's `key`} ('seconds' wall, 'cpu_seconds', 'compiles')."""
-  out = {}
-  for name in STAGES:
-    path = os.path.join(workdir, name, 'DONE')
-    if os.path.isfile(path):
-      with open(path) as f:
-        try:
-          out[name] = float(json.load(f).get(key, 0.0))
-        except (ValueError, AttributeError):
-          out[name] = 0.0
+def _stage_times(workdir: str) -> dict[str, dict[str, float]]:
+  """{'stage_seconds' (wall) | 'stage_cpu_seconds' | 'stage_compiles': {stage: value}}, from the
+  DONE marker of each stage that finished (0.0 where a marker lacks the value)."""
+  keys = {'stage_seconds': 'seconds', 'stage_cpu_seconds': 'cpu_seconds',
+          'stage_compiles': 'compiles'}
+  out = {name: {} for name in keys}
+  for stage in STAGES:
+    path = os.path.join(workdir, stage, 'DONE')
+    if not os.path.isfile(path):
+      continue
+    with open(path) as f:
+      try:
+        marker = json.load(f)
+      except ValueError:
+        marker = {}
+    for name, key in keys.items():
+      try:
+        out[name][stage] = float(marker.get(key, 0.0))
+      except (ValueError, TypeError, AttributeError):
+        out[name][stage] = 0.0
   return out
 
 
@@ -187,7 +190,7 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
   the first seed's data; `rerun`: stages to run again (--rerun_stages)."""
   cfg = resolve_paths(reproduction_config(config, seed), workdir)
   validate_config(cfg)
-  wall, cpu = time.perf_counter(), _cpu_seconds()
+  wall, cpu = time.perf_counter(), stages.cpu_seconds()
   done = stages.run_stages(cfg, workdir, rerun=rerun, shared=SHARED_STAGES)
   if not done:  # preempted (SIGTERM): the trainer saved; the command exits 0 (core/cli.py)
     print(f'reproduce: the pipeline in {workdir} stopped early (preempted); rerun the same '
@@ -201,10 +204,8 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
       summary['bootstrap'] = json.load(f)
   summary['seed'] = int(seed)
   summary['this_run'] = dict(wall_seconds=round(time.perf_counter() - wall, 1),
-                             cpu_seconds=round(_cpu_seconds() - cpu, 1))
-  summary['stage_seconds'] = _stage_seconds(workdir)
-  summary['stage_cpu_seconds'] = _stage_seconds(workdir, 'cpu_seconds')
-  summary['stage_compiles'] = _stage_seconds(workdir, 'compiles')
+                             cpu_seconds=round(stages.cpu_seconds() - cpu, 1))
+  summary.update(_stage_times(workdir))
   return summary
 
 
@@ -214,7 +215,7 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[i
   require(len(seeds) > 0, 'No seeds given; pass --seeds 0 (or 0,1,2).')
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  start, cpu = time.perf_counter(), _cpu_seconds()
+  start, cpu = time.perf_counter(), stages.cpu_seconds()
   first = os.path.join(workdir, f'seed_{seeds[0]}')
   runs = []
   for seed in seeds:
@@ -228,8 +229,8 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[i
   md, js = build_table(runs, command)
   wall = time.perf_counter() - start
   md += (f'\nTotal wall time of this command: {wall:.0f} s ({wall / 60:.1f} min), CPU time '
-         f'{_cpu_seconds() - cpu:.0f} s, {os.cpu_count()} CPUs visible.\n')
-  js.update(wall_seconds=round(wall, 1), cpu_seconds=round(_cpu_seconds() - cpu, 1),
+         f'{stages.cpu_seconds() - cpu:.0f} s, {os.cpu_count()} CPUs visible.\n')
+  js.update(wall_seconds=round(wall, 1), cpu_seconds=round(stages.cpu_seconds() - cpu, 1),
             cpus=os.cpu_count(), seeds=list(seeds))
   with open(os.path.join(workdir, 'reproduction.md'), 'w') as f:
     f.write(md)

@@ -71,7 +71,8 @@ def compile_count() -> int:
   return _COMPILES[0]
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
+  """CPU seconds (user + system) this process has used."""
   u = resource.getrusage(resource.RUSAGE_SELF)
   return u.ru_utime + u.ru_stime
 CONFIG_FILE = 'config.json'
@@ -205,7 +206,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str,
         os.replace(os.path.join(stage_dir, DONE), os.path.join(stage_dir, DONE + '.previous'))
       _write_json_atomic(os.path.join(stage_dir, CONFIG_FILE), covered)
     logging.info('Stage %s: running in %s.', name, stage_dir)
-    start, cpu, compiles = time.time(), _cpu_seconds(), compile_count()
+    start, cpu, compiles = time.time(), cpu_seconds(), compile_count()
     try:
       fn(cfg, stage_dir)
     except StageInterrupted as e:
@@ -216,7 +217,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str,
       tmp = os.path.join(stage_dir, DONE + '.tmp')
       with open(tmp, 'w') as f:
         json.dump({'stage': name, 'seconds': round(time.time() - start, 1),
-                   'cpu_seconds': round(_cpu_seconds() - cpu, 1),
+                   'cpu_seconds': round(cpu_seconds() - cpu, 1),
                    'compiles': compile_count() - compiles,
                    'fingerprint': fingerprint(covered), 'config': CONFIG_FILE}, f)
       os.replace(tmp, os.path.join(stage_dir, DONE))

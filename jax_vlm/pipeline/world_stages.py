@@ -304,9 +304,13 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   paired = 'difference' in kinds
   scenes = pretrain.pretraining_scenes(int(p.num_scenes), int(config.seed), world, paired=paired)
   vq_config, vq_params = vqgan_files.load_vqgan(config.checkpoint.vqgan_dir)
-  frames = np.stack([render(s, world) for s in scenes])
-  codes, _, _ = encode_frames(vq_params, vq_config, frames, int(config.tokenize.batch_size))
-  codes = codes.reshape(len(scenes), -1)
+
+  def encode(scenes):  # scenes -> their image codes [len(scenes), cells]
+    frames = np.stack([render(s, world) for s in scenes])
+    codes, _, _ = encode_frames(vq_params, vq_config, frames, int(config.tokenize.batch_size))
+    return codes.reshape(len(scenes), -1)
+
+  codes = encode(scenes)
   encode_s = time.perf_counter() - start
   train_config = pretraining_config(config)
   vocab = UnifiedVocab.from_config(config.vocab)
@@ -324,13 +328,9 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   # one frame cannot learn to describe a change between two (docs/reproduction.md).
   held_out = pretrain.pretraining_scenes(int(p.eval_scenes), int(config.seed), world,
                                          stream=pretrain.HELD_OUT_STREAM, paired=paired)
-  held_codes, _, _ = encode_frames(vq_params, vq_config, np.stack([render(s, world)
-                                                                    for s in held_out]),
-                                   int(config.tokenize.batch_size))
-  reading = document_accuracy(trainer.model, trainer.final_params, held_out,
-                              held_codes.reshape(len(held_out), -1), vocab, kinds,
-                              seq_len=int(p.max_seq_len), batch_size=int(p.batch_size),
-                              seed=int(config.seed))
+  reading = document_accuracy(trainer.model, trainer.final_params, held_out, encode(held_out),
+                              vocab, kinds, seq_len=int(p.max_seq_len),
+                              batch_size=int(p.batch_size), seed=int(config.seed))
   write_json(os.path.join(stage_dir, 'metrics.json'), dict(
       scenes=len(scenes), documents=list(kinds), steps=int(p.num_steps),
       encode_seconds=round(encode_s, 1), seconds=round(time.perf_counter() - start, 1),
