@@ -23,7 +23,7 @@ from jax_vlm.core import cli
 from jax_vlm.core.errors import UserError
 from jax_vlm.input.datasets import resolve_paths
 from jax_vlm.pipeline import stages
-from jax_vlm.pipeline.fdp_variants import FDP_VARIANTS
+from jax_vlm.pipeline.fdp_variants import TRAINING_STAGES
 from jax_vlm.training import sharding, trainer
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, configs/NAME.py[:ARG].')
@@ -45,7 +45,7 @@ def main(argv):
     raise cli.ConfigError('No workdir given; pass --workdir DIR for the outputs.')
   config = resolve_paths(config, _WORKDIR.value)  # '{workdir}' templates in the config's paths
   names = _STAGES.value or list(config.get('stages', ('train_dynamics',)))
-  if any(n in ('train_dynamics', 'train_fdp', *FDP_VARIANTS) for n in names):
+  if any(n in TRAINING_STAGES for n in names):
     try:
       trainer.validate_config(config)  # before any stage compiles anything
     except UserError as e:

@@ -25,6 +25,9 @@ FDP_VARIANTS = {
     'train_fdm_no_synth': {'data.extra_train': (), 'data.recognition_weights': True},
     'train_fdm_no_weight': {'data.extra_train': (SYNTHETIC,), 'data.recognition_weights': False},
 }
+# Every stage that trains a model (train.py validates the trainer config before them; export
+# looks for their params).
+TRAINING_STAGES = ('train_dynamics', 'train_fdp', *FDP_VARIANTS)
 
 
 def fdp_variant_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:

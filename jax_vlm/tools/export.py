@@ -26,14 +26,13 @@ from ml_collections import config_flags
 
 from jax_vlm.core import cli
 from jax_vlm.core.errors import require
-from jax_vlm.pipeline.fdp_variants import FDP_VARIANTS
+from jax_vlm.pipeline.fdp_variants import TRAINING_STAGES
 from jax_vlm.tokens import vocab as vocab_lib
 from jax_vlm.training import checkpointing, sharding, trainer
 from jax_vlm.weights import hf, vqgan_files
 from jax_vlm.weights import vqgan as vqgan_weights
 
 FORMATS = ('orbax', 'hf', 'both')
-TRAIN_STAGES = ('train_dynamics', 'train_fdp', *FDP_VARIANTS)  # stages that train a model
 
 
 def find_stage_dir(config, workdir: str, stage: str | None = None) -> str:
@@ -41,7 +40,7 @@ def find_stage_dir(config, workdir: str, stage: str | None = None) -> str:
   if stage is None and os.path.isdir(os.path.join(workdir, 'checkpoints')):
     return workdir
   if stage is None:
-    trained = [s for s in config.get('stages', ('train_dynamics',)) if s in TRAIN_STAGES]
+    trained = [s for s in config.get('stages', ('train_dynamics',)) if s in TRAINING_STAGES]
     require(trained, 'config.stages has no training stage; pass --stage NAME.')
     stage = trained[-1]
   stage_dir = os.path.join(workdir, stage)
