@@ -80,6 +80,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # (the bootstrap stage's synthetic triplets).
   config.data.train_splits = ('train',)
   config.data.extra_train = ()
+  # Only the first N examples of data.train_splits (0 = all); data.extra_train is read whole. The
+  # reproduction's labelled-size curve (reproduce.labelled_sizes) shrinks the labelled set with it.
+  config.data.train_examples = 0
   config.data.max_seq_len = 2100
   config.data.action_max_tokens = 48
   config.data.recognition_weights = True

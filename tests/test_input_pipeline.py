@@ -244,3 +244,11 @@ def test_reads_array_records_with_features(tmp_path):
     np.testing.assert_allclose(b['loss_weights'][r, :n], expected.loss_weights, rtol=1e-6)
     if i % 2:  # every feature moved by the same amount: all target weights 1
       np.testing.assert_allclose(b['loss_weights'][r, n - 5:n - 1], np.ones(4), rtol=1e-6)
+
+
+def test_head_source_limits_what_training_reads():
+  """data.train_examples: the trainer's batches come from the first N examples only."""
+  from jax_vlm.input.datasets import HeadSource
+  it = make_it(HeadSource(make_source(24), 6), batch=4, schedule='mixed')
+  seen = {i for b in take(it, 12) for i in example_indices(b)}
+  assert seen == set(range(6))  # 48 rows: every kept example, none beyond

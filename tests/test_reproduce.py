@@ -8,6 +8,7 @@ import time
 import pytest
 
 from configs import reproduce as preset
+from jax_vlm.core.errors import UserError
 from jax_vlm.pipeline import reproduce as R
 from jax_vlm.pipeline import stages, tables
 
@@ -95,6 +96,58 @@ def test_table_inconclusive_and_degenerate_claims():
   assert fdm_vs_ft['ci_low'] < 0 < fdm_vs_ft['ci_high']
   assert claims[('verification helps FT (best-of-8 vs best-of-1)', 'test')]['verdict'] == (
       'inconclusive (CI crosses 0)')
+
+
+def test_labelled_size_settings_reach_only_the_seed_stages(tmp_path):
+  from jax_vlm.input.datasets import resolve_paths
+  config = preset.get_config('smoke')
+  full = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
+  small = resolve_paths(R.reproduction_config(config, seed=0, train_examples=50), str(tmp_path))
+  for name in R.STAGES:
+    got = stages.stage_config(small, name).data.train_examples
+    assert got == (0 if name in R.SHARED_STAGES else 50), name
+    same = (stages.fingerprint_config(stages.stage_config(small, name), name, str(tmp_path))
+            == stages.fingerprint_config(stages.stage_config(full, name), name, str(tmp_path)))
+    assert same == (name in R.SHARED_STAGES), name  # the shared data stages are reused as they are
+  # A key at its default stays out of the fingerprint (earlier runs' markers still match).
+  dyn = stages.fingerprint_config(stages.stage_config(full, 'train_dynamics'), 'train_dynamics',
+                                  str(tmp_path))
+  assert 'train_examples' not in dyn['data']
+
+
+def test_labelled_size_curve_runs_each_size_and_draws_it(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_run_seed(config, workdir, seed, rerun=(), train_examples=0):
+    calls.append((os.path.relpath(workdir, tmp_path), seed, train_examples))
+    n = train_examples or 200
+    run = _run(seed, 0.3, 0.3 + n / 1000 + seed / 100, 0.0)
+    run.update(num_labelled=n, bootstrap={'num_selected': 10, 'label_accuracy': n / 400})
+    return run
+
+  monkeypatch.setattr(R, 'run_seed', fake_run_seed)
+  config = preset.get_config('smoke')
+  config.reproduce.labelled_sizes = (100, 50)
+  md, js = R.reproduce(config, str(tmp_path), [0, 1], 'cmd')
+  assert calls == [('seed_0', 0, 0), ('seed_1', 1, 0),
+                   ('labelled_50/seed_0', 0, 50), ('labelled_50/seed_1', 1, 50),
+                   ('labelled_100/seed_0', 0, 100), ('labelled_100/seed_1', 1, 100)]
+  for n in (50, 100):  # the shared stages are links to the first seed's
+    assert os.path.islink(tmp_path / f'labelled_{n}' / 'seed_1' / 'pretrain')
+  curve = js['labelled_curve']
+  assert [p['num_labelled'] for p in curve] == [50, 100, 200]  # the full set is the last point
+  assert [p['diff'] for p in curve] == pytest.approx([0.055, 0.105, 0.205])
+  # seed 1 gains 0.01 more: a t interval of +-0.064 over two seeds
+  assert [p['verdict'] for p in curve] == ['inconclusive (CI crosses 0)', 'holds', 'holds']
+  assert curve[0]['per_seed_fdm'] == pytest.approx([0.35, 0.36])
+  assert '| 50 | 0.300 ± 0.000 | 0.355 ± 0.007 | +0.055 [' in md
+  assert 'Where bootstrapping pays' in md
+  with open(tmp_path / 'reproduction.html') as f:
+    html = f.read()
+  assert 'FDM - FT per labelled-set size' in html and 'labelled set shrinks' in html
+  config.reproduce.labelled_sizes = (0,)
+  with pytest.raises(UserError, match='labelled_sizes'):
+    R.reproduce(config, str(tmp_path), [0], 'cmd')
 
 
 def test_smoke_reproduction_end_to_end(tmp_path):

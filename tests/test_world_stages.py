@@ -91,6 +91,27 @@ def test_open_split_concatenates(tmp_path):
     datasets.open_split(ml_collections.ConfigDict(dict(dir='{workdir}/tokenize')), 'train')
 
 
+def test_train_examples_keeps_the_first_labelled_examples(tmp_path):
+  d = tmp_path / 'tok'
+  _write(str(d / 'labelled'), ['a0', 'a1', 'a2'])
+  _write(str(tmp_path / 'boot' / 'part1'), ['b0', 'b1'])
+  data_cfg = ml_collections.ConfigDict(dict(dir=str(d), train_splits=('labelled',),
+                                            extra_train=(str(tmp_path / 'boot'),),
+                                            train_examples=2))
+  train = datasets.open_split(data_cfg, 'train')
+  assert [e['example_id'] for e in train] == ['a0', 'a1', 'b0', 'b1']  # the extra data stays whole
+  assert train[-1]['example_id'] == 'b1'
+  with pytest.raises(IndexError):
+    train[4]
+  data_cfg.extra_train = ()
+  assert [e['example_id'] for e in datasets.open_split(data_cfg, 'train')] == ['a0', 'a1']
+  data_cfg.train_examples = 3
+  assert len(datasets.open_split(data_cfg, 'train')) == 3
+  data_cfg.train_examples = 4
+  with pytest.raises(UserError, match='train_examples=4 is more than the 3 examples'):
+    datasets.open_split(data_cfg, 'train')
+
+
 def test_train_tokenizer_fails_loudly_below_threshold(tmp_path, monkeypatch):
   monkeypatch.setattr(WorldConfig, 'preset', classmethod(lambda cls, size='default', **kw: TINY))
   config = _config()

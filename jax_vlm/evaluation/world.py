@@ -478,7 +478,7 @@ def probe(models: WorldModels, config, params, items: Sequence[dict]) -> dict:
 def random_init_params(models: WorldModels, seed: int) -> Any:
   """Freshly initialised params of the run's model (the probe's 'before training')."""
   import flax.linen as nn
-  variables = models.module.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8), jnp.int32))
+  variables = jax.jit(models.module.init)(jax.random.PRNGKey(seed), jnp.zeros((1, 8), jnp.int32))
   return nn.unbox(variables['params'])
 
 

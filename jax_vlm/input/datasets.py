@@ -6,6 +6,8 @@ set is a prefix `DIR/<name>` with shards `DIR/<name>-00000-of-0000N.array_record
   - `data_cfg.dir/<name>` for every name in `data_cfg.train_splits` (default ('labelled',)), and
   - every path in `data_cfg.extra_train` (default ()): a record prefix, or a directory whose record
     sets are all taken (the bootstrap stage writes its synthetic triplets there);
+  with `data_cfg.train_examples` N > 0 only the first N examples of the training splits are read
+  (the extra training data stays whole);
 any other split name opens the one record set `data_cfg.dir/<split>`.
 
 Configs cannot know the run's working directory, so their paths may hold the template
@@ -81,6 +83,16 @@ def shard_files(prefix: str) -> list[str]:
   return [os.path.join(directory, name) for name in meta['paths']]
 
 
+def _train_prefixes(data_cfg) -> tuple[list[str], list[str]]:
+  """(prefixes of data_cfg.train_splits under data_cfg.dir, prefixes of data_cfg.extra_train)."""
+  names = tuple(_opt(data_cfg, 'train_splits', DEFAULT_TRAIN_SPLITS))
+  extra = tuple(_opt(data_cfg, 'extra_train', ()))
+  require(names or extra, 'data.train_splits and data.extra_train are both empty; name at least '
+          'one training split.')
+  head = [p for name in names for p in record_prefixes(os.path.join(data_cfg.dir, name))]
+  return head, [p for path in extra for p in record_prefixes(path)]
+
+
 def split_prefixes(data_cfg, split: str) -> list[str]:
   """The record-set prefixes that make up `split` (see the module docstring)."""
   require(bool(data_cfg.dir), 'data.dir is empty; point it at a prepared data set (e.g. '
@@ -89,22 +101,48 @@ def split_prefixes(data_cfg, split: str) -> list[str]:
           'resolve it with jax_vlm.input.datasets.resolve_paths(config, workdir) first.')
   if split != 'train':
     return record_prefixes(os.path.join(data_cfg.dir, split))
-  names = tuple(_opt(data_cfg, 'train_splits', DEFAULT_TRAIN_SPLITS))
-  extra = tuple(_opt(data_cfg, 'extra_train', ()))
-  require(names or extra, 'data.train_splits and data.extra_train are both empty; name at least '
-          'one training split.')
-  prefixes = []
-  for name in names:
-    prefixes += record_prefixes(os.path.join(data_cfg.dir, name))
-  for path in extra:
-    prefixes += record_prefixes(path)
-  return prefixes
+  head, extra = _train_prefixes(data_cfg)
+  return head + extra
 
 
-def open_split(data_cfg, split: str) -> RecordSource:
-  """One RecordSource over every record set of `split` ('train' concatenates the training splits
-  and the extra training data), in the order listed."""
-  paths = []
-  for prefix in split_prefixes(data_cfg, split):
-    paths += shard_files(prefix)
-  return RecordSource(paths)
+def _files(prefixes: list[str]) -> list[str]:
+  return [f for prefix in prefixes for f in shard_files(prefix)]
+
+
+class HeadSource:
+  """The first `limit` examples of `head`, then every example of `rest` (None: nothing), as one
+  random-access source (grain reads it like a RecordSource)."""
+
+  def __init__(self, head: RecordSource, limit: int, rest: RecordSource | None = None):
+    self.head, self.limit, self.rest = head, min(int(limit), len(head)), rest
+
+  def __len__(self) -> int:
+    return self.limit + (len(self.rest) if self.rest is not None else 0)
+
+  def __getitem__(self, index: int):
+    index = int(index)
+    if index < 0:
+      index += len(self)
+    if not 0 <= index < len(self):
+      raise IndexError(f'index {index} is outside a source of {len(self)} examples')
+    return self.head[index] if index < self.limit else self.rest[index - self.limit]
+
+  def __repr__(self) -> str:
+    return f'HeadSource(first {self.limit} of {len(self.head)}, then {len(self) - self.limit})'
+
+
+def open_split(data_cfg, split: str) -> RecordSource | HeadSource:
+  """One source over every record set of `split` ('train' concatenates the training splits and
+  the extra training data, in the order listed; `data_cfg.train_examples` N > 0 keeps only the
+  first N examples of the training splits)."""
+  limit = int(_opt(data_cfg, 'train_examples', 0) or 0)
+  require(limit >= 0, f'data.train_examples={limit} must be >= 0; set 0 to read every example.')
+  prefixes = split_prefixes(data_cfg, split)  # checks data.dir
+  if split != 'train' or limit == 0:
+    return RecordSource(_files(prefixes))
+  head, extra = _train_prefixes(data_cfg)
+  require(bool(head), 'data.train_examples needs data.train_splits to name a training split.')
+  source = RecordSource(_files(head))
+  require(limit <= len(source), f'data.train_examples={limit} is more than the {len(source)} '
+          'examples of data.train_splits; lower it, or set 0 to read them all.')
+  return HeadSource(source, limit, RecordSource(_files(extra)) if extra else None)

@@ -17,6 +17,12 @@ Stages with a DONE marker are skipped, so a killed run continues where it stoppe
 (markdown) is printed and saved as DIR/reproduction.md and DIR/reproduction.json (with wall and CPU
 time per seed and per stage).
 
+Where bootstrapping pays (not in the default budget): `--config.reproduce.labelled_sizes=250,500`
+reruns every seed's own stages under DIR/labelled_<N>/seed_<s>/ with only the first N labelled
+examples (data.train_examples; the unlabelled pairs and the shared stages stay the same), and the
+table gets FT vs FDM per labelled-set size, the full set included, with the curve drawn in
+DIR/reproduction.html.
+
 Settings: `config.reproduce` (REPRODUCE_DEFAULTS; a config may leave it out) sets the training steps
 of the dynamics and FDP stages and how FDP variants start; they become stage_overrides, and a
 config's own stage_overrides win over them.
@@ -39,6 +45,7 @@ from jax_vlm.core.errors import UserError, require
 from jax_vlm.core.settings import section_with_defaults
 from jax_vlm.evaluation import plots
 from jax_vlm.evaluation.report import write_html_report
+from jax_vlm.input import datasets
 from jax_vlm.input.datasets import resolve_paths
 from jax_vlm.pipeline import stages, tables
 from jax_vlm.pipeline.tables import STAGES, VARIANTS, build_table
@@ -55,6 +62,7 @@ REPRODUCE_DEFAULTS = dict(
     fdp_warmup_steps=-1,  # -1 = train.warmup_steps
     curve_points=5,  # checkpoints of train_dynamics evaluated for the learning curves
     eval_items=0,  # test items per subset (0 = all)
+    labelled_sizes=(),  # labelled-set sizes of the FT-vs-FDM curve (each reruns the seeds' stages)
 )
 
 
@@ -73,6 +81,7 @@ def reproduce_section(size: str) -> ml_collections.ConfigDict:
   r.fdp_warmup_steps = 10 if smoke else 20
   r.curve_points = 2 if smoke else 4
   r.eval_items = 8 if smoke else 200  # per test subset; 0 = all
+  r.labelled_sizes = ()  # e.g. (250, 500, 1000): the labelled-size curve, one pipeline per size
   return r
 
 
@@ -100,9 +109,10 @@ def reproduce_settings(config: ml_collections.ConfigDict) -> ml_collections.Conf
   return section_with_defaults(REPRODUCE_DEFAULTS, given, 'reproduce')
 
 
-def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = None
-                        ) -> ml_collections.ConfigDict:
-  """The config with the reproduction's stages, stage_overrides and world_eval settings."""
+def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = None,
+                        train_examples: int = 0) -> ml_collections.ConfigDict:
+  """The config with the reproduction's stages, stage_overrides and world_eval settings;
+  `train_examples` N > 0: the seed's own stages read only the first N labelled examples."""
   r = reproduce_settings(config)
   out = ml_collections.ConfigDict(config.to_dict())
   if seed is not None:
@@ -132,6 +142,10 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
   given = given.to_dict() if given else {}
   for name, values in given.items():
     overrides.setdefault(name, {}).update(dict(values))
+  if train_examples:  # the shared stages keep the full data (and their fingerprints)
+    for name in STAGES:
+      if name not in SHARED_STAGES:
+        overrides.setdefault(name, {})['data.train_examples'] = int(train_examples)
   # (key, value) pairs, not dicts: a ConfigDict refuses dotted keys when it is copied
   # (to_dict -> ConfigDict), and stages.stage_config reads either through dict(...).
   out.stage_overrides = ml_collections.ConfigDict(
@@ -183,12 +197,13 @@ def _share_stages(seed_dir: str, first_dir: str) -> None:
 
 
 def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
-             rerun: Sequence[str] = ()) -> dict:
+             rerun: Sequence[str] = (), train_examples: int = 0) -> dict:
   """Runs (or continues) one seed's pipeline in `workdir`; returns its evaluation summary.
 
   The shared stages' fingerprints leave `seed` out (stages.run_stages), so the other seeds accept
-  the first seed's data; `rerun`: stages to run again (--rerun_stages)."""
-  cfg = resolve_paths(reproduction_config(config, seed), workdir)
+  the first seed's data; `rerun`: stages to run again (--rerun_stages); `train_examples`: see
+  reproduction_config."""
+  cfg = resolve_paths(reproduction_config(config, seed, train_examples), workdir)
   validate_config(cfg)
   wall, cpu = time.perf_counter(), stages.cpu_seconds()
   done = stages.run_stages(cfg, workdir, rerun=rerun, shared=SHARED_STAGES)
@@ -203,6 +218,8 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
     with open(bootstrap) as f:
       summary['bootstrap'] = json.load(f)
   summary['seed'] = int(seed)
+  summary['num_labelled'] = len(datasets.open_split(stages.stage_config(cfg, 'train_ft').data,
+                                                    'train'))
   summary['this_run'] = dict(wall_seconds=round(time.perf_counter() - wall, 1),
                              cpu_seconds=round(stages.cpu_seconds() - cpu, 1))
   summary.update(_stage_times(workdir))
@@ -227,6 +244,25 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[i
     again = [n for n in rerun if seed == seeds[0] or n not in SHARED_STAGES]
     runs.append(run_seed(config, seed_dir, seed, again))
   md, js = build_table(runs, command)
+  sizes = sorted({int(n) for n in reproduce_settings(config).labelled_sizes})
+  require(all(n > 0 for n in sizes), f'reproduce.labelled_sizes={tuple(sizes)} must be positive '
+          'numbers of labelled examples, e.g. 250,500,1000.')
+  if sizes:
+    points = []
+    for n in sizes:
+      size_runs = []
+      for seed in seeds:
+        seed_dir = os.path.join(workdir, f'labelled_{n}', f'seed_{seed}')
+        _share_stages(seed_dir, first)
+        print(f'reproduce: {n} labelled examples, seed {seed} in {seed_dir}', flush=True)
+        size_runs.append(run_seed(config, seed_dir, seed,
+                                  [s for s in rerun if s not in SHARED_STAGES], n))
+      points.append((n, size_runs))
+    full = runs[0]['num_labelled']
+    points += [(full, runs)] if full not in sizes else []
+    curve_md, curve = tables.labelled_curve(points)
+    md += curve_md
+    js['labelled_curve'] = curve
   wall = time.perf_counter() - start
   md += (f'\nTotal wall time of this command: {wall:.0f} s ({wall / 60:.1f} min), CPU time '
          f'{stages.cpu_seconds() - cpu:.0f} s, {os.cpu_count()} CPUs visible.\n')
@@ -256,9 +292,21 @@ def write_reproduction_report(path: str, runs: Sequence[dict], js: dict) -> str:
              'seeds': c['n'], 'verdict': c['verdict']} for c in js['claims']]
   time_rows = [dict(seed=r['seed'], **r.get('this_run', {}), **r.get('stage_seconds', {}))
                for r in runs]
-  return write_html_report(path, 'Reproduction on the embedded action world',
-                           {'Claims (paired over seeds, 95% t interval)': claims,
-                            'Seconds per seed and stage': time_rows}, [],
+  curve = js.get('labelled_curve') or []
+  if curve:
+    sizes = [p['num_labelled'] for p in curve]
+    figures['FT vs FDM as the labelled set shrinks (item score, best-of-1, test)'] = (
+        plots.line_plot({label: (sizes, [list(row) for row in zip(*[p[key] for p in curve])])
+                         for label, key in (('FT', 'per_seed_ft'), ('FDM', 'per_seed_fdm'))},
+                        'Where bootstrapping pays', 'labelled examples', 'item score on test'))
+  tables_ = {'Claims (paired over seeds, 95% t interval)': claims}
+  if curve:
+    tables_['Where bootstrapping pays: FDM - FT per labelled-set size (test, best-of-1)'] = [
+        {'labelled': p['num_labelled'], 'FT': p['mean_b'], 'FDM': p['mean_a'],
+         'difference': p['diff'], 'CI low': p['ci_low'], 'CI high': p['ci_high'],
+         'seeds': p['n'], 'verdict': p['verdict']} for p in curve]
+  tables_['Seconds per seed and stage'] = time_rows
+  return write_html_report(path, 'Reproduction on the embedded action world', tables_, [],
                            notes=[f'Seeds: {", ".join(str(r["seed"]) for r in runs)}; command: '
                                   f'{js.get("command", "")}'], figures=figures)
 

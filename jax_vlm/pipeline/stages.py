@@ -80,6 +80,9 @@ NOT_FINGERPRINTED = ('stages', 'stage_overrides', 'reproduce', 'rerun_stages')
 # Keys that change what a run shows, not what it computes.
 NOT_FINGERPRINTED_KEYS = (('train', 'peak_flops'), ('train', 'progress_bar'),
                           ('train', 'tensorboard'))
+# Keys added after runs were made: left out of the fingerprint at their default, so the DONE
+# markers of those runs still match.
+OMITTED_AT_DEFAULT = ((('data', 'train_examples'), 0),)
 # Sections only these stages read; other stages' fingerprints leave them out.
 READ_BY = {'world_eval': ('evaluate',), 'eval': ('evaluate',)}
 
@@ -127,6 +130,9 @@ def fingerprint_config(config: ml_collections.ConfigDict, name: str, workdir: st
   data = _plain({k: v for k, v in config.items() if k not in skip}, os.path.abspath(workdir))
   for section, key in NOT_FINGERPRINTED_KEYS:
     if isinstance(data.get(section), dict):
+      data[section].pop(key, None)
+  for (section, key), default in OMITTED_AT_DEFAULT:
+    if isinstance(data.get(section), dict) and data[section].get(key, default) == default:
       data[section].pop(key, None)
   return data
 
