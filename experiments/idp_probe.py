@@ -7,15 +7,16 @@
 It runs on a development world (--world_seed 100 by default), never the reported items. Cell codes
 are the world patch encoder's bijection (colour, shape) or empty -> 25 ids, so no VQGAN is trained.
 Document kinds: cap1 (caption), t2i (text to image), cap2 (multi-image caption), copy (repeat), diff
-(difference), and two diagnostic kinds that are not pipeline documents: dimg (two scenes, then the
+(difference), and four diagnostic kinds that are not pipeline documents: dimg (two scenes, then the
 image of the cells the second changed), count (two scenes, then how many cells differ: every B cell
-gets a gradient through an attention that can stay uniform) and mark (the second scene's caption
-with "a" for objects the first lacks, "the" for the rest); the documents and the model are the
-pipeline's own (data/action_world/pretrain.py, jax_vlm.models), the training loop is a plain optax
-loop with the per-objective loss. Diagnostics: --train_split unlabelled (IDP on the unlabelled
-pairs' oracle actions), --qk_norm 0, --pos_codes 1|2 (image codes that also say their cell or row).
-It prints training metrics, greedy effect match on the dev `test` and the teacher-forced accuracy
-per word category. docs/reproduction.md lists the runs.
+gets a gradient through an attention that can stay uniform), same (a scene twice, or a scene and its
+perturbed self: "the" if identical, else "a") and mark (the second scene's caption with "a" for
+objects the first lacks, "the" for the rest); the documents and the model are the pipeline's own
+(data/action_world/pretrain.py, jax_vlm.models), the training loop is a plain optax loop with the
+per-objective loss. Diagnostics: --train_split unlabelled (IDP on the unlabelled pairs' oracle
+actions), --qk_norm 0, --pos_codes 1|2 (image codes that also say their cell or row). It prints
+training metrics, greedy effect match on the dev `test` and the teacher-forced accuracy per word
+category. docs/reproduction.md lists the runs.
 """
 import argparse
 import collections
@@ -161,6 +162,10 @@ def doc_example(kind, rng):
     n = sum(x != y for x, y in zip(codes(a), codes(b)))
     return example([BOS, BOI] + codes(a) + [EOI, BOI] + codes(b) + [EOI], text(str(min(n, 5)))
                    + [EOS], 4)
+  if kind == 'same':  # a scene twice or a scene and its perturbed self: 'the' if the same, else 'a'
+    b = perturb(a, rng) if rng.random() < 0.5 else a
+    return example([BOS, BOI] + codes(a) + [EOI, BOI] + codes(b) + [EOI],
+                   text('the' if a == b else 'a') + [EOS], 4)
   if kind == 'cap2':
     b = random_scene(rng, world)
     return example([BOS, BOI] + codes(b) + [EOI, BOI] + codes(a) + [EOI],
