@@ -146,8 +146,10 @@ def test_labelled_size_curve_runs_each_size_and_draws_it(tmp_path, monkeypatch):
     html = f.read()
   assert 'FDM - FT per labelled-set size' in html and 'labelled set shrinks' in html
   config.reproduce.labelled_sizes = (0,)
+  calls.clear()
   with pytest.raises(UserError, match='labelled_sizes'):
     R.reproduce(config, str(tmp_path), [0], 'cmd')
+  assert not calls  # refused before any stage ran
 
 
 def test_smoke_reproduction_end_to_end(tmp_path):

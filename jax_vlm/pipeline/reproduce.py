@@ -109,6 +109,18 @@ def reproduce_settings(config: ml_collections.ConfigDict) -> ml_collections.Conf
   return section_with_defaults(REPRODUCE_DEFAULTS, given, 'reproduce')
 
 
+def labelled_sizes(config: ml_collections.ConfigDict) -> list[int]:
+  """config.reproduce.labelled_sizes, sorted, each a positive number of labelled examples."""
+  given = tuple(reproduce_settings(config).labelled_sizes)
+  try:
+    sizes = sorted({int(n) for n in given})
+  except (TypeError, ValueError):
+    sizes = [0]
+  require(all(n > 0 for n in sizes), f'reproduce.labelled_sizes={given} must be positive numbers '
+          "of labelled examples; pass e.g. --config.reproduce.labelled_sizes='(250,500,1000)'.")
+  return sizes
+
+
 def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = None,
                         train_examples: int = 0) -> ml_collections.ConfigDict:
   """The config with the reproduction's stages, stage_overrides and world_eval settings;
@@ -230,6 +242,7 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[i
               command: str = '', rerun: Sequence[str] = ()) -> tuple[str, dict]:
   """Runs every seed and writes DIR/reproduction.md + .json; returns (markdown, JSON)."""
   require(len(seeds) > 0, 'No seeds given; pass --seeds 0 (or 0,1,2).')
+  sizes = labelled_sizes(config)  # checked before any stage runs
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   start, cpu = time.perf_counter(), stages.cpu_seconds()
@@ -244,9 +257,6 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[i
     again = [n for n in rerun if seed == seeds[0] or n not in SHARED_STAGES]
     runs.append(run_seed(config, seed_dir, seed, again))
   md, js = build_table(runs, command)
-  sizes = sorted({int(n) for n in reproduce_settings(config).labelled_sizes})
-  require(all(n > 0 for n in sizes), f'reproduce.labelled_sizes={tuple(sizes)} must be positive '
-          'numbers of labelled examples, e.g. 250,500,1000.')
   if sizes:
     points = []
     for n in sizes:
@@ -299,14 +309,14 @@ def write_reproduction_report(path: str, runs: Sequence[dict], js: dict) -> str:
         plots.line_plot({label: (sizes, [list(row) for row in zip(*[p[key] for p in curve])])
                          for label, key in (('FT', 'per_seed_ft'), ('FDM', 'per_seed_fdm'))},
                         'Where bootstrapping pays', 'labelled examples', 'item score on test'))
-  tables_ = {'Claims (paired over seeds, 95% t interval)': claims}
+  html_tables = {'Claims (paired over seeds, 95% t interval)': claims}
   if curve:
-    tables_['Where bootstrapping pays: FDM - FT per labelled-set size (test, best-of-1)'] = [
+    html_tables['Where bootstrapping pays: FDM - FT per labelled-set size (test, best-of-1)'] = [
         {'labelled': p['num_labelled'], 'FT': p['mean_b'], 'FDM': p['mean_a'],
          'difference': p['diff'], 'CI low': p['ci_low'], 'CI high': p['ci_high'],
          'seeds': p['n'], 'verdict': p['verdict']} for p in curve]
-  tables_['Seconds per seed and stage'] = time_rows
-  return write_html_report(path, 'Reproduction on the embedded action world', tables_, [],
+  html_tables['Seconds per seed and stage'] = time_rows
+  return write_html_report(path, 'Reproduction on the embedded action world', html_tables, [],
                            notes=[f'Seeds: {", ".join(str(r["seed"]) for r in runs)}; command: '
                                   f'{js.get("command", "")}'], figures=figures)
 
@@ -339,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise cli.ConfigError('No seeds given; pass --seeds 0 (or 0,1,2).')
     try:
       validate_config(reproduction_config(config, seeds[0]))
+      labelled_sizes(config)
     except UserError as e:
       raise cli.ConfigError(str(e)) from None
     command = 'python -m jax_vlm.reproduce ' + ' '.join(argv[1:])
