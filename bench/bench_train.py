@@ -280,9 +280,6 @@ def main(argv=None) -> None:
                            'fuses less across the scan loop), true elsewhere')
   parser.add_argument('--no_scan_check', action='store_true',
                       help='skip the extra JAX run with the other scan_layers setting')
-  parser.add_argument('--fuse_projections', default='false', choices=('true', 'false'),
-                      help="the main JAX row's model.fuse_projections (Q/K/V and gate/up as one "
-                      'matmul each)')
   parser.add_argument('--json', default=None)
   args = parser.parse_args(argv)
 
@@ -299,13 +296,9 @@ def main(argv=None) -> None:
     batch = args.batch or SIZES[size]['batch']
     r = {'batch': batch, 'seq': SIZES[size]['seq']}
     r['scan_layers'] = scan
-    fuse = args.fuse_projections == 'true'
-    r['fuse_projections'] = fuse
-    r['jax'] = bench_jax_train(size, args.family, batch, args.steps, scan=scan,
-                               fuse_projections=fuse)
+    r['jax'] = bench_jax_train(size, args.family, batch, args.steps, scan=scan)
     if not args.no_scan_check:
-      r['jax_other_scan'] = bench_jax_train(size, args.family, batch, args.steps, scan=not scan,
-                                            fuse_projections=fuse)
+      r['jax_other_scan'] = bench_jax_train(size, args.family, batch, args.steps, scan=not scan)
     r['torch'] = bench_torch_train(size, args.family, batch, args.steps)
     r['jax_over_torch'] = r['jax']['tokens_per_s'] / r['torch']['tokens_per_s']
     r['mfu'] = r['jax']['tokens_per_s'] * r['jax']['flops_per_token'] / peak

@@ -130,31 +130,15 @@ def test_scan_remat_and_attention_impls_agree(tmp_path):
   grad = jax.jit(grad, static_argnums=1)
   ref_grad = grad(params, module.config.replace(remat_policy='none'))
   assert module.config.attention_chunk >= ids.shape[1]  # the reference is one block
-  for change in [dict(scan_layers=False), dict(attention_impl='auto'), dict(attention_chunk=4),
-                 dict(fuse_projections=True)]:
+  for change in [dict(scan_layers=False), dict(attention_impl='auto'), dict(attention_chunk=4)]:
     cfg = module.config.replace(**change)
     out = run(DecoderLM(cfg), unscanned if not cfg.scan_layers else params, ids)
     np.testing.assert_allclose(out, reference, atol=1e-5, rtol=0, err_msg=str(change))
   # remat changes what is stored, and query blocks which keys are read, not the gradients
-  changes = [dict(remat_policy='nothing_saveable'), dict(remat_policy='none', attention_chunk=4),
-             dict(remat_policy='none', fuse_projections=True)]
+  changes = [dict(remat_policy='nothing_saveable'), dict(remat_policy='none', attention_chunk=4)]
   for change in changes:
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
                  grad(params, module.config.replace(**change)), ref_grad)
-
-
-def test_fused_projections_keep_the_params():
-  """fuse_projections computes Q/K/V and gate/up as one matmul each over the same params: the
-  same tree, the same initial values; with LoRA on a projection it is not fused."""
-  ids = random_ids(64, seq=7, seed=3)
-  plain, fused = (DecoderLM(_tiny(scan_layers=False, fuse_projections=f)) for f in (False, True))
-  p_plain = nn.unbox(plain.init(jax.random.PRNGKey(0), ids)['params'])
-  p_fused = nn.unbox(fused.init(jax.random.PRNGKey(0), ids)['params'])
-  jax.tree.map(np.testing.assert_array_equal, p_plain, p_fused)
-  np.testing.assert_allclose(run(fused, p_plain, ids), run(plain, p_plain, ids), atol=1e-5, rtol=0)
-  lora = DecoderLM(_tiny(scan_layers=False, fuse_projections=True, lora_rank=2))
-  p_lora = nn.unbox(lora.init(jax.random.PRNGKey(0), ids)['params'])
-  assert 'lora_a' in p_lora['layers_0']['self_attn']['q_proj']
 
 
 def _tiny(family='chameleon', **kw):

@@ -62,11 +62,6 @@ class TransformerConfig:
   # 'xla' causal attention in query blocks of this many tokens, each reading only the keys it can
   # see (about half the FLOPs on long rows); 0 = one block.
   attention_chunk: int = 512
-  # Q/K/V and gate/up each as one matmul over their kernels concatenated at run time (the params
-  # stay separate, so checkpoints and transformers parity are unchanged). Fewer, larger ops help
-  # XLA:CPU at small sizes; leave it off under tensor parallelism (the concatenation would gather
-  # the kernels' shards). Projections with LoRA are never fused.
-  fuse_projections: bool = False
   # LoRA adapters live inside the projection layers; rank 0 means none.
   lora_rank: int = 0
   lora_alpha: float = 32.0

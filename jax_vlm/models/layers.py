@@ -9,7 +9,6 @@ into this layout.
 """
 
 import functools
-import itertools
 import math
 from typing import Any, Optional
 
@@ -294,38 +293,6 @@ def _projection(config: TransformerConfig, name: str, x: Array, features, in_axe
                     lora_dropout=config.lora_dropout, name=name)(x, deterministic)
 
 
-class _Kernel(nn.Module):
-  """A Projection's kernel param alone (same name, shape, init and partitioning), for fusing."""
-  shape: tuple[int, ...]
-  axes: tuple[str, ...]
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self) -> Array:
-    return self.param('kernel', nn.with_logical_partitioning(default_init, self.axes), self.shape,
-                      self.param_dtype)
-
-
-def _projections(config: TransformerConfig, specs, x: Array, deterministic: bool) -> list[Array]:
-  """Applies the projections `specs` [(name, features, out_axes)] of one input `x [..., embed]`.
-
-  With config.fuse_projections (and no LoRA on any of them) as one matmul over their kernels
-  concatenated along the output, then split; otherwise one Projection each. Same params either way.
-  """
-  if not config.fuse_projections or any(
-      config.lora_rank and name in config.lora_targets for name, _, _ in specs):
-    return [_projection(config, name, x, features, ('embed',), out_axes, deterministic)
-            for name, features, out_axes in specs]
-  d = x.shape[-1]
-  kernels = [_Kernel((d,) + tuple(f), ('embed',) + tuple(a), config.param_dtype, name=name)()
-             for name, f, a in specs]
-  sizes = [math.prod(f) for _, f, _ in specs]
-  fused = jnp.concatenate([k.reshape(d, n) for k, n in zip(kernels, sizes)], axis=1)
-  y = _contract(x.astype(config.dtype), fused.astype(config.dtype), 1, config.dtype)
-  parts = jnp.split(y, list(itertools.accumulate(sizes))[:-1], axis=-1)
-  return [p.reshape(x.shape[:-1] + tuple(f)) for p, (_, f, _) in zip(parts, specs)]
-
-
 class Attention(nn.Module):
   """Self-attention with optional QK norm, RoPE, GQA and a KV-cache slot update."""
   config: TransformerConfig
@@ -341,10 +308,9 @@ class Attention(nn.Module):
     (out [batch, seq, embed], new cache_kv)."""
     c = self.config
     proj = functools.partial(_projection, c, deterministic=deterministic)
-    q, k, v = _projections(c, (('q_proj', (c.num_heads, c.head_dim), ('heads', 'head_dim')),
-                               ('k_proj', (c.num_kv_heads, c.head_dim), ('kv_heads', 'head_dim')),
-                               ('v_proj', (c.num_kv_heads, c.head_dim), ('kv_heads', 'head_dim'))),
-                           x, deterministic)
+    q = proj('q_proj', x, (c.num_heads, c.head_dim), ('embed',), ('heads', 'head_dim'))
+    k = proj('k_proj', x, (c.num_kv_heads, c.head_dim), ('embed',), ('kv_heads', 'head_dim'))
+    v = proj('v_proj', x, (c.num_kv_heads, c.head_dim), ('embed',), ('kv_heads', 'head_dim'))
     if c.qk_norm:
       norm = functools.partial(HeadLayerNorm, dtype=c.dtype, param_dtype=c.param_dtype)
       q = norm(('heads', 'head_dim'), name='q_norm')(q)
@@ -390,8 +356,8 @@ class MLP(nn.Module):
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     c = self.config
     proj = functools.partial(_projection, c, deterministic=deterministic)
-    gate, up = _projections(c, (('gate_proj', (c.mlp_dim,), ('mlp',)),
-                                ('up_proj', (c.mlp_dim,), ('mlp',))), x, deterministic)
+    gate = proj('gate_proj', x, (c.mlp_dim,), ('embed',), ('mlp',))
+    up = proj('up_proj', x, (c.mlp_dim,), ('embed',), ('mlp',))
     if c.mlp_activation == 'gelu_tanh':
       gate = jax.nn.gelu(gate, approximate=True)
     else:
