@@ -93,12 +93,16 @@ def _train_prefixes(data_cfg) -> tuple[list[str], list[str]]:
   return head, [p for path in extra for p in record_prefixes(path)]
 
 
-def split_prefixes(data_cfg, split: str) -> list[str]:
-  """The record-set prefixes that make up `split` (see the module docstring)."""
+def _require_dir(data_cfg) -> None:
   require(bool(data_cfg.dir), 'data.dir is empty; point it at a prepared data set (e.g. '
           '{workdir}/tokenize after the tokenize stage).')
   require(WORKDIR not in str(data_cfg.dir), f'data.dir={data_cfg.dir!r} still holds {WORKDIR}; '
           'resolve it with jax_vlm.input.datasets.resolve_paths(config, workdir) first.')
+
+
+def split_prefixes(data_cfg, split: str) -> list[str]:
+  """The record-set prefixes that make up `split` (see the module docstring)."""
+  _require_dir(data_cfg)
   if split != 'train':
     return record_prefixes(os.path.join(data_cfg.dir, split))
   head, extra = _train_prefixes(data_cfg)
@@ -137,9 +141,9 @@ def open_split(data_cfg, split: str) -> RecordSource | HeadSource:
   first N examples of the training splits)."""
   limit = int(_opt(data_cfg, 'train_examples', 0) or 0)
   require(limit >= 0, f'data.train_examples={limit} must be >= 0; set 0 to read every example.')
-  prefixes = split_prefixes(data_cfg, split)  # checks data.dir
   if split != 'train' or limit == 0:
-    return RecordSource(_files(prefixes))
+    return RecordSource(_files(split_prefixes(data_cfg, split)))
+  _require_dir(data_cfg)
   head, extra = _train_prefixes(data_cfg)
   require(bool(head), 'data.train_examples needs data.train_splits to name a training split.')
   source = RecordSource(_files(head))

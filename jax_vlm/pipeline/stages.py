@@ -75,6 +75,8 @@ def cpu_seconds() -> float:
   """CPU seconds (user + system) this process has used."""
   u = resource.getrusage(resource.RUSAGE_SELF)
   return u.ru_utime + u.ru_stime
+
+
 CONFIG_FILE = 'config.json'
 NOT_FINGERPRINTED = ('stages', 'stage_overrides', 'reproduce', 'rerun_stages')
 # Keys that change what a run shows, not what it computes.

@@ -63,8 +63,8 @@ def make_optimizer(learning_rate: float, num_steps: int, warmup_steps: int = 20,
 def init_state(model: VQGAN, tx: optax.GradientTransformation, rng: jax.Array,
                image_shape: Sequence[int]) -> VQTrainState:
   """Fresh params for images of `image_shape` `[h, w, 3]`, optimizer state, zero usage."""
-  # One compiled program: run eagerly, init compiles each of its ~170 primitives on its own
-  # (the truncated-normal initialisers alone took 1-3 s each on 2 CPU cores).
+  # Jitted, init is one compiled program; run eagerly, it compiled each of its ~170 primitives on
+  # its own (the truncated-normal initialisers alone took 1-3 s each on 2 CPU cores).
   params = jax.jit(model.init)(rng, jnp.zeros((1, *image_shape), jnp.float32))['params']
   return VQTrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       usage=jnp.zeros((model.config.num_embeddings,), jnp.float32))
