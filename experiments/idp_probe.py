@@ -59,10 +59,16 @@ p.add_argument('--eval_items', type=int, default=300)
 p.add_argument('--num_labelled', type=int, default=2000)
 p.add_argument('--save', default='')
 p.add_argument('--fdp_share', type=float, default=0.0)
+p.add_argument('--idp_weight', type=float, default=1.0,
+               help='IDP\'s weight in the average of the objectives\' losses (others 1)')
 p.add_argument('--load', default='')
 p.add_argument('--pos_codes', type=int, default=0,
                help='diagnostic: 1 = one code per (cell, content), so a code says where it is; '
                '2 = one per (row, content): it says its row only')
+p.add_argument('--b2', type=float, default=0.999, help="Adam's b2 (the pipeline's train.b2 is 0.95)")
+p.add_argument('--pipeline_tasks', type=int, default=0,
+               help='1: group the loss as the pipeline does: every text-output document one objective, '
+               'every image-output one another (here each kind is its own)')
 p.add_argument('--qk_norm', type=int, default=1)
 p.add_argument('--rope_theta', type=float, default=10000.0)
 p.add_argument('--train_split', default='labelled',
@@ -169,7 +175,7 @@ def doc_example(kind, rng):
   if kind == 'cap2':
     b = random_scene(rng, world)
     return example([BOS, BOI] + codes(b) + [EOI, BOI] + codes(a) + [EOI],
-                   text(caption(a)) + [EOS], 4)
+                   text(caption(a)) + [EOS], 2 if args.pipeline_tasks else 4)
   raise ValueError(kind)
 
 
@@ -201,7 +207,8 @@ def loss_fn(params, batch):
   per_task_hit = jnp.einsum('bs,bt->t', w * hit, onehot)
   present = (per_task_w > 0).astype(jnp.float32)
   # each objective normalised by its own token count, objectives averaged
-  loss = jnp.sum(per_task_nll / jnp.maximum(per_task_w, 1)) / jnp.maximum(present.sum(), 1)
+  ow = jnp.ones(NTASK).at[0].set(args.idp_weight) * present
+  loss = jnp.sum(ow * per_task_nll / jnp.maximum(per_task_w, 1)) / jnp.maximum(ow.sum(), 1e-8)
   denom = jnp.maximum(per_task_w, 1)
   return loss, (per_task_nll / denom, per_task_hit / denom)
 
@@ -209,7 +216,7 @@ def loss_fn(params, batch):
 def make_tx(steps):
   sched = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(50, steps // 10), steps,
                                              args.lr * 0.05)
-  return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.01))
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b2=args.b2, weight_decay=0.01))
 
 
 def train(params, steps, batch_fn, name):

@@ -62,6 +62,10 @@ def test_classes_and_label_accuracy():
   assert stats['class_counts_before'] == {'move': 3, B.UNPARSED: 1}
   assert stats['class_counts_after'] == {'move': 1}
   assert stats['num_unfinished_labels'] == 1
+  # Had K been each share of the 3 parsed labels (0 and 3 score -0.1, the wrong 1 -0.2; 3 has no
+  # true action): round(0.1 * 3) = 0 selects nothing, the top 1-2 are right, all 3 half right.
+  assert stats['selection_curve'] == {'0.1': None, '0.25': 1.0, '0.5': 1.0, '0.75': 1.0,
+                                      '1.0': 0.5}
 
 
 def test_stratified_selection_of_labels():

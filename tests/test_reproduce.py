@@ -73,6 +73,13 @@ def test_table_means_spreads_and_verdicts():
   assert weighting['verdict'].startswith('degenerate: the two sides are identical')
   assert '| FT | 0.500 ± 0.141 |' in md  # mean ± sample std over the two seeds
   assert 'Command: `cmd`' in md and '| -0.100 [-0.100, -0.100] | reversed |' in md
+  assert 'had K been a share' not in md  # runs without a selection curve get no line
+
+  runs = [_run(0, 0.4, 0.3, 0.1), _run(1, 0.6, 0.5, 0.1)]
+  for r, top in zip(runs, (0.8, 0.6)):
+    r['bootstrap'] = {'selection_curve': {'0.1': top, '1.0': 0.3}}
+  md, _ = tables.build_table(runs)
+  assert 'had K been a share of the labelled pairs: 10% 0.700 ± 0.141, 100% 0.300 ± 0.000.' in md
 
 
 def test_table_inconclusive_and_degenerate_claims():

@@ -193,14 +193,25 @@ def _true_action(example: Mapping[str, Any], field: str) -> str | None:
   return value if isinstance(value, str) and value.strip() else None
 
 
+# Shares of the candidates whose stratified top-K label accuracy bootstrap_stats reports: how
+# precision trades against the number of synthetic pairs.
+SELECTION_CURVE = (0.1, 0.25, 0.5, 0.75, 1.0)
+
+
 def bootstrap_stats(unlabelled: Sequence[Mapping[str, Any]], labels: Sequence[Label],
                     selected: Sequence[Label], true_action_field: str = 'hidden_action',
-                    class_key: str = 'world', world_config=None) -> dict[str, Any]:
+                    class_key: str = 'world', world_config=None,
+                    keep_unparsed: bool = False) -> dict[str, Any]:
   """Label accuracy (all and selected) against the withheld true actions, when the records have
-  them, and per-class counts before/after selection."""
+  them, per-class counts before/after selection, and the selected accuracy had K been each share
+  of SELECTION_CURVE (`selection_curve`)."""
+  hit_of: dict[int, bool] = {}
+  for lab in labels:
+    if (t := _true_action(unlabelled[lab.index], true_action_field)) is not None:
+      hit_of[lab.index] = same_action(lab.text, t, class_key, world_config)
+
   def accuracy(group):
-    hits = [same_action(lab.text, t, class_key, world_config) for lab in group
-            if (t := _true_action(unlabelled[lab.index], true_action_field)) is not None]
+    hits = [hit_of[lab.index] for lab in group if lab.index in hit_of]
     return (float(np.mean(hits)) if hits else None), len(hits)
 
   acc_all, n_all = accuracy(labels)
@@ -222,6 +233,8 @@ def bootstrap_stats(unlabelled: Sequence[Mapping[str, Any]], labels: Sequence[La
           lab.action_class for lab in selected).items())),
       'mean_score_before': float(np.mean([lab.score for lab in labels])) if labels else None,
       'mean_score_after': float(np.mean([lab.score for lab in selected])) if selected else None,
+      'selection_curve': {str(f): accuracy(select_labels(labels, f, keep_unparsed))[0]
+                          for f in SELECTION_CURVE} if hit_of else {},
   }
 
 
@@ -252,7 +265,7 @@ def run_bootstrap(sampler: Sampler, params: Any, unlabelled: Sequence[Mapping[st
   report = write_records(os.path.join(out_dir, 'synthetic'), examples,
                          num_shards=int(cfg.num_shards))
   stats = bootstrap_stats(unlabelled, labels, selected, str(cfg.true_action_field),
-                          str(cfg.class_key), world_config)
+                          str(cfg.class_key), world_config, bool(cfg.keep_unparsed))
   stats.update(num_written=report.num_written, skipped=dict(report.skipped),
                missing_recognition_weights=missing_rw, decoding=cfg.decoding,
                records=os.path.join(out_dir, 'synthetic'), shards=report.paths)

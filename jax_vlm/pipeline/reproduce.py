@@ -74,7 +74,7 @@ def reproduce_section(size: str) -> ml_collections.ConfigDict:
   smoke = size == 'smoke'
   r = ml_collections.ConfigDict()
   r.seeds = (0,) if smoke else (0, 1, 2, 3, 4)  # --seeds overrides; verdicts need 2 or more
-  r.dynamics_steps = 20 if smoke else 1000
+  r.dynamics_steps = 20 if smoke else 2000
   r.fdp_steps = 8 if smoke else 150
   r.fdp_init = 'train_dynamics'  # '' = FDP variants start from random init
   r.fdp_learning_rate = 1e-3

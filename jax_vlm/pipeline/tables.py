@@ -270,6 +270,12 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
   nall = _fmt([_get(r, 'bootstrap', 'num_labelled') for r in runs], 0)
   md += [f'IDP labels of the unlabelled pairs: accuracy {acc} on all {nall}; the {nsel} selected '
          f'(stratified top-K) are {sel} correct.', '']
+  shares = sorted({f for r in runs for f in (_get(r, 'bootstrap', 'selection_curve') or {})},
+                  key=float)
+  if shares:
+    md += ['Selected labels correct, had K been a share of the labelled pairs: ' + ', '.join(
+        f'{float(f):.0%} {_fmt([_get(r, "bootstrap", "selection_curve", f) for r in runs])}'
+        for f in shares) + '.', '']
   md += ['| seed | wall s (this command) | CPU s | ' + ' | '.join(STAGES) + ' |',
          '|' + '---|' * (3 + len(STAGES))]
   for r in runs:
