@@ -65,10 +65,11 @@ p.add_argument('--load', default='')
 p.add_argument('--pos_codes', type=int, default=0,
                help='diagnostic: 1 = one code per (cell, content), so a code says where it is; '
                '2 = one per (row, content): it says its row only')
-p.add_argument('--b2', type=float, default=0.999, help="Adam's b2 (the pipeline's train.b2 is 0.95)")
+p.add_argument('--b2', type=float, default=0.999,
+               help="Adam's b2 (the pipeline's train.b2 is 0.95)")
 p.add_argument('--pipeline_tasks', type=int, default=0,
-               help='1: group the loss as the pipeline does: every text-output document one objective, '
-               'every image-output one another (here each kind is its own)')
+               help='1: group the loss as the pipeline does: every text-output document one '
+               'objective, every image-output one another (here each kind is its own)')
 p.add_argument('--qk_norm', type=int, default=1)
 p.add_argument('--rope_theta', type=float, default=10000.0)
 p.add_argument('--train_split', default='labelled',
@@ -216,7 +217,8 @@ def loss_fn(params, batch):
 def make_tx(steps):
   sched = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(50, steps // 10), steps,
                                              args.lr * 0.05)
-  return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b2=args.b2, weight_decay=0.01))
+  return optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(sched, b2=args.b2, weight_decay=0.01))
 
 
 def train(params, steps, batch_fn, name):
