@@ -7,8 +7,9 @@ plus the experiment's settings, so every knob can be overridden from the command
 config.reproduce: training steps of train_dynamics (IDP + FDP on the labelled data, also the IDP
 verifier and bootstrap labeller) and of each FDP variant (FT, FDM and its two ablations), which
 start from `fdp_init`'s params; config.world_eval: what the evaluate stage measures
-(jax_vlm/evaluation/world.py). 'default' is sized to run every stage for one seed in about 20
-minutes on 2 CPU cores; 'smoke' is the same pipeline in a few minutes.
+(jax_vlm/evaluation/world.py). 'default' ran one seed, every stage, in 104 minutes on 2 CPU cores
+(48 of them the shared pretraining, 50 the seed's own stages); 'smoke' is the same pipeline in a few
+minutes.
 """
 
 import ml_collections
