@@ -122,6 +122,26 @@ def test_labelled_size_settings_reach_only_the_seed_stages(tmp_path):
   assert 'train_examples' not in dyn['data']
 
 
+def test_pretraining_checkpoints_and_weighs_text_output(tmp_path):
+  from jax_vlm.pipeline import world_stages
+  config = preset.get_config()
+  pre = world_stages.pretraining_config(config)
+  # A stopped 2,400-step pretraining resumes from a checkpoint at most 400 steps back.
+  assert config.pretrain.num_steps > world_stages.PRETRAIN_CHECKPOINT_EVERY
+  assert pre.train.checkpoint_every == world_stages.PRETRAIN_CHECKPOINT_EVERY
+  assert (pre.objectives.idp_loss_weight, pre.objectives.fdp_loss_weight) == (1.0, 1.0)
+  config.pretrain.text_loss_weight = 2.0
+  assert world_stages.pretraining_config(config).objectives.idp_loss_weight == 2.0
+
+  def covered(weight):
+    c = preset.get_config()
+    c.pretrain.text_loss_weight = weight
+    return stages.fingerprint_config(stages.stage_config(c, 'pretrain'), 'pretrain', str(tmp_path))
+  # At its default the new key leaves the fingerprint as it was (earlier workdirs still match).
+  assert 'text_loss_weight' not in covered(1.0)['pretrain']
+  assert covered(2.0)['pretrain']['text_loss_weight'] == 2.0
+
+
 def test_labelled_size_curve_runs_each_size_and_draws_it(tmp_path, monkeypatch):
   calls = []
 

@@ -84,7 +84,7 @@ NOT_FINGERPRINTED_KEYS = (('train', 'peak_flops'), ('train', 'progress_bar'),
                           ('train', 'tensorboard'))
 # Keys added after runs were made: left out of the fingerprint at their default, so the DONE
 # markers of those runs still match.
-OMITTED_AT_DEFAULT = ((('data', 'train_examples'), 0),)
+OMITTED_AT_DEFAULT = ((('data', 'train_examples'), 0), (('pretrain', 'text_loss_weight'), 1.0))
 # Sections only these stages read; other stages' fingerprints leave them out.
 READ_BY = {'world_eval': ('evaluate',), 'eval': ('evaluate',)}
 

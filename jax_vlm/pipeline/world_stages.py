@@ -274,16 +274,24 @@ def tokenize(config: ml_collections.ConfigDict, stage_dir: str) -> None:
 # pretrain
 
 
+# Pretraining checkpoints this often, so a stopped pretrain stage resumes instead of starting over.
+PRETRAIN_CHECKPOINT_EVERY = 400
+
+
 def pretraining_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The config the pretrain stage trains with: config.pretrain's steps, rates and row length
-  over the model and mesh of the run (both objectives on, no init_from: it starts from random)."""
+  over the model and mesh of the run (both objectives on, no init_from: it starts from random).
+  Text-output documents (captions) are the IDP objective, image-output ones the FDP objective;
+  `pretrain.text_loss_weight` weighs the first against the second."""
   p = config.pretrain
   out = ml_collections.ConfigDict(config.to_dict())
   out.train.num_steps = int(p.num_steps)
   out.train.learning_rate = float(p.learning_rate)
   out.train.warmup_steps = int(p.warmup_steps)
   out.train.global_batch_size = int(p.batch_size)
-  out.train.checkpoint_every = int(p.num_steps)
+  out.train.checkpoint_every = max(1, min(int(p.num_steps), PRETRAIN_CHECKPOINT_EVERY))
+  out.objectives.idp_loss_weight = float(p.get('text_loss_weight', 1.0))
+  out.objectives.fdp_loss_weight = 1.0
   out.train.init_from = ''
   out.data.max_seq_len = int(p.max_seq_len)
   return out
