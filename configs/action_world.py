@@ -108,7 +108,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # It starts from the pretrain stage's params: the world's stand-in for a pretrained unified VLM.
   # IDP gets three rows and three parts of the loss in four: with IDP and FDP weighted equally,
   # IDP's effect match after 1,000 steps was 0.08 against 0.20 for IDP alone from the same base
-  # (development world; docs/reproduction.md, session 6). FDP still learns to copy in ~100 steps.
+  # (development world; docs/reproduction.md, session 6); the 3:1 loss weight alone did not close
+  # that gap (0.073), more IDP rows may. FDP still learns to copy in ~100 steps.
   config.stage_overrides.train_dynamics = (('data.recognition_weights', False),
                                            ('train.init_from', 'pretrain'),
                                            ('objectives.idp_share', 3),

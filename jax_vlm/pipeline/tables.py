@@ -273,7 +273,7 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
   shares = sorted({f for r in runs for f in (_get(r, 'bootstrap', 'selection_curve') or {})},
                   key=float)
   if shares:
-    md += ['Selected labels correct, had K been a share of the labelled pairs: ' + ', '.join(
+    md += ['Selected labels correct, had K been a share of the IDP-labelled pairs: ' + ', '.join(
         f'{float(f):.0%} {_fmt([_get(r, "bootstrap", "selection_curve", f) for r in runs])}'
         for f in shares) + '.', '']
   md += ['| seed | wall s (this command) | CPU s | ' + ' | '.join(STAGES) + ' |',
