@@ -79,7 +79,8 @@ def test_table_means_spreads_and_verdicts():
   for r, top in zip(runs, (0.8, 0.6)):
     r['bootstrap'] = {'selection_curve': {'0.1': top, '1.0': 0.3}}
   md, _ = tables.build_table(runs)
-  assert 'had K been a share of the IDP-labelled pairs: 10% 0.700 ± 0.141, 100% 0.300 ± 0.000.' in md
+  assert ('had K been a share of the IDP-labelled pairs: 10% 0.700 ± 0.141, 100% 0.300 ± 0.000.'
+          in md)
 
 
 def test_table_inconclusive_and_degenerate_claims():
