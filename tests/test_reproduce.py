@@ -130,15 +130,17 @@ def test_pretraining_checkpoints_and_weighs_text_output(tmp_path):
   # A stopped 2,400-step pretraining resumes from a checkpoint at most 400 steps back.
   assert config.pretrain.num_steps > world_stages.PRETRAIN_CHECKPOINT_EVERY
   assert pre.train.checkpoint_every == world_stages.PRETRAIN_CHECKPOINT_EVERY
-  assert (pre.objectives.idp_loss_weight, pre.objectives.fdp_loss_weight) == (1.0, 1.0)
-  config.pretrain.text_loss_weight = 2.0
-  assert world_stages.pretraining_config(config).objectives.idp_loss_weight == 2.0
+  # Captions weigh 2:1 against text-to-image by default (the base then reads shapes).
+  assert (pre.objectives.idp_loss_weight, pre.objectives.fdp_loss_weight) == (2.0, 1.0)
+  config.pretrain.text_loss_weight = 1.0
+  assert world_stages.pretraining_config(config).objectives.idp_loss_weight == 1.0
 
   def covered(weight):
     c = preset.get_config()
     c.pretrain.text_loss_weight = weight
     return stages.fingerprint_config(stages.stage_config(c, 'pretrain'), 'pretrain', str(tmp_path))
-  # At its default the new key leaves the fingerprint as it was (earlier workdirs still match).
+  # At 1.0 (the weight before the key existed) the key leaves the fingerprint as it was, so the
+  # 1:1 bases made earlier still match a run that asks for 1.0.
   assert 'text_loss_weight' not in covered(1.0)['pretrain']
   assert covered(2.0)['pretrain']['text_loss_weight'] == 2.0
 

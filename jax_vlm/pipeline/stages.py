@@ -82,8 +82,9 @@ NOT_FINGERPRINTED = ('stages', 'stage_overrides', 'reproduce', 'rerun_stages')
 # Keys that change what a run shows, not what it computes.
 NOT_FINGERPRINTED_KEYS = (('train', 'peak_flops'), ('train', 'progress_bar'),
                           ('train', 'tensorboard'))
-# Keys added after runs were made: left out of the fingerprint at their default, so the DONE
-# markers of those runs still match.
+# Keys added after runs were made: left out of the fingerprint at the value they had implicitly
+# before they existed (not necessarily today's default), so the DONE markers of those runs still
+# match a config that asks for that value.
 OMITTED_AT_DEFAULT = ((('data', 'train_examples'), 0), (('pretrain', 'text_loss_weight'), 1.0))
 # Sections only these stages read; other stages' fingerprints leave them out.
 READ_BY = {'world_eval': ('evaluate',), 'eval': ('evaluate',)}
