@@ -8,7 +8,8 @@ config.reproduce: training steps of train_dynamics (IDP + FDP on the labelled da
 verifier and bootstrap labeller) and of each FDP variant (FT, FDM and its two ablations), which
 start from `fdp_init`'s params; config.world_eval: what the evaluate stage measures
 (jax_vlm/evaluation/world.py). 'default' ran one seed, every stage, in 104 minutes on 2 CPU cores
-(48 of them the shared pretraining, 50 the seed's own stages); 'smoke' is the same pipeline in a few
+with a probe beside it (session 6: 48 of them the shared pretraining, 50 the seed's own stages;
+the 2:1 pretraining weight of session 7 keeps the step counts); 'smoke' is the same pipeline in a few
 minutes.
 """
 
