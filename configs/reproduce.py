@@ -9,8 +9,8 @@ verifier and bootstrap labeller) and of each FDP variant (FT, FDM and its two ab
 start from `fdp_init`'s params; config.world_eval: what the evaluate stage measures
 (jax_vlm/evaluation/world.py). 'default' ran one seed, every stage, in 104 minutes on 2 CPU cores
 with a probe beside it (session 6: 48 of them the shared pretraining, 50 the seed's own stages;
-the 2:1 pretraining weight of session 7 keeps the step counts); 'smoke' is the same pipeline in a few
-minutes.
+the 2:1 pretraining weight of session 7 keeps the step counts); 'smoke' is the same pipeline in
+a few minutes.
 """
 
 import ml_collections
