@@ -143,6 +143,16 @@ def test_pretraining_checkpoints_and_weighs_text_output(tmp_path):
   # 1:1 bases made earlier still match a run that asks for 1.0.
   assert 'text_loss_weight' not in covered(1.0)['pretrain']
   assert covered(2.0)['pretrain']['text_loss_weight'] == 2.0
+  # No second phase by default: the bases made before it existed still match.
+  assert not {'continue_steps', 'continue_documents'} & set(covered(2.0)['pretrain'])
+  c = preset.get_config()
+  c.pretrain.continue_steps, c.pretrain.continue_documents = 30, ('difference',)
+  more = stages.fingerprint_config(stages.stage_config(c, 'pretrain'), 'pretrain', str(tmp_path))
+  assert (more['pretrain']['continue_steps'], more['pretrain']['continue_documents']) == (
+      30, ['difference'])
+  cont = world_stages.pretraining_config(c, 30, init_from='/base')
+  assert (cont.train.num_steps, cont.train.init_from, cont.train.checkpoint_every) == (
+      30, '/base', 30)
 
 
 def test_labelled_size_curve_runs_each_size_and_draws_it(tmp_path, monkeypatch):

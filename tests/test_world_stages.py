@@ -4,6 +4,7 @@ resolve_paths, on a tiny world and a tiny VQGAN."""
 import json
 import os
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from jax_vlm.models.vqgan import VQGAN, VQGANConfig
 from jax_vlm.pipeline import stages, world_stages
 from jax_vlm.tokens.image_processing import frames_to_pixels
 from jax_vlm.tokens.sequences import recognition_weights
+from jax_vlm.training import checkpointing
 from jax_vlm.weights import vqgan_files
 
 # 3x3 cells: 24x24 frames, 9 codes a frame (fast to compile and run).
@@ -173,3 +175,26 @@ def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch):
   assert tok['codebook_size'] == 16 and 1 <= tok['codes_used'] <= 16
   assert sum(tok['code_counts']) == 2 * 9 * (12 + 16 + 6 + 6)
   assert set(tok['splits']) == {'labelled', 'unlabelled', 'test', 'test_compositional'}
+
+  # Pretraining with a second phase: from the first phase's params, on its own documents.
+  config.pretrain.update(num_steps=2, batch_size=8, num_scenes=8, eval_scenes=8, continue_steps=2,
+                         continue_documents=('caption', 'difference', 'difference'))
+  config.model.max_positions = 128
+  assert stages.run_stages(config, workdir, ['pretrain'])
+  stage_dir = os.path.join(workdir, 'pretrain')
+  m = json.loads(open(os.path.join(stage_dir, 'metrics.json')).read())
+  assert m['continue_steps'] == 2 and m['continue_documents'] == ['caption', 'difference',
+                                                                  'difference']
+  # The reading covers both phases' kinds, each once.
+  assert list(m['held_out_reading']) == list(config.pretrain.documents) + ['difference']
+  lines = open(os.path.join(stage_dir, 'continued', 'metrics.jsonl')).read().splitlines()
+  assert json.loads(lines[-1])['step'] == 2
+  first = checkpointing.load_params(os.path.join(stage_dir, 'phase1_params'))
+  final = checkpointing.load_params(os.path.join(stage_dir, 'params'))
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), first,
+                       final)
+  assert max(jax.tree.leaves(moved)) > 0  # the continued phase trained the first phase's params
+  # A rerun of the stage restores the finished first phase instead of training it again.
+  before = open(os.path.join(stage_dir, 'metrics.jsonl')).read()
+  assert stages.run_stages(config, workdir, ['pretrain'], rerun=['pretrain'])
+  assert open(os.path.join(stage_dir, 'metrics.jsonl')).read() == before

@@ -90,13 +90,15 @@ class DocumentSource:
   """Pretraining batches of action-free documents (data/action_world/pretrain.py) over a pool of
   scenes whose VQ codes are already known.
 
-  Batch k depends only on (seed, k, process), so a restored run sees the same batches. Every
-  row holds one document, right-padded to `seq_len`.
+  Batch k depends only on (seed, k, process, stream), so a restored run sees the same batches.
+  Every row holds one document, right-padded to `seq_len`. `stream` > 0 draws other batches
+  from the same seed (a later pretraining phase).
   """
 
   def __init__(self, scenes, scene_codes: np.ndarray, captions: list[str], vocab, *,
                kinds: tuple[str, ...], seq_len: int, local_batch_size: int, seed: int,
-               process_index: int = 0):
+               process_index: int = 0, stream: int = 0):
+    self.stream = int(stream)
     self.scenes, self.codes, self.vocab = scenes, np.asarray(scene_codes), vocab
     self.caption_ids = [np.asarray(vocab.encode_text(c), np.int32) for c in captions]
     self.kinds, self.seq_len, self.batch = tuple(kinds), int(seq_len), int(local_batch_size)
@@ -106,7 +108,8 @@ class DocumentSource:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng([self.seed, self.step, self.process_index])
+    key = [self.seed, self.step, self.process_index] + ([self.stream] if self.stream else [])
+    rng = np.random.default_rng(key)
     rows = []
     for _ in range(self.batch):
       doc = pretrain.sample_document(rng, self.kinds, self.scenes)

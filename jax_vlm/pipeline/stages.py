@@ -85,7 +85,8 @@ NOT_FINGERPRINTED_KEYS = (('train', 'peak_flops'), ('train', 'progress_bar'),
 # Keys added after runs were made: left out of the fingerprint at the value they had implicitly
 # before they existed (not necessarily today's default), so the DONE markers of those runs still
 # match a config that asks for that value.
-OMITTED_AT_DEFAULT = ((('data', 'train_examples'), 0), (('pretrain', 'text_loss_weight'), 1.0))
+OMITTED_AT_DEFAULT = ((('data', 'train_examples'), 0), (('pretrain', 'text_loss_weight'), 1.0),
+                      (('pretrain', 'continue_steps'), 0), (('pretrain', 'continue_documents'), []))
 # Sections only these stages read; other stages' fingerprints leave them out.
 READ_BY = {'world_eval': ('evaluate',), 'eval': ('evaluate',)}
 

@@ -278,76 +278,115 @@ def tokenize(config: ml_collections.ConfigDict, stage_dir: str) -> None:
 PRETRAIN_CHECKPOINT_EVERY = 400
 
 
-def pretraining_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def pretraining_config(config: ml_collections.ConfigDict, num_steps: int = 0,
+                       init_from: str = '') -> ml_collections.ConfigDict:
   """The config the pretrain stage trains with: config.pretrain's steps, rates and row length
-  over the model and mesh of the run (both objectives on, no init_from: it starts from random).
+  over the model and mesh of the run (both objectives on; no init_from: it starts from random).
   Text-output documents (captions) are the IDP objective, image-output ones the FDP objective;
-  `pretrain.text_loss_weight` weighs the first against the second."""
+  `pretrain.text_loss_weight` weighs the first against the second. `num_steps` / `init_from`:
+  the continued phase's (pretrain.continue_steps, from the first phase's params)."""
   p = config.pretrain
+  steps = int(num_steps or p.num_steps)
   out = ml_collections.ConfigDict(config.to_dict())
-  out.train.num_steps = int(p.num_steps)
+  out.train.num_steps = steps
   out.train.learning_rate = float(p.learning_rate)
   out.train.warmup_steps = int(p.warmup_steps)
   out.train.global_batch_size = int(p.batch_size)
-  out.train.checkpoint_every = max(1, min(int(p.num_steps), PRETRAIN_CHECKPOINT_EVERY))
+  out.train.checkpoint_every = max(1, min(steps, PRETRAIN_CHECKPOINT_EVERY))
   out.objectives.idp_loss_weight = float(p.get('text_loss_weight', 1.0))
   out.objectives.fdp_loss_weight = 1.0
-  out.train.init_from = ''
+  out.train.init_from = init_from
   out.data.max_seq_len = int(p.max_seq_len)
   return out
+
+
+def _document_kinds(given, key: str) -> tuple[str, ...]:
+  kinds = tuple(given)
+  require(len(kinds) > 0 and all(k in pretrain.DOCUMENT_KINDS for k in kinds),
+          f'{key}={kinds} must name some of {pretrain.DOCUMENT_KINDS} (a kind named twice is '
+          'drawn twice as often).')
+  return kinds
 
 
 @registry.register('stage', 'pretrain')
 def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   """The world's stand-in for a pretrained unified VLM: trains the model from random init on
   action-free documents (data/action_world/pretrain.py) over fresh scenes, encoded once with the
-  world's VQGAN, and writes `stage_dir/params` for train_dynamics (train.init_from='pretrain')."""
+  world's VQGAN, and writes `stage_dir/params` for train_dynamics (train.init_from='pretrain').
+
+  pretrain.continue_steps > 0 adds a second phase, like a VLM's later pretraining stage: from the
+  first phase's params (kept in `stage_dir/phase1_params`), that many steps on
+  pretrain.continue_documents with a restarted warmup and decay, in `stage_dir/continued`; its
+  params become `stage_dir/params`. A finished first phase is restored from its checkpoint, not
+  trained again."""
   config = resolve_paths(config, _workdir(stage_dir))
   world = world_config_of(config)
   p = config.pretrain
-  kinds = tuple(p.documents)
-  require(len(kinds) > 0 and all(k in pretrain.DOCUMENT_KINDS for k in kinds),
-          f'pretrain.documents={kinds} must name some of {pretrain.DOCUMENT_KINDS}.')
+  kinds = _document_kinds(p.documents, 'pretrain.documents')
+  continue_steps = int(p.get('continue_steps', 0))
+  later = (_document_kinds(p.get('continue_documents', ()), 'pretrain.continue_documents')
+           if continue_steps else ())
   start = time.perf_counter()
-  paired = 'difference' in kinds
-  scenes = pretrain.pretraining_scenes(int(p.num_scenes), int(config.seed), world, paired=paired)
   vq_config, vq_params = vqgan_files.load_vqgan(config.checkpoint.vqgan_dir)
+  vocab = UnifiedVocab.from_config(config.vocab)
 
   def encode(scenes):  # scenes -> their image codes [len(scenes), cells]
     frames = np.stack([render(s, world) for s in scenes])
     codes, _, _ = encode_frames(vq_params, vq_config, frames, int(config.tokenize.batch_size))
     return codes.reshape(len(scenes), -1)
 
-  codes = encode(scenes)
-  encode_s = time.perf_counter() - start
-  train_config = pretraining_config(config)
-  vocab = UnifiedVocab.from_config(config.vocab)
-  source = DocumentSource(
-      scenes, codes, [pretrain.caption(s) for s in scenes], vocab, kinds=kinds,
-      seq_len=int(p.max_seq_len), seed=int(config.seed), process_index=jax.process_index(),
-      local_batch_size=int(p.batch_size) // jax.process_count())
-  trainer = Trainer(train_config, stage_dir, batch_source=source)
-  result = trainer.run()
-  if result['status'] != 'done':
-    raise StageInterrupted(f'pretraining stopped at step {result["step"]}')
+  pools, encode_s = {}, [0.0]
+
+  def pool(paired):  # the fresh scenes documents draw from, their codes and captions
+    if paired not in pools:
+      t = time.perf_counter()
+      scenes = pretrain.pretraining_scenes(int(p.num_scenes), int(config.seed), world,
+                                           paired=paired)
+      pools[paired] = scenes, encode(scenes), [pretrain.caption(s) for s in scenes]
+      encode_s[0] += time.perf_counter() - t
+    return pools[paired]
+
+  def train(phase_kinds, train_config, workdir, stream):
+    scenes, codes, captions = pool('difference' in phase_kinds)
+    source = DocumentSource(
+        scenes, codes, captions, vocab, kinds=phase_kinds, seq_len=int(p.max_seq_len),
+        seed=int(config.seed), process_index=jax.process_index(),
+        local_batch_size=int(p.batch_size) // jax.process_count(), stream=stream)
+    trainer = Trainer(train_config, workdir, batch_source=source)
+    result = trainer.run()
+    if result['status'] != 'done':
+      raise StageInterrupted(f'pretraining stopped at step {result["step"]} in {workdir}')
+    return trainer, result
+
+  trainer, result = train(kinds, pretraining_config(config), stage_dir, 0)
+  if continue_steps:
+    first = os.path.join(stage_dir, 'phase1_params')
+    checkpointing.save_params(first, trainer.final_params, trainer.model_config)
+    trainer, result = train(later, pretraining_config(config, continue_steps, init_from=first),
+                            os.path.join(stage_dir, 'continued'), 1)
   checkpointing.save_params(os.path.join(stage_dir, 'params'), trainer.final_params,
                             trainer.model_config)
   # How well the base reads and writes scenes it never saw: a pretrained VLM that cannot caption
   # one frame cannot learn to describe a change between two (docs/reproduction.md).
+  measured = tuple(dict.fromkeys(kinds + later))  # each kind once, in order
   held_out = pretrain.pretraining_scenes(int(p.eval_scenes), int(config.seed), world,
-                                         stream=pretrain.HELD_OUT_STREAM, paired=paired)
+                                         stream=pretrain.HELD_OUT_STREAM,
+                                         paired='difference' in measured)
   reading = document_accuracy(trainer.model, trainer.final_params, held_out, encode(held_out),
-                              vocab, kinds, seq_len=int(p.max_seq_len),
+                              vocab, measured, seq_len=int(p.max_seq_len),
                               batch_size=int(p.batch_size), seed=int(config.seed))
+  scenes = pool('difference' in kinds)[0]
   write_json(os.path.join(stage_dir, 'metrics.json'), dict(
       scenes=len(scenes), documents=list(kinds), steps=int(p.num_steps),
-      encode_seconds=round(encode_s, 1), seconds=round(time.perf_counter() - start, 1),
+      continue_documents=list(later), continue_steps=continue_steps,
+      encode_seconds=round(encode_s[0], 1), seconds=round(time.perf_counter() - start, 1),
       held_out_reading=reading,
       final_metrics={k: float(v) for k, v in (result.get('metrics') or {}).items()}))
   read = ', '.join(f'{k} {v["token_accuracy"]:.3f}/{v["document_accuracy"]:.3f}'
                    for k, v in reading.items())
-  print(f'pretrain: {p.num_steps} steps on {len(scenes)} fresh scenes ({", ".join(kinds)}) in '
-        f'{time.perf_counter() - start:.0f} s -> {stage_dir}/params; held-out teacher-forced '
+  more = (f' + {continue_steps} on {", ".join(dict.fromkeys(later))}' if continue_steps else '')
+  print(f'pretrain: {p.num_steps} steps on {len(scenes)} fresh scenes ({", ".join(kinds)}){more} '
+        f'in {time.perf_counter() - start:.0f} s -> {stage_dir}/params; held-out teacher-forced '
         f'token/document accuracy: {read}', flush=True)
 
 
