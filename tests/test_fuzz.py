@@ -242,6 +242,21 @@ def test_unrelated_sections_and_shared_seed_do_not_refuse(tmp_path):
     stages.run_stages(c, str(tmp_path))
 
 
+def test_section_a_stage_does_not_read_leaves_its_fingerprint(tmp_path, monkeypatch):
+  c = _config()
+  c.pretrain = ml_collections.ConfigDict({'num_steps': 5})
+  assert stages.run_stages(c, str(tmp_path))  # a marker from before the rule: covers `pretrain`
+  monkeypatch.setitem(stages.NOT_READ_BY, 'pretrain', ('_fuzz_stage',))
+  c.pretrain.num_steps = 9  # another base over the same world: the data stage is reused
+  assert stages.run_stages(c, str(tmp_path))
+  assert (tmp_path / '_fuzz_stage' / 'out.txt').read_text() == '0.001\n'
+  c.train.learning_rate = 0.5  # a section it reads still refuses
+  with pytest.raises(cli.ConfigError, match='train.learning_rate'):
+    stages.run_stages(c, str(tmp_path))
+  covered = stages.fingerprint_config(c, '_fuzz_stage', str(tmp_path))
+  assert 'pretrain' not in covered and 'train' in covered
+
+
 def test_workdir_paths_compare_equal_across_seed_folders(tmp_path):
   a, b = tmp_path / 'seed_0', tmp_path / 'seed_1'
   c0, c1 = _config(), _config()

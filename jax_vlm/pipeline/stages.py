@@ -16,7 +16,9 @@ from its checkpoints) and replaces the marker. The fingerprint covers the stage'
 the run's bookkeeping (`stages`, `stage_overrides` (already applied), `reproduce`,
 `rerun_stages`),
 the display settings (`train.peak_flops`, `train.progress_bar`, `train.tensorboard`), the
-evaluation sections (`world_eval`, `eval`) for stages other than `evaluate`, and, for the stages
+evaluation sections (`world_eval`, `eval`) for stages other than `evaluate`, the `pretrain` section
+for the world's data stages (which come before the base; a marker from before this rule still
+matches), and, for the stages
 a caller shares between seeds (`shared`, e.g. reproduce's SHARED_STAGES), `seed`. Paths under the
 workdir are recorded as '{workdir}/...', so seeds' folders compare equal. A DONE marker without a
 fingerprint (written before fingerprints existed) is accepted as it is.
@@ -89,6 +91,9 @@ OMITTED_AT_DEFAULT = ((('data', 'train_examples'), 0), (('pretrain', 'text_loss_
                       (('pretrain', 'continue_steps'), 0), (('pretrain', 'continue_documents'), []))
 # Sections only these stages read; other stages' fingerprints leave them out.
 READ_BY = {'world_eval': ('evaluate',), 'eval': ('evaluate',)}
+# Sections these stages do not read: the world's data stages come before the pretrained base, so
+# a new base over the same world reuses them.
+NOT_READ_BY = {'pretrain': ('build_data', 'train_tokenizer', 'tokenize')}
 
 
 def registered() -> list[str]:
@@ -129,6 +134,7 @@ def fingerprint_config(config: ml_collections.ConfigDict, name: str, workdir: st
                        shared: bool = False) -> dict:
   """The part of stage `name`'s config its fingerprint covers, as plain JSON values."""
   skip = set(NOT_FINGERPRINTED) | {k for k, users in READ_BY.items() if name not in users}
+  skip |= {k for k, stages in NOT_READ_BY.items() if name in stages}
   if shared:
     skip.add('seed')
   data = _plain({k: v for k, v in config.items() if k not in skip}, os.path.abspath(workdir))
@@ -170,6 +176,10 @@ def check_fingerprint(stage_dir: str, name: str, covered: dict) -> None:
     return
   old = _read_json(os.path.join(stage_dir, CONFIG_FILE))
   keys = _changed_keys(old, covered) if isinstance(old, dict) else []
+  # A section the stage no longer reads (its marker predates READ_BY / NOT_READ_BY's entry) is
+  # not a change; anything else is.
+  if keys and all(k in old and k not in covered for k in keys):
+    return
   what = (f'key(s) {", ".join(keys[:8])}{" ..." if len(keys) > 8 else ""}' if keys
           else f'config (its {CONFIG_FILE} is missing)')
   raise cli.ConfigError(
