@@ -324,6 +324,8 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   p = config.pretrain
   kinds = _document_kinds(p.documents, 'pretrain.documents')
   continue_steps = int(p.get('continue_steps', 0))
+  require(continue_steps >= 0, f'pretrain.continue_steps={continue_steps} must be 0 (no second '
+          'phase) or a positive number of steps.')
   later = (_document_kinds(p.get('continue_documents', ()), 'pretrain.continue_documents')
            if continue_steps else ())
   start = time.perf_counter()
