@@ -18,8 +18,8 @@ the run's bookkeeping (`stages`, `stage_overrides` (already applied), `reproduce
 the display settings (`train.peak_flops`, `train.progress_bar`, `train.tensorboard`), the
 evaluation sections (`world_eval`, `eval`) for stages other than `evaluate`, the `pretrain` section
 for the world's data stages (which come before the base; a marker from before this rule still
-matches), and, for the stages
-a caller shares between seeds (`shared`, e.g. reproduce's SHARED_STAGES), `seed`. Paths under the
+matches), and, for the stages a caller shares between seeds (`shared`, e.g. reproduce's
+SHARED_STAGES), `seed`. Paths under the
 workdir are recorded as '{workdir}/...', so seeds' folders compare equal. A DONE marker without a
 fingerprint (written before fingerprints existed) is accepted as it is.
 
@@ -134,7 +134,7 @@ def fingerprint_config(config: ml_collections.ConfigDict, name: str, workdir: st
                        shared: bool = False) -> dict:
   """The part of stage `name`'s config its fingerprint covers, as plain JSON values."""
   skip = set(NOT_FINGERPRINTED) | {k for k, users in READ_BY.items() if name not in users}
-  skip |= {k for k, stages in NOT_READ_BY.items() if name in stages}
+  skip |= {k for k, readers in NOT_READ_BY.items() if name in readers}
   if shared:
     skip.add('seed')
   data = _plain({k: v for k, v in config.items() if k not in skip}, os.path.abspath(workdir))
