@@ -257,6 +257,20 @@ def test_section_a_stage_does_not_read_leaves_its_fingerprint(tmp_path, monkeypa
   assert 'pretrain' not in covered and 'train' in covered
 
 
+def test_key_a_stage_does_not_read_leaves_its_fingerprint(tmp_path, monkeypatch):
+  c = _config()
+  c.pretrain = ml_collections.ConfigDict({'continue_steps': 30})
+  assert stages.run_stages(c, str(tmp_path))  # a marker from before the rule: covers num_steps
+  monkeypatch.setitem(stages.NOT_READ_BY, 'train.num_steps', ('_fuzz_stage',))
+  c.train.num_steps = 9
+  assert stages.run_stages(c, str(tmp_path))  # a key it does not read is not a change
+  assert 'num_steps' not in stages.fingerprint_config(c, '_fuzz_stage', str(tmp_path))['train']
+  c.pretrain.continue_steps = 0  # at its default the key leaves the fingerprint, yet it changed
+  with pytest.raises(cli.ConfigError, match='pretrain.continue_steps') as e:
+    stages.run_stages(c, str(tmp_path))
+  assert 'num_steps' not in str(e.value)  # the message names only keys the stage reads
+
+
 def test_workdir_paths_compare_equal_across_seed_folders(tmp_path):
   a, b = tmp_path / 'seed_0', tmp_path / 'seed_1'
   c0, c1 = _config(), _config()

@@ -155,6 +155,32 @@ def test_pretraining_checkpoints_and_weighs_text_output(tmp_path):
       30, '/base', 30)
 
 
+def test_keys_pretraining_sets_itself_leave_its_fingerprint(tmp_path):
+  from jax_vlm.pipeline import world_stages
+  keys = [k for k, readers in stages.NOT_READ_BY.items() if 'pretrain' in readers and '.' in k]
+  assert 'train.learning_rate' in keys
+
+  def covered(c):
+    return stages.fingerprint_config(stages.stage_config(c, 'pretrain'), 'pretrain', str(tmp_path))
+  base = preset.get_config()
+  for key in keys:  # pretraining_config overwrites each, so the stage never reads the run's value
+    section, name = key.split('.')
+    c = preset.get_config()
+    value = c[section][name]
+    c[section][name] = ('/elsewhere' if isinstance(value, str) else
+                        not value if isinstance(value, bool) else value * 2 + 1)
+    for args in ((), (7, '/base')):
+      assert (world_stages.pretraining_config(c, *args).to_dict()
+              == world_stages.pretraining_config(base, *args).to_dict()), key
+    assert covered(c) == covered(base), key
+  c = preset.get_config()
+  c.train.b2 = 0.5  # a trainer key pretraining does read
+  assert covered(c) != covered(base)
+  dyn = stages.fingerprint_config(stages.stage_config(base, 'train_dynamics'), 'train_dynamics',
+                                  str(tmp_path))
+  assert 'learning_rate' in dyn['train']  # the stages after pretraining still cover it
+
+
 def test_labelled_size_curve_runs_each_size_and_draws_it(tmp_path, monkeypatch):
   calls = []
 

@@ -91,9 +91,21 @@ OMITTED_AT_DEFAULT = ((('data', 'train_examples'), 0), (('pretrain', 'text_loss_
                       (('pretrain', 'continue_steps'), 0), (('pretrain', 'continue_documents'), []))
 # Sections only these stages read; other stages' fingerprints leave them out.
 READ_BY = {'world_eval': ('evaluate',), 'eval': ('evaluate',)}
-# Sections these stages do not read: the world's data stages come before the pretrained base, so
-# a new base over the same world reuses them.
-NOT_READ_BY = {'pretrain': ('build_data', 'train_tokenizer', 'tokenize')}
+_WORLD_DATA = ('build_data', 'train_tokenizer', 'tokenize')
+# Sections ('train') or keys ('train.num_steps') these stages do not read, so their fingerprints
+# leave them out and changing them reuses the stage:
+# - the world's data stages read only world, vqgan, vq_train, checkpoint, tokenize and seed (a new
+#   base, model or trainer over the same world reuses the world, its tokenizer and its tokens);
+# - pretraining sets these train / objectives / data keys itself from the pretrain section
+#   (world_stages.pretraining_config; tests/test_reproduce.py checks the list against it).
+NOT_READ_BY = {
+    **{s: _WORLD_DATA for s in ('pretrain', 'data', 'model', 'train', 'objectives', 'mesh',
+                                'vocab', 'sampler', 'verifier', 'bootstrap')},
+    **{k: ('pretrain',) for k in ('train.num_steps', 'train.learning_rate', 'train.warmup_steps',
+                                  'train.global_batch_size', 'train.checkpoint_every',
+                                  'train.init_from', 'objectives.idp_loss_weight',
+                                  'objectives.fdp_loss_weight', 'data.max_seq_len')},
+}
 
 
 def registered() -> list[str]:
@@ -130,15 +142,21 @@ def _plain(value: Any, workdir: str) -> Any:
   return repr(value)
 
 
+def _unread(name: str) -> set[str]:
+  """The sections and 'section.key's stage `name` does not read (READ_BY, NOT_READ_BY)."""
+  return ({k for k, users in READ_BY.items() if name not in users}
+          | {k for k, readers in NOT_READ_BY.items() if name in readers})
+
+
 def fingerprint_config(config: ml_collections.ConfigDict, name: str, workdir: str,
                        shared: bool = False) -> dict:
   """The part of stage `name`'s config its fingerprint covers, as plain JSON values."""
-  skip = set(NOT_FINGERPRINTED) | {k for k, users in READ_BY.items() if name not in users}
-  skip |= {k for k, readers in NOT_READ_BY.items() if name in readers}
+  skip = set(NOT_FINGERPRINTED) | _unread(name)
   if shared:
     skip.add('seed')
   data = _plain({k: v for k, v in config.items() if k not in skip}, os.path.abspath(workdir))
-  for section, key in NOT_FINGERPRINTED_KEYS:
+  unread_keys = [tuple(k.split('.', 1)) for k in skip if '.' in k]
+  for section, key in (*NOT_FINGERPRINTED_KEYS, *unread_keys):
     if isinstance(data.get(section), dict):
       data[section].pop(key, None)
   for (section, key), default in OMITTED_AT_DEFAULT:
@@ -176,10 +194,13 @@ def check_fingerprint(stage_dir: str, name: str, covered: dict) -> None:
     return
   old = _read_json(os.path.join(stage_dir, CONFIG_FILE))
   keys = _changed_keys(old, covered) if isinstance(old, dict) else []
-  # A section the stage no longer reads (its marker predates READ_BY / NOT_READ_BY's entry) is
-  # not a change; anything else is.
-  if keys and all(k in old and k not in covered for k in keys):
+  # A section or key the stage does not read (its marker predates READ_BY / NOT_READ_BY's entry)
+  # is not a change; anything else is, a key left out at its default (OMITTED_AT_DEFAULT) too.
+  unread = _unread(name)
+  read = [k for k in keys if k not in unread and k.split('.')[0] not in unread]
+  if keys and not read:
     return
+  keys = read
   what = (f'key(s) {", ".join(keys[:8])}{" ..." if len(keys) > 8 else ""}' if keys
           else f'config (its {CONFIG_FILE} is missing)')
   raise cli.ConfigError(
