@@ -143,9 +143,15 @@ def test_pretraining_checkpoints_and_weighs_text_output(tmp_path):
   # 1:1 bases made earlier still match a run that asks for 1.0.
   assert 'text_loss_weight' not in covered(1.0)['pretrain']
   assert covered(2.0)['pretrain']['text_loss_weight'] == 2.0
-  # No second phase by default: the bases made before it existed still match.
-  assert not {'continue_steps', 'continue_documents'} & set(covered(2.0)['pretrain'])
+  # A base made before the second phase existed (no such keys) matches a run that asks for none.
   c = preset.get_config()
+  c.pretrain.continue_steps, c.pretrain.continue_documents = 0, ()
+  assert not {'continue_steps', 'continue_documents'} & set(
+      stages.fingerprint_config(stages.stage_config(c, 'pretrain'), 'pretrain',
+                                str(tmp_path))['pretrain'])
+  # By default it has one, half of its documents `difference`.
+  assert covered(2.0)['pretrain']['continue_steps'] == 3000
+  assert covered(2.0)['pretrain']['continue_documents'].count('difference') == 3
   c.pretrain.continue_steps, c.pretrain.continue_documents = 30, ('difference',)
   more = stages.fingerprint_config(stages.stage_config(c, 'pretrain'), 'pretrain', str(tmp_path))
   assert (more['pretrain']['continue_steps'], more['pretrain']['continue_documents']) == (
@@ -236,6 +242,9 @@ def test_smoke_reproduction_end_to_end(tmp_path):
   seed_dir = os.path.join(workdir, 'seed_0')
   for name in R.STAGES:
     assert os.path.isfile(os.path.join(seed_dir, name, 'DONE')), name
+  with open(os.path.join(seed_dir, 'pretrain', 'metrics.json')) as f:
+    pre = json.load(f)  # the default base has its second phase, read on its own kinds too
+  assert pre['continue_steps'] > 0 and 'difference' in pre['held_out_reading']
   for variant in R.VARIANTS:
     out = os.path.join(seed_dir, 'evaluate', variant)
     with open(os.path.join(out, 'metrics.json')) as f:
