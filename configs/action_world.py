@@ -164,8 +164,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A second pretraining phase (0 = none): this many more steps from the first phase's params on
   # continue_documents (a kind named twice is drawn twice as often), with the warmup and decay
   # restarted. Half its documents say what differs between two photos of one place (no action
-  # words). Over five seeds it lifted IDP effect match from 0.17 to 0.28 and the bootstrap labels
-  # from 12% to 21% correct (docs/reproduction.md, sessions 8-9).
+  # words). It lifted IDP effect match from 0.170 to 0.295 on three seeds (paired +0.125, 95% CI
+  # [+0.044, +0.206]; five seeds 0.302) and the bootstrap labels from 12% to 21% correct
+  # (docs/reproduction.md, sessions 8-9).
   pre.continue_steps = 4 if smoke else 3000
   pre.continue_documents = ('caption', 'text_to_image', 'multi_caption', 'difference',
                             'difference', 'difference')
