@@ -14,14 +14,14 @@ the changed keys) unless the stage is in `rerun` (train.py / reproduce: --rerun_
 config key `rerun_stages` does the same); a rerun keeps the stage folder's files (training resumes
 from its checkpoints) and replaces the marker. The fingerprint covers the stage's config except:
 the run's bookkeeping (`stages`, `stage_overrides` (already applied), `reproduce`,
-`rerun_stages`),
-the display settings (`train.peak_flops`, `train.progress_bar`, `train.tensorboard`), the
-evaluation sections (`world_eval`, `eval`) for stages other than `evaluate`, the `pretrain` section
-for the world's data stages (which come before the base; a marker from before this rule still
-matches), and, for the stages a caller shares between seeds (`shared`, e.g. reproduce's
-SHARED_STAGES), `seed`. Paths under the
-workdir are recorded as '{workdir}/...', so seeds' folders compare equal. A DONE marker without a
-fingerprint (written before fingerprints existed) is accepted as it is.
+`rerun_stages`), the display settings (`train.peak_flops`, `train.progress_bar`,
+`train.tensorboard`), the sections and keys a stage does not read (READ_BY: the evaluation sections
+for stages other than `evaluate`; NOT_READ_BY: everything but the world, its tokenizer and seed for
+the world's data stages, and the trainer keys pretraining sets itself), and, for the stages a
+caller shares between seeds (`shared`, e.g. reproduce's SHARED_STAGES), `seed`. A marker written
+before such a rule still matches: a changed key the stage does not read is not a change. Paths
+under the workdir are recorded as '{workdir}/...', so seeds' folders compare equal. A DONE marker
+without a fingerprint (written before fingerprints existed) is accepted as it is.
 
 Per-stage settings: `config.stage_overrides.<stage>` (if the config has it) is a dict of dotted keys
 ('objectives.idp_share': 0) applied to a copy of the config for that stage only.
