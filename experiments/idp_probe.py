@@ -13,7 +13,9 @@ gets a gradient through an attention that can stay uniform), same (a scene twice
 perturbed self: "the" if identical, else "a") and mark (the second scene's caption with "a" for
 objects the first lacks, "the" for the rest); the documents and the model are the pipeline's own
 (data/action_world/pretrain.py, jax_vlm.models), the training loop is a plain optax loop with the
-per-objective loss. Diagnostics: --train_split unlabelled (IDP on the unlabelled pairs' oracle
+per-objective loss. FIRST_CHANGE (with `diff` among the kinds) tells whether the base finds which
+cell changed at all: the first colour word of a difference document, by how many cells differ.
+Diagnostics: --train_split unlabelled (IDP on the unlabelled pairs' oracle
 actions), --qk_norm 0, --pos_codes 1|2 (image codes that also say their cell or row). It prints
 training metrics, greedy effect match on the dev `test` and the teacher-forced accuracy per word
 category. docs/reproduction.md lists the runs.
@@ -362,6 +364,38 @@ def reading(params, kinds, n=200):
         **{k: round(float(np.mean(v)), 3) for k, v in sorted(hits.items())})), flush=True)
 
 
+def first_change(params, n=400):
+  """Does the base find a changed cell? Teacher-forced accuracy of the first colour word of fresh
+  `diff` documents (the first object only one scene has: which object changed), by the number of
+  cells the pair differs in (4 = four or more), and whole documents by the same count. A reader
+  that names a random object of the photo the phrase is about gets that colour right 0.31 of the
+  time (20,000 pairs of this stream), one that finds the changed cell every time."""
+  rng = np.random.default_rng(4242)
+  first, whole = collections.defaultdict(list), collections.defaultdict(list)
+  for _ in range(0, n, 100):
+    rows, meta = [], []
+    for _ in range(100):
+      a = random_scene(rng, world)
+      b = perturb(a, rng)
+      if rng.random() < 0.5:
+        a, b = b, a
+      prompt = [BOS, BOI] + codes(a) + [EOI, BOI] + codes(b) + [EOI]
+      out = text(diff_caption(a, b)) + [EOS]
+      rows.append(prompt + out + [PAD] * (L - len(prompt) - len(out)))
+      meta.append((len(prompt), len(out), min(sum(x != y for x, y in zip(codes(a), codes(b))), 4)))
+    ids = np.array(rows, np.int32)
+    pred = np.asarray(fwd(params, jnp.asarray(ids))).argmax(-1)
+    for r, (p, m, changed) in enumerate(meta):
+      right = [pred[r, p + j - 1] == ids[r, p + j] for j in range(m)]
+      colours = [j for j in range(m) if CATS.get(tok.id_to_token(int(ids[r, p + j]))) == 'colour']
+      first[changed].append(right[colours[0]])
+      whole[changed].append(all(right))
+  print('FIRST_CHANGE', json.dumps({
+      f'{k} cells': dict(n=len(first[k]), first_colour=round(float(np.mean(first[k])), 3),
+                         whole=round(float(np.mean(whole[k])), 3)) for k in sorted(first)}),
+        flush=True)
+
+
 params = model.init(jax.random.PRNGKey(args.seed), jnp.zeros((1, 8), jnp.int32))['params']
 params = jax.tree.map(lambda x: x.value if hasattr(x, 'value') else x, params,
                       is_leaf=lambda x: hasattr(x, 'value'))
@@ -378,7 +412,9 @@ if args.pretrain_steps:
     with open(args.save, 'wb') as f:
       pickle.dump(jax.tree.map(np.asarray, params), f)
 if args.pretrain_steps or args.load:
-  reading(params, [d for d in docs if d not in ('t2i', 'copy', 'dimg')])
+  reading(params, [d for d in dict.fromkeys(docs) if d not in ('t2i', 'dimg')])
+  if 'diff' in docs:
+    first_change(params)
 t = time.time()
 if args.idp_steps:
   params = train(params, args.idp_steps, idp_batch, 'idp')

@@ -265,6 +265,10 @@ def test_smoke_reproduction_end_to_end(tmp_path):
   # Every stage's cost: wall and CPU seconds and the XLA programs it compiled.
   assert set(run['stage_cpu_seconds']) == set(R.STAGES) == set(run['stage_compiles'])
   assert run['stage_compiles']['train_dynamics'] >= 1 and run['stage_compiles']['build_data'] == 0
+  # ... and the seconds those compiles took (none without a compile).
+  assert set(run['stage_compile_seconds']) == set(R.STAGES)
+  assert run['stage_compile_seconds']['train_dynamics'] > 0
+  assert run['stage_compile_seconds']['build_data'] == 0
   with open(os.path.join(seed_dir, 'pretrain', 'metrics.json')) as f:
     reading = json.load(f)['held_out_reading']
   smoke = preset.get_config('smoke').pretrain  # both phases' kinds are read

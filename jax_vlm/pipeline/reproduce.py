@@ -177,10 +177,11 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
 
 
 def _stage_times(workdir: str) -> dict[str, dict[str, float]]:
-  """{'stage_seconds' (wall) | 'stage_cpu_seconds' | 'stage_compiles': {stage: value}}, from the
-  DONE marker of each stage that finished (0.0 where a marker lacks the value)."""
+  """{'stage_seconds' (wall) | 'stage_cpu_seconds' | 'stage_compiles' | 'stage_compile_seconds':
+  {stage: value}}, from the DONE marker of each stage that finished (0.0 where a marker lacks the
+  value: markers before compile seconds were recorded)."""
   keys = {'stage_seconds': 'seconds', 'stage_cpu_seconds': 'cpu_seconds',
-          'stage_compiles': 'compiles'}
+          'stage_compiles': 'compiles', 'stage_compile_seconds': 'compile_seconds'}
   out = {name: {} for name in keys}
   for stage in STAGES:
     path = os.path.join(workdir, stage, 'DONE')

@@ -56,21 +56,23 @@ from jax_vlm.training import trainer  # noqa: F401  (train_dynamics, train_fdp)
 StageFn = Callable[[ml_collections.ConfigDict, str], None]
 DONE = 'DONE'
 
-_COMPILES = [0]
+_COMPILES = [0, 0.0]  # programs compiled, seconds spent compiling them
 
 
 def _count_compile(event: str, duration: float, **kwargs) -> None:
-  del duration, kwargs
+  del kwargs
   if event == '/jax/core/compile/backend_compile_duration':
     _COMPILES[0] += 1
+    _COMPILES[1] += duration
 
 
-def compile_count() -> int:
-  """XLA programs compiled by this process since the first stage started (jax.monitoring)."""
-  if not _COMPILES[1:]:
+def compile_stats() -> tuple[int, float]:
+  """XLA programs compiled by this process since the first stage started, and the seconds their
+  backend compiles took (jax.monitoring)."""
+  if not _COMPILES[2:]:
     jax.monitoring.register_event_duration_secs_listener(_count_compile)
     _COMPILES.append(True)
-  return _COMPILES[0]
+  return _COMPILES[0], _COMPILES[1]
 
 
 def cpu_seconds() -> float:
@@ -247,7 +249,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str,
         os.replace(os.path.join(stage_dir, DONE), os.path.join(stage_dir, DONE + '.previous'))
       _write_json_atomic(os.path.join(stage_dir, CONFIG_FILE), covered)
     logging.info('Stage %s: running in %s.', name, stage_dir)
-    start, cpu, compiles = time.time(), cpu_seconds(), compile_count()
+    start, cpu, (compiles, compiling) = time.time(), cpu_seconds(), compile_stats()
     try:
       fn(cfg, stage_dir)
     except StageInterrupted as e:
@@ -259,7 +261,8 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str,
       with open(tmp, 'w') as f:
         json.dump({'stage': name, 'seconds': round(time.time() - start, 1),
                    'cpu_seconds': round(cpu_seconds() - cpu, 1),
-                   'compiles': compile_count() - compiles,
+                   'compiles': compile_stats()[0] - compiles,
+                   'compile_seconds': round(compile_stats()[1] - compiling, 1),
                    'fingerprint': fingerprint(covered), 'config': CONFIG_FILE}, f)
       os.replace(tmp, os.path.join(stage_dir, DONE))
   return True

@@ -282,17 +282,19 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
     st = r.get('stage_seconds', {})
     cpu = r.get('stage_cpu_seconds', {})
     comp = r.get('stage_compiles', {})
+    comp_s = r.get('stage_compile_seconds', {})
 
     def cell(s):
       if s not in st:
         return ''
       extra = f' / {cpu[s]:g} CPU' if s in cpu else ''
       extra += f' / {comp[s]:g} compiles' if s in comp else ''
+      extra += f' ({comp_s[s]:g} s)' if comp_s.get(s) else ''
       return f'{st[s]:g}{extra}'
 
     md.append(f'| {r["seed"]} | {r["this_run"]["wall_seconds"]} | {r["this_run"]["cpu_seconds"]} | '
               + ' | '.join(cell(s) for s in STAGES) + ' |')
-  md += ['', 'Per stage: wall seconds / CPU seconds / XLA programs compiled, from each stage\'s '
-         'DONE marker (the run that finished it); a continued run\'s wall time counts only what it '
-         'ran. Shared stages run once, in the first seed.', '']
+  md += ['', 'Per stage: wall seconds / CPU seconds / XLA programs compiled (the seconds their '
+         'compiles took), from each stage\'s DONE marker (the run that finished it); a continued '
+         'run\'s wall time counts only what it ran. Shared stages run once, in the first seed.', '']
   return '\n'.join(md), {'claims': claims, 'runs': list(runs), 'command': command}
