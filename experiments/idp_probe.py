@@ -369,7 +369,8 @@ def first_change(params, n=400):
   `diff` documents (the first object only one scene has: which object changed), by the number of
   cells the pair differs in (4 = four or more), and whole documents by the same count. A reader
   that names a random object of the photo the phrase is about gets that colour right 0.31 of the
-  time (20,000 pairs of this stream), one that finds the changed cell every time."""
+  time (measured on 20,000 pairs of this stream); one that finds the changed cell, nearly always
+  (colour is read off single frames at 0.93)."""
   rng = np.random.default_rng(4242)
   first, whole = collections.defaultdict(list), collections.defaultdict(list)
   for _ in range(0, n, 100):
