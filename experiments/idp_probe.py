@@ -382,7 +382,7 @@ def first_change(params, n=400):
         a, b = b, a
       prompt = [BOS, BOI] + codes(a) + [EOI, BOI] + codes(b) + [EOI]
       out = text(diff_caption(a, b)) + [EOS]
-      rows.append(prompt + out + [PAD] * (L - len(prompt) - len(out)))
+      rows.append(example(prompt, out, 4)[0])
       meta.append((len(prompt), len(out), min(sum(x != y for x, y in zip(codes(a), codes(b))), 4)))
     ids = np.array(rows, np.int32)
     pred = np.asarray(fwd(params, jnp.asarray(ids))).argmax(-1)

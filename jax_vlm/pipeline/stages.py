@@ -56,23 +56,23 @@ from jax_vlm.training import trainer  # noqa: F401  (train_dynamics, train_fdp)
 StageFn = Callable[[ml_collections.ConfigDict, str], None]
 DONE = 'DONE'
 
-_COMPILES = [0, 0.0]  # programs compiled, seconds spent compiling them
+_COMPILES = {'programs': 0, 'seconds': 0.0, 'listening': False}
 
 
 def _count_compile(event: str, duration: float, **kwargs) -> None:
   del kwargs
   if event == '/jax/core/compile/backend_compile_duration':
-    _COMPILES[0] += 1
-    _COMPILES[1] += duration
+    _COMPILES['programs'] += 1
+    _COMPILES['seconds'] += duration
 
 
 def compile_stats() -> tuple[int, float]:
   """XLA programs compiled by this process since the first stage started, and the seconds their
   backend compiles took (jax.monitoring)."""
-  if not _COMPILES[2:]:
+  if not _COMPILES['listening']:
     jax.monitoring.register_event_duration_secs_listener(_count_compile)
-    _COMPILES.append(True)
-  return _COMPILES[0], _COMPILES[1]
+    _COMPILES['listening'] = True
+  return _COMPILES['programs'], _COMPILES['seconds']
 
 
 def cpu_seconds() -> float:
@@ -258,11 +258,12 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str,
     if is_main:
       # Written last, atomically: a stage killed before this point runs again.
       tmp = os.path.join(stage_dir, DONE + '.tmp')
+      programs, seconds = compile_stats()
       with open(tmp, 'w') as f:
         json.dump({'stage': name, 'seconds': round(time.time() - start, 1),
                    'cpu_seconds': round(cpu_seconds() - cpu, 1),
-                   'compiles': compile_stats()[0] - compiles,
-                   'compile_seconds': round(compile_stats()[1] - compiling, 1),
+                   'compiles': programs - compiles,
+                   'compile_seconds': round(seconds - compiling, 1),
                    'fingerprint': fingerprint(covered), 'config': CONFIG_FILE}, f)
       os.replace(tmp, os.path.join(stage_dir, DONE))
   return True
