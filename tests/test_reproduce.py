@@ -200,6 +200,7 @@ def test_labelled_size_curve_runs_each_size_and_draws_it(tmp_path, monkeypatch):
   monkeypatch.setattr(R, 'run_seed', fake_run_seed)
   config = preset.get_config('smoke')
   config.reproduce.labelled_sizes = (100, 50)
+  config.reproduce.jobs = 1  # in this process, where run_seed is the fake
   md, js = R.reproduce(config, str(tmp_path), [0, 1], 'cmd')
   assert calls == [('seed_0', 0, 0), ('seed_1', 1, 0),
                    ('labelled_50/seed_0', 0, 50), ('labelled_50/seed_1', 1, 50),
@@ -224,7 +225,25 @@ def test_labelled_size_curve_runs_each_size_and_draws_it(tmp_path, monkeypatch):
   assert not calls  # refused before any stage ran
 
 
-def test_smoke_reproduction_end_to_end(tmp_path):
+def test_worker_count_and_cores():
+  config = preset.get_config('smoke')
+  cores = sorted(os.sched_getaffinity(0))
+  assert config.reproduce.jobs == 0  # one per core when there are several runs
+  assert R.num_workers(config, 1) == 1  # one run: in this process, threaded over every core
+  assert R.num_workers(config, 50) == len(cores)
+  config.reproduce.jobs = 3
+  assert R.num_workers(config, 2) == 2 and R.num_workers(config, 5) == 3
+  config.reproduce.jobs = -1
+  with pytest.raises(UserError, match='reproduce.jobs=-1 must be 0'):
+    R.num_workers(config, 5)
+  for workers in (1, 2, 3):
+    sets = R._core_sets(workers)
+    assert len(sets) == workers and set().union(*sets) == set(cores)
+    if workers <= len(cores):  # each core to one worker
+      assert sum(map(len, sets)) == len(cores)
+
+
+def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   """The README's smoke command verbatim, as a child process (one CPU device, XLA optimising as
   in real runs), then a rerun."""
   import subprocess
@@ -284,3 +303,25 @@ def test_smoke_reproduction_end_to_end(tmp_path):
   _, js2 = R.reproduce(preset.get_config('smoke'), workdir, [0], 'rerun')
   assert time.perf_counter() - start < 30
   assert js2['claims'] == js['claims']
+
+  # Several seeds run in worker processes, one per core (reproduce.jobs): seed 0 is done, seed 1
+  # runs its own stages on the shared ones, seed 2 fails (a done stage that ran with another
+  # config). The failure is one sentence naming the seed, after seed 1 has finished.
+  os.makedirs(os.path.join(workdir, 'seed_2', 'train_dynamics'))
+  with open(os.path.join(workdir, 'seed_2', 'train_dynamics', 'DONE'), 'w') as f:
+    json.dump({'fingerprint': 'another'}, f)
+  config = preset.get_config('smoke')
+  config.reproduce.jobs = 2
+  monkeypatch.delenv('XLA_FLAGS', raising=False)  # the workers run as the command's would
+  with pytest.raises(UserError, match=r'1 of 3 seed runs failed \(seed 2: Stage train_dynamics '
+                     r'.* is done but ran with a different config'):
+    R.reproduce(config, workdir, [0, 1, 2], 'workers')
+  for name in R.STAGES:
+    assert os.path.isfile(os.path.join(workdir, 'seed_1', name, 'DONE')), name
+  with open(os.path.join(workdir, 'seed_1', R.LOG_FILE)) as f:
+    assert 'Stage train_dynamics: running' in f.read()  # the worker's own log
+  _, js3 = R.reproduce(config, workdir, [0, 1], 'workers')  # both done: read back, not rerun
+  assert [r['seed'] for r in js3['runs']] == [0, 1]
+  assert js3['runs'][0]['stage_cpu_seconds'] == run['stage_cpu_seconds']
+  assert js3['runs'][1]['stage_cpu_seconds']['train_dynamics'] > 0
+  assert js3['cpu_seconds'] > 0  # the workers' CPU time is counted

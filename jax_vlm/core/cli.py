@@ -317,10 +317,10 @@ def run(body: Callable[[list[str]], int | None], fl: flags.FlagValues, doc: str,
     if config_flag is not None and config_flag.value is not None:
       check_ranges(config_flag.value)
     return body(rest)
-  return _exit_code(parse_and_run)
+  return exit_code(parse_and_run)
 
 
-def _exit_code(fn: Callable[[], int | None]) -> int:
+def exit_code(fn: Callable[[], int | None]) -> int:
   """Runs `fn`; its result as an exit code, or a mistake reported in one sentence: ConfigError
   2, UserError 1, SIGTERM 0."""
   try:
@@ -380,4 +380,4 @@ def run_argparse(parser: argparse.ArgumentParser, body: Callable[[argparse.Names
     args = parser.parse_args(argv)
   except SystemExit as e:  # --help (0) or a mistake (2, already reported)
     return int(e.code or 0)
-  return _exit_code(lambda: body(args))
+  return exit_code(lambda: body(args))

@@ -13,6 +13,10 @@ seed, and shared) the stages run under DIR/seed_<s>/:
   train_fdm_no_synth, train_fdm_no_weight   the two ablations of FDM
   evaluate          best-of-K (K = 1, 2, 4, 8) of every variant with the IDP verifier on test and
                     test_compositional, IDP, learning curves, the preference probe
+With several runs (seeds, labelled-set sizes) and several CPU cores, the shared stages run first
+in this process and then each run in its own worker process pinned to its share of the cores
+(config.reproduce.jobs: 0 = one per core, 1 = one after another in this process), with its log in
+DIR/seed_<s>/reproduce.log; a run that fails is reported in one sentence after the others finish.
 Stages with a DONE marker are skipped, so a killed run continues where it stopped. The table
 (markdown) is printed and saved as DIR/reproduction.md and DIR/reproduction.json (with wall and CPU
 time per seed and per stage).
@@ -32,6 +36,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import signal
+import subprocess
 import sys
 import time
 from typing import Any, Sequence
@@ -63,6 +70,8 @@ REPRODUCE_DEFAULTS = dict(
     curve_points=5,  # checkpoints of train_dynamics evaluated for the learning curves
     eval_items=0,  # test items per subset (0 = all)
     labelled_sizes=(),  # labelled-set sizes of the FT-vs-FDM curve (each reruns the seeds' stages)
+    jobs=0,  # seed runs at once, each in its own process on its own cores (0 = one per CPU core
+    # when there are several runs; 1 = one after another in this process): see _run_in_workers
 )
 
 
@@ -82,6 +91,10 @@ def reproduce_section(size: str) -> ml_collections.ConfigDict:
   r.curve_points = 2 if smoke else 4
   r.eval_items = 8 if smoke else 200  # per test subset; 0 = all
   r.labelled_sizes = ()  # e.g. (250, 500, 1000): the labelled-size curve, one pipeline per size
+  # Seed runs at once, each in its own process pinned to its share of the CPU cores; 0 = one per
+  # core when there are several runs, 1 = one after another in this process. On 2 cores two
+  # one-core runs get through 1.35x the training steps of one two-thread run (docs/benchmarks.md).
+  r.jobs = 0
   return r
 
 
@@ -209,6 +222,13 @@ def _share_stages(seed_dir: str, first_dir: str) -> None:
       os.symlink(os.path.relpath(os.path.join(first_dir, name), seed_dir), link)
 
 
+def _seed_config(config: ml_collections.ConfigDict, workdir: str, seed: int,
+                 train_examples: int = 0) -> ml_collections.ConfigDict:
+  cfg = resolve_paths(reproduction_config(config, seed, train_examples), workdir)
+  validate_config(cfg)
+  return cfg
+
+
 def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
              rerun: Sequence[str] = (), train_examples: int = 0) -> dict:
   """Runs (or continues) one seed's pipeline in `workdir`; returns its evaluation summary.
@@ -216,8 +236,7 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
   The shared stages' fingerprints leave `seed` out (stages.run_stages), so the other seeds accept
   the first seed's data; `rerun`: stages to run again (--rerun_stages); `train_examples`: see
   reproduction_config."""
-  cfg = resolve_paths(reproduction_config(config, seed, train_examples), workdir)
-  validate_config(cfg)
+  cfg = _seed_config(config, workdir, seed, train_examples)
   wall, cpu = time.perf_counter(), stages.cpu_seconds()
   done = stages.run_stages(cfg, workdir, rerun=rerun, shared=SHARED_STAGES)
   if not done:  # preempted (SIGTERM): the trainer saved; the command exits 0 (core/cli.py)
@@ -239,6 +258,137 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
   return summary
 
 
+# A seed run in a worker process: its job (pickled arguments of run_seed), its log and its result.
+JOB_FILE, LOG_FILE, RESULT_FILE = 'reproduce_job.pkl', 'reproduce.log', 'reproduce_result.json'
+
+
+def worker_main(job_path: str) -> int:
+  """A worker process's body (see _run_in_workers): run_seed on the pickled job, its summary
+  written next to the job file; the exit code and error sentence as on every entry point."""
+  stages.project_logging()
+  cli.install_sigterm()
+  with open(job_path, 'rb') as f:
+    job = pickle.load(f)
+
+  def body() -> None:
+    summary = run_seed(job['config'], job['workdir'], job['seed'], job['rerun'],
+                       job['train_examples'])
+    path = os.path.join(job['workdir'], RESULT_FILE)
+    with open(path + '.tmp', 'w') as f:
+      json.dump(summary, f, default=float)
+    os.replace(path + '.tmp', path)
+  return cli.exit_code(body)
+
+
+def num_workers(config: ml_collections.ConfigDict, runs: int) -> int:
+  """How many seed runs go at once: config.reproduce.jobs, or with 0 one per CPU core this
+  process may use, at most one per run; 1 = in this process."""
+  jobs = int(reproduce_settings(config).jobs)
+  require(jobs >= 0, f'reproduce.jobs={jobs} must be 0 (one per CPU core) or a number of runs '
+          'at once; pass --config.reproduce.jobs=1 to run the seeds one after another.')
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  return max(1, min(jobs or cores or 1, runs))
+
+
+def _core_sets(workers: int) -> list[set[int]]:
+  """This process's CPU cores dealt round-robin into `workers` sets (a worker per core on 2
+  cores; with more cores than workers each worker gets several and XLA threads over them)."""
+  cores = sorted(os.sched_getaffinity(0))
+  return [set(cores[i::workers]) or set(cores) for i in range(workers)]
+
+
+def _last_error(log_path: str) -> str:
+  """The worker's one-sentence error (its log's last 'error:' line), or where to look."""
+  try:
+    with open(log_path) as f:
+      lines = [line.strip() for line in f if line.startswith('error: ')]
+  except OSError:
+    lines = []
+  return lines[-1][len('error: '):] if lines else f'it stopped without a result; see {log_path}'
+
+
+def _run_in_workers(jobs: list[dict], workers: int) -> list[dict | None]:
+  """Runs each job (run_seed's arguments) in its own process, `workers` at a time, each pinned
+  to its share of this process's cores; returns the summaries in job order (None where a job
+  failed: the others go on, and the error is reported at the end).
+
+  Why processes: XLA:CPU spreads a small model's step over 2 threads at 1.31x the CPU time for
+  1.43x the speed, so on 2 cores two one-core runs get through 1.35x the training steps of one
+  two-thread run (docs/benchmarks.md). A SIGTERM to this process is passed on to the workers,
+  which save as a lone run does; rerunning the command continues them."""
+  free = _core_sets(workers)
+  pending = list(enumerate(jobs))
+  running: dict[int, tuple[subprocess.Popen, set[int], Any]] = {}
+  results: list[dict | None] = [None] * len(jobs)
+  errors = []
+  try:
+    while pending or running:
+      while pending and free:
+        i, job = pending.pop(0)
+        cores = free.pop(0)
+        os.makedirs(job['workdir'], exist_ok=True)
+        if os.path.exists(os.path.join(job['workdir'], RESULT_FILE)):  # an earlier run's
+          os.remove(os.path.join(job['workdir'], RESULT_FILE))
+        job_path = os.path.join(job['workdir'], JOB_FILE)
+        with open(job_path, 'wb') as f:
+          pickle.dump(job, f)
+        log = open(os.path.join(job['workdir'], LOG_FILE), 'a')
+        # The worker pins itself before it imports anything, so XLA sizes its threads to it.
+        proc = subprocess.Popen(
+            [sys.executable, '-c', f'import os, sys; os.sched_setaffinity(0, {sorted(cores)}); '
+             'from jax_vlm.pipeline import reproduce as r; sys.exit(r.worker_main(sys.argv[1]))',
+             job_path], cwd=cli.ROOT, stdout=log, stderr=subprocess.STDOUT)
+        running[i] = (proc, cores, log)
+        print(f'reproduce: {job["label"]} started on CPU core(s) '
+              f'{",".join(map(str, sorted(cores)))} (log: {log.name})', flush=True)
+      time.sleep(1.0)
+      for i in [i for i, (p, _, _) in running.items() if p.poll() is not None]:
+        proc, cores, log = running.pop(i)
+        log.close()
+        free.append(cores)
+        job = jobs[i]
+        path = os.path.join(job['workdir'], RESULT_FILE)
+        if proc.returncode == 0 and os.path.isfile(path):
+          with open(path) as f:
+            results[i] = json.load(f)
+          done = sum(r is not None for r in results)
+          print(f'reproduce: {job["label"]} done in '
+                f'{results[i]["this_run"]["wall_seconds"]:.0f} s ({done} of {len(jobs)})',
+                flush=True)
+        else:
+          errors.append(f'{job["label"]}: {_last_error(log.name)}')
+          print(f'reproduce: {job["label"]} failed ({errors[-1]}); the other runs go on.',
+                file=sys.stderr, flush=True)
+  except cli.Terminated:
+    for proc, _, _ in running.values():
+      proc.send_signal(signal.SIGTERM)
+    for proc, _, log in running.values():
+      proc.wait()
+      log.close()
+    raise
+  if errors:
+    raise UserError(f'{len(errors)} of {len(jobs)} seed runs failed ({"; ".join(errors)}); '
+                    'fix that and rerun the same command: finished stages are kept.')
+  return results
+
+
+def _run_all(config: ml_collections.ConfigDict, jobs: list[dict], workers: int) -> list[dict]:
+  """run_seed for every job, in this process one after another, or in `workers` processes."""
+  if workers <= 1:
+    out = []
+    for job in jobs:
+      print(f'reproduce: {job["label"]} in {job["workdir"]}', flush=True)
+      out.append(run_seed(job['config'], job['workdir'], job['seed'], job['rerun'],
+                          job['train_examples']))
+    return out
+  # The shared stages first, here, with every core; the workers then find them done.
+  first = jobs[0]
+  stages.run_stages(_seed_config(config, first['workdir'], first['seed']), first['workdir'],
+                    names=SHARED_STAGES, rerun=[n for n in first['rerun'] if n in SHARED_STAGES],
+                    shared=SHARED_STAGES)
+  return _run_in_workers(jobs, workers)
+
+
 def reproduce(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
               command: str = '', rerun: Sequence[str] = ()) -> tuple[str, dict]:
   """Runs every seed and writes DIR/reproduction.md + .json; returns (markdown, JSON)."""
@@ -246,38 +396,35 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[i
   sizes = labelled_sizes(config)  # checked before any stage runs
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  start, cpu = time.perf_counter(), stages.cpu_seconds()
+  start, cpu = time.perf_counter(), stages.cpu_seconds(children=True)
   first = os.path.join(workdir, f'seed_{seeds[0]}')
-  runs = []
-  for seed in seeds:
-    seed_dir = os.path.join(workdir, f'seed_{seed}')
-    if seed != seeds[0]:
-      _share_stages(seed_dir, first)
-    print(f'reproduce: seed {seed} in {seed_dir}', flush=True)
-    # A shared stage is rerun once, by the first seed; the others then accept it.
-    again = [n for n in rerun if seed == seeds[0] or n not in SHARED_STAGES]
-    runs.append(run_seed(config, seed_dir, seed, again))
+  jobs = []
+  for n in [0] + sizes:  # 0: the full labelled set
+    for seed in seeds:
+      seed_dir = os.path.join(workdir, *([f'labelled_{n}'] if n else []), f'seed_{seed}')
+      if seed_dir != first:
+        _share_stages(seed_dir, first)
+      # A shared stage is rerun once, by the first seed's run; the others then accept it.
+      again = [s for s in rerun if seed_dir == first or s not in SHARED_STAGES]
+      label = f'seed {seed}' + (f' with {n} labelled examples' if n else '')
+      jobs.append(dict(config=config, workdir=seed_dir, seed=int(seed), rerun=again,
+                       train_examples=n, label=label))
+  summaries = _run_all(config, jobs, num_workers(config, len(jobs)))
+  runs = summaries[:len(seeds)]
   md, js = build_table(runs, command)
   if sizes:
-    points = []
-    for n in sizes:
-      size_runs = []
-      for seed in seeds:
-        seed_dir = os.path.join(workdir, f'labelled_{n}', f'seed_{seed}')
-        _share_stages(seed_dir, first)
-        print(f'reproduce: {n} labelled examples, seed {seed} in {seed_dir}', flush=True)
-        size_runs.append(run_seed(config, seed_dir, seed,
-                                  [s for s in rerun if s not in SHARED_STAGES], n))
-      points.append((n, size_runs))
+    points = [(n, summaries[(k + 1) * len(seeds):(k + 2) * len(seeds)])
+              for k, n in enumerate(sizes)]
     full = runs[0]['num_labelled']
     points += [(full, runs)] if full not in sizes else []
     curve_md, curve = tables.labelled_curve(points)
     md += curve_md
     js['labelled_curve'] = curve
   wall = time.perf_counter() - start
+  used = stages.cpu_seconds(children=True) - cpu
   md += (f'\nTotal wall time of this command: {wall:.0f} s ({wall / 60:.1f} min), CPU time '
-         f'{stages.cpu_seconds() - cpu:.0f} s, {os.cpu_count()} CPUs visible.\n')
-  js.update(wall_seconds=round(wall, 1), cpu_seconds=round(stages.cpu_seconds() - cpu, 1),
+         f'{used:.0f} s (its worker processes included), {os.cpu_count()} CPUs visible.\n')
+  js.update(wall_seconds=round(wall, 1), cpu_seconds=round(used, 1),
             cpus=os.cpu_count(), seeds=list(seeds))
   with open(os.path.join(workdir, 'reproduction.md'), 'w') as f:
     f.write(md)
@@ -351,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
       validate_config(reproduction_config(config, seeds[0]))
       labelled_sizes(config)
+      num_workers(config, 1)
     except UserError as e:
       raise cli.ConfigError(str(e)) from None
     command = 'python -m jax_vlm.reproduce ' + ' '.join(argv[1:])

@@ -75,10 +75,11 @@ def compile_stats() -> tuple[int, float]:
   return _COMPILES['programs'], _COMPILES['seconds']
 
 
-def cpu_seconds() -> float:
-  """CPU seconds (user + system) this process has used."""
-  u = resource.getrusage(resource.RUSAGE_SELF)
-  return u.ru_utime + u.ru_stime
+def cpu_seconds(children: bool = False) -> float:
+  """CPU seconds (user + system) this process has used; with `children`, plus those of its child
+  processes that have ended (a reproduction's worker processes)."""
+  who = [resource.RUSAGE_SELF] + ([resource.RUSAGE_CHILDREN] if children else [])
+  return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, who))
 
 
 CONFIG_FILE = 'config.json'
