@@ -43,6 +43,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+import jax
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
@@ -282,17 +283,23 @@ def worker_main(job_path: str) -> int:
 
 def num_workers(config: ml_collections.ConfigDict, runs: int) -> int:
   """How many seed runs go at once: config.reproduce.jobs, or with 0 one per CPU core this
-  process may use, at most one per run; 1 = in this process."""
+  process may use when it computes on the CPU (on a GPU or TPU host: 1, the workers would share
+  the accelerator), at most one per run; 1 = in this process."""
   jobs = int(reproduce_settings(config).jobs)
   require(jobs >= 0, f'reproduce.jobs={jobs} must be 0 (one per CPU core) or a number of runs '
           'at once; pass --config.reproduce.jobs=1 to run the seeds one after another.')
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-  return max(1, min(jobs or cores or 1, runs))
+  if not jobs:  # (where a process cannot be pinned, e.g. macOS, one process uses every core)
+    pinnable = hasattr(os, 'sched_getaffinity') and jax.default_backend() == 'cpu'
+    jobs = len(os.sched_getaffinity(0)) if pinnable else 1
+  return max(1, min(jobs, runs))
 
 
-def _core_sets(workers: int) -> list[set[int]]:
+def _core_sets(workers: int) -> list[set[int] | None]:
   """This process's CPU cores dealt round-robin into `workers` sets (a worker per core on 2
-  cores; with more cores than workers each worker gets several and XLA threads over them)."""
+  cores; with more cores than workers each worker gets several and XLA threads over them); None
+  (not pinned) where the platform cannot pin a process."""
+  if not hasattr(os, 'sched_getaffinity'):
+    return [None] * workers
   cores = sorted(os.sched_getaffinity(0))
   return [set(cores[i::workers]) or set(cores) for i in range(workers)]
 
@@ -318,7 +325,7 @@ def _run_in_workers(jobs: list[dict], workers: int) -> list[dict | None]:
   which save as a lone run does; rerunning the command continues them."""
   free = _core_sets(workers)
   pending = list(enumerate(jobs))
-  running: dict[int, tuple[subprocess.Popen, set[int], Any]] = {}
+  running: dict[int, tuple[subprocess.Popen, set[int] | None, Any]] = {}
   results: list[dict | None] = [None] * len(jobs)
   errors = []
   try:
@@ -334,13 +341,14 @@ def _run_in_workers(jobs: list[dict], workers: int) -> list[dict | None]:
           pickle.dump(job, f)
         log = open(os.path.join(job['workdir'], LOG_FILE), 'a')
         # The worker pins itself before it imports anything, so XLA sizes its threads to it.
+        pin = f'os.sched_setaffinity(0, {sorted(cores)}); ' if cores else ''
         proc = subprocess.Popen(
-            [sys.executable, '-c', f'import os, sys; os.sched_setaffinity(0, {sorted(cores)}); '
-             'from jax_vlm.pipeline import reproduce as r; sys.exit(r.worker_main(sys.argv[1]))',
-             job_path], cwd=cli.ROOT, stdout=log, stderr=subprocess.STDOUT)
+            [sys.executable, '-c', f'import os, sys; {pin}from jax_vlm.pipeline import '
+             'reproduce as r; sys.exit(r.worker_main(sys.argv[1]))', job_path],
+            cwd=cli.ROOT, stdout=log, stderr=subprocess.STDOUT)
         running[i] = (proc, cores, log)
-        print(f'reproduce: {job["label"]} started on CPU core(s) '
-              f'{",".join(map(str, sorted(cores)))} (log: {log.name})', flush=True)
+        where = f'CPU core(s) {",".join(map(str, sorted(cores)))}' if cores else 'all CPU cores'
+        print(f'reproduce: {job["label"]} started on {where} (log: {log.name})', flush=True)
       time.sleep(1.0)
       for i in [i for i, (p, _, _) in running.items() if p.poll() is not None]:
         proc, cores, log = running.pop(i)
