@@ -7,18 +7,19 @@
 It runs on a development world (--world_seed 100 by default), never the reported items. Cell codes
 are the world patch encoder's bijection (colour, shape) or empty -> 25 ids, so no VQGAN is trained.
 Document kinds: cap1 (caption), t2i (text to image), cap2 (multi-image caption), copy (repeat), diff
-(difference), and four diagnostic kinds that are not pipeline documents: dimg (two scenes, then the
+(difference), and five diagnostic kinds that are not pipeline documents: dimg (two scenes, then the
 image of the cells the second changed), count (two scenes, then how many cells differ: every B cell
 gets a gradient through an attention that can stay uniform), same (a scene twice, or a scene and its
-perturbed self: "the" if identical, else "a") and mark (the second scene's caption with "a" for
-objects the first lacks, "the" for the rest); the documents and the model are the pipeline's own
+perturbed self: "the" if identical, else "a"), mark (the second scene's caption with "a" for objects
+the first lacks, "the" for the rest) and run (a scene, then itself with 3 consecutive cells redrawn:
+a change at B's cell i predicts one at i+1); the documents and the model are the pipeline's own
 (data/action_world/pretrain.py, jax_vlm.models), the training loop is a plain optax loop with the
 per-objective loss. FIRST_CHANGE (with `diff` among the kinds) tells whether the base finds which
 cell changed at all: the first colour word of a difference document, by how many cells differ.
-Diagnostics: --train_split unlabelled (IDP on the unlabelled pairs' oracle
-actions), --qk_norm 0, --pos_codes 1|2 (image codes that also say their cell or row). It prints
-training metrics, greedy effect match on the dev `test` and the teacher-forced accuracy per word
-category. docs/reproduction.md lists the runs.
+Diagnostics: --train_split unlabelled (IDP on the unlabelled pairs' oracle actions), --qk_norm 0,
+--pos_codes 1|2 (image codes that also say their cell or row). It prints training metrics, greedy
+effect match on the dev `test` and the teacher-forced accuracy per word category.
+docs/reproduction.md lists the runs.
 """
 import argparse
 import collections
@@ -175,6 +176,16 @@ def doc_example(kind, rng):
     b = perturb(a, rng) if rng.random() < 0.5 else a
     return example([BOS, BOI] + codes(a) + [EOI, BOI] + codes(b) + [EOI],
                    text('the' if a == b else 'a') + [EOS], 4)
+  if kind == 'run':  # a scene, then itself with a run of 3 cells (reading order) redrawn at random:
+    # whether B's cell i changed predicts whether cell i+1 did, so predicting B's next token
+    # rewards knowing, at B's own tokens, that a cell differs from A's
+    ca = codes(a)
+    cb = list(ca)
+    while cb == ca:
+      start = int(rng.integers(len(ca) - 2))
+      for j in range(start, start + 3):
+        cb[j] = V_TEXT + int(rng.integers(len(KEYS) + 1))
+    return example([BOS, BOI] + ca + [EOI, BOI], cb + [EOI], 3)
   if kind == 'cap2':
     b = random_scene(rng, world)
     return example([BOS, BOI] + codes(b) + [EOI, BOI] + codes(a) + [EOI],
@@ -413,7 +424,7 @@ if args.pretrain_steps:
     with open(args.save, 'wb') as f:
       pickle.dump(jax.tree.map(np.asarray, params), f)
 if args.pretrain_steps or args.load:
-  reading(params, [d for d in dict.fromkeys(docs) if d not in ('t2i', 'dimg')])
+  reading(params, [d for d in dict.fromkeys(docs) if d not in ('t2i', 'dimg', 'run')])
   if 'diff' in docs:
     first_change(params)
 t = time.time()
