@@ -81,7 +81,17 @@ def test_document_kinds_and_layouts():
     seq = seqs.build_document([codes[i] for i in doc.scene_ids], text, vocab, image_out)
     ids, w = seq.token_ids, seq.loss_weights
     assert ids[0] == vocab.bos_id and w[:seq.prompt_len].sum() == 0
-    if image_out:
+    if image_out and doc.kind == 'region':  # photo A, then A with a strip of B's cells
+      a, b = doc.scene_ids
+      assert len(doc.cells) == P.REGION_WIDTH and doc.text == ''
+      assert np.diff(doc.cells).tolist() == [1, 1] and len({c // 5 for c in doc.cells}) == 1
+      out = codes[a].copy()
+      out[list(doc.cells)] = codes[b][list(doc.cells)]
+      assert np.array_equal(ids[w > 0][:-1], out + 100)
+      assert np.array_equal(ids[2:27], codes[a] + 100)  # <bos> <boi> A <eoi> <boi> A' <eoi>
+      keys = [{o.row * 5 + o.col: o.key for o in scenes[i].objects} for i in (a, b)]
+      assert any(keys[0].get(c) != keys[1].get(c) for c in doc.cells)  # the strip changed
+    elif image_out:
       assert seq.task == seqs.FDP and ids[-1] == vocab.eoi_id
       assert np.array_equal(ids[w > 0][:-1], codes[doc.scene_ids[-1]] + 100)
       if doc.kind == 'repeat':

@@ -188,15 +188,15 @@ def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch):
 
   # Pretraining with a second phase: from the first phase's params, on its own documents.
   config.pretrain.update(num_steps=2, batch_size=8, num_scenes=8, eval_scenes=8, continue_steps=2,
-                         continue_documents=('caption', 'difference', 'difference'))
+                         continue_documents=('caption', 'difference', 'region'))
   config.model.max_positions = 128
   assert stages.run_stages(config, workdir, ['pretrain'])
   stage_dir = os.path.join(workdir, 'pretrain')
   m = json.loads(open(os.path.join(stage_dir, 'metrics.json')).read())
   assert m['continue_steps'] == 2 and m['continue_documents'] == ['caption', 'difference',
-                                                                  'difference']
+                                                                  'region']
   # The reading covers both phases' kinds, each once.
-  assert list(m['held_out_reading']) == list(config.pretrain.documents) + ['difference']
+  assert list(m['held_out_reading']) == list(config.pretrain.documents) + ['difference', 'region']
   lines = open(os.path.join(stage_dir, 'continued', 'metrics.jsonl')).read().splitlines()
   assert json.loads(lines[-1])['step'] == 2
   first = checkpointing.load_params(os.path.join(stage_dir, 'phase1_params'))

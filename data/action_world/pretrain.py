@@ -14,6 +14,11 @@ action is ever applied to them) and turns them into documents of these kinds:
   difference     two photos of one place at two times, then what     <boi> A <eoi> <boi> B <eoi>
                  differs: the objects only the first shows, "to",     difference(A, B)
                  the objects only the second shows
+  region         a photo, then the same photo with a strip of three   <boi> A <eoi> <boi> A' <eoi>
+                 cells of one row pasted from another photo (an
+                 edited picture: what changed is a contiguous region,
+                 as in real images, where an object spans many
+                 neighbouring tokens)
 
 With `difference` among the kinds the pool pairs its scenes (`pretraining_scenes(paired=True)`;
 without it the pool is the plain random scenes it always was): scene 2i+1 is scene 2i after 1-3
@@ -23,6 +28,14 @@ order. Its text names objects and cells only, with no verb, direction or relatio
 action label: it is the "what is different between these two pictures" a pretrained VLM can
 already say about two photos (docs/reproduction.md, "Session 3: is the base a reader?", has what
 it changed).
+
+A `region` document has no text and no action: its second image is the first with one region
+replaced. In a real image a changed object covers many neighbouring patches, so while a model
+writes the second image, whether the token it just wrote differs from the first image's token at
+that place tells it whether the next one will: the comparison pays at the second image's own
+tokens. The world draws each object in one cell, one token, which loses that; the strip of three
+cells restores it. On the development world this was what made a per-cell change feature appear
+at the second image's tokens, where no earlier document did (docs/reproduction.md, session 11).
 """
 
 from __future__ import annotations
@@ -40,9 +53,9 @@ from data.action_world.world import (
   random_scene,
 )
 
-DOCUMENT_KINDS = ('caption', 'text_to_image', 'multi_caption', 'repeat', 'difference')
+DOCUMENT_KINDS = ('caption', 'text_to_image', 'multi_caption', 'repeat', 'difference', 'region')
 # Kinds whose output is an image (the rest end with a caption).
-IMAGE_OUTPUT_KINDS = ('text_to_image', 'repeat')
+IMAGE_OUTPUT_KINDS = ('text_to_image', 'repeat', 'region')
 # Kinds whose text is the caption of their last scene (a source may cache those).
 CAPTION_KINDS = ('caption', 'text_to_image', 'multi_caption')
 # Seed stream of pretraining scenes; the splits use streams 1-5 (splits._STREAM).
@@ -53,10 +66,28 @@ HELD_OUT_STREAM = 12
 
 class Document(NamedTuple):
   """A pretraining document: its kind, the pool indices of its scenes in order (the last one is
-  the output or the captioned one) and its text (empty for `repeat`)."""
+  the output or the captioned one) and its text (empty for `repeat` and `region`). `region`: its
+  output is scene_ids[0] with these cells (flat indices) taken from scene_ids[1]
+  (`pasted_codes`)."""
   kind: str
   scene_ids: tuple[int, ...]
   text: str
+  cells: tuple[int, ...] = ()
+
+
+REGION_WIDTH = 3  # cells of one row a `region` document replaces
+
+
+def pasted_codes(codes_a: np.ndarray, codes_b: np.ndarray, cells: tuple[int, ...]) -> np.ndarray:
+  """The image codes of photo A with `cells` (flat indices) taken from photo B."""
+  out = np.array(codes_a).reshape(-1)
+  idx = np.asarray(cells, np.int64)
+  out[idx] = np.asarray(codes_b).reshape(-1)[idx]
+  return out.reshape(np.shape(codes_a))
+
+
+def _contents(scene: Scene, cols: int) -> dict[int, tuple[str, str]]:
+  return {o.row * cols + o.col: o.key for o in scene.objects}
 
 
 def caption(scene: Scene) -> str:
@@ -124,9 +155,9 @@ def pretraining_scenes(num: int, seed: int, config: WorldConfig = DEFAULT_CONFIG
   return scenes[:num]
 
 
-def sample_document(rng: np.random.Generator, kinds: tuple[str, ...],
-                    scenes: list[Scene]) -> Document:
-  """A random document of one of `kinds` over the scene pool."""
+def sample_document(rng: np.random.Generator, kinds: tuple[str, ...], scenes: list[Scene],
+                    config: WorldConfig = DEFAULT_CONFIG) -> Document:
+  """A random document of one of `kinds` over the scene pool (of a world with `config`'s grid)."""
   for k in kinds:
     if k not in DOCUMENT_KINDS:
       raise ValueError(f'unknown pretraining document kind {k!r}; use some of {DOCUMENT_KINDS}')
@@ -139,6 +170,17 @@ def sample_document(rng: np.random.Generator, kinds: tuple[str, ...],
     pair = (first, min(first + 1, len(scenes) - 1))
     pair = pair if rng.random() < 0.5 else pair[::-1]
     return Document(kind, pair, difference(scenes[pair[0]], scenes[pair[1]]))
+  if kind == 'region':
+    width = min(REGION_WIDTH, config.cols)
+    for _ in range(100):  # a strip where the two photos differ (almost always the first)
+      row, col = int(rng.integers(config.rows)), int(rng.integers(config.cols - width + 1))
+      first = row * config.cols + col
+      cells = tuple(range(first, first + width))
+      ca, cb = _contents(scenes[a], config.cols), _contents(scenes[b], config.cols)
+      if any(ca.get(i) != cb.get(i) for i in cells):
+        return Document(kind, (a, b), '', cells)
+      b = int(rng.integers(len(scenes)))
+    raise ValueError('region documents need a pool of scenes that differ')
   if kind in ('caption', 'text_to_image'):
     return Document(kind, (a,), caption(scenes[a]))
   if kind == 'multi_caption':

@@ -97,8 +97,8 @@ class DocumentSource:
 
   def __init__(self, scenes, scene_codes: np.ndarray, captions: list[str], vocab, *,
                kinds: tuple[str, ...], seq_len: int, local_batch_size: int, seed: int,
-               process_index: int = 0, stream: int = 0):
-    self.stream = int(stream)
+               process_index: int = 0, stream: int = 0, world=pretrain.DEFAULT_CONFIG):
+    self.stream, self.world = int(stream), world
     self.scenes, self.codes, self.vocab = scenes, np.asarray(scene_codes), vocab
     self.caption_ids = [np.asarray(vocab.encode_text(c), np.int32) for c in captions]
     self.kinds, self.seq_len, self.batch = tuple(kinds), int(seq_len), int(local_batch_size)
@@ -112,12 +112,15 @@ class DocumentSource:
     rng = np.random.default_rng(key)
     rows = []
     for _ in range(self.batch):
-      doc = pretrain.sample_document(rng, self.kinds, self.scenes)
+      doc = pretrain.sample_document(rng, self.kinds, self.scenes, self.world)
       if doc.kind in pretrain.CAPTION_KINDS:
         text = self.caption_ids[doc.scene_ids[-1]]
       else:
         text = np.asarray(self.vocab.encode_text(doc.text) if doc.text else [], np.int32)
-      rows.append(seqs.build_document([self.codes[i] for i in doc.scene_ids], text, self.vocab,
+      images = [self.codes[i] for i in doc.scene_ids]
+      if doc.kind == 'region':  # the first photo, then itself with the other's strip pasted
+        images = [images[0], pretrain.pasted_codes(images[0], images[1], doc.cells)]
+      rows.append(seqs.build_document(images, text, self.vocab,
                                       image_output=doc.kind in pretrain.IMAGE_OUTPUT_KINDS))
     self.step += 1
     batch = seqs.pad_batch(rows, self.seq_len, self.vocab.pad_id)
