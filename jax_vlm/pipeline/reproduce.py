@@ -304,10 +304,12 @@ def _core_sets(workers: int) -> list[set[int] | None]:
   return [set(cores[i::workers]) or set(cores) for i in range(workers)]
 
 
-def _last_error(log_path: str) -> str:
-  """The worker's one-sentence error (its log's last 'error:' line), or where to look."""
+def _last_error(log_path: str, offset: int) -> str:
+  """The worker's one-sentence error (the last 'error:' line it wrote to its log after `offset`,
+  where this run's part of the log starts), or where to look."""
   try:
     with open(log_path) as f:
+      f.seek(offset)
       lines = [line.strip() for line in f if line.startswith('error: ')]
   except OSError:
     lines = []
@@ -316,8 +318,8 @@ def _last_error(log_path: str) -> str:
 
 def _run_in_workers(jobs: list[dict], workers: int) -> list[dict | None]:
   """Runs each job (run_seed's arguments) in its own process, `workers` at a time, each pinned
-  to its share of this process's cores; returns the summaries in job order (None where a job
-  failed: the others go on, and the error is reported at the end).
+  to its share of this process's cores; returns the summaries in job order. A job that fails does
+  not stop the others: after they finish, one UserError names each failed job and its error.
 
   Why processes: XLA:CPU spreads a small model's step over 2 threads at 1.31x the CPU time for
   1.43x the speed, so on 2 cores two one-core runs get through 1.35x the training steps of one
@@ -325,7 +327,7 @@ def _run_in_workers(jobs: list[dict], workers: int) -> list[dict | None]:
   which save as a lone run does; rerunning the command continues them."""
   free = _core_sets(workers)
   pending = list(enumerate(jobs))
-  running: dict[int, tuple[subprocess.Popen, set[int] | None, Any]] = {}
+  running: dict[int, tuple[subprocess.Popen, set[int] | None, Any, int]] = {}
   results: list[dict | None] = [None] * len(jobs)
   errors = []
   try:
@@ -340,18 +342,19 @@ def _run_in_workers(jobs: list[dict], workers: int) -> list[dict | None]:
         with open(job_path, 'wb') as f:
           pickle.dump(job, f)
         log = open(os.path.join(job['workdir'], LOG_FILE), 'a')
+        offset = log.tell()
         # The worker pins itself before it imports anything, so XLA sizes its threads to it.
         pin = f'os.sched_setaffinity(0, {sorted(cores)}); ' if cores else ''
         proc = subprocess.Popen(
             [sys.executable, '-c', f'import os, sys; {pin}from jax_vlm.pipeline import '
              'reproduce as r; sys.exit(r.worker_main(sys.argv[1]))', job_path],
             cwd=cli.ROOT, stdout=log, stderr=subprocess.STDOUT)
-        running[i] = (proc, cores, log)
+        running[i] = (proc, cores, log, offset)
         where = f'CPU core(s) {",".join(map(str, sorted(cores)))}' if cores else 'all CPU cores'
         print(f'reproduce: {job["label"]} started on {where} (log: {log.name})', flush=True)
       time.sleep(1.0)
-      for i in [i for i, (p, _, _) in running.items() if p.poll() is not None]:
-        proc, cores, log = running.pop(i)
+      for i in [i for i, (p, *_) in running.items() if p.poll() is not None]:
+        proc, cores, log, offset = running.pop(i)
         log.close()
         free.append(cores)
         job = jobs[i]
@@ -364,13 +367,13 @@ def _run_in_workers(jobs: list[dict], workers: int) -> list[dict | None]:
                 f'{results[i]["this_run"]["wall_seconds"]:.0f} s ({done} of {len(jobs)})',
                 flush=True)
         else:
-          errors.append(f'{job["label"]}: {_last_error(log.name)}')
+          errors.append(f'{job["label"]}: {_last_error(log.name, offset)}')
           print(f'reproduce: {job["label"]} failed ({errors[-1]}); the other runs go on.',
                 file=sys.stderr, flush=True)
   except cli.Terminated:
-    for proc, _, _ in running.values():
+    for proc, *_ in running.values():
       proc.send_signal(signal.SIGTERM)
-    for proc, _, log in running.values():
+    for proc, _, log, _ in running.values():
       proc.wait()
       log.close()
     raise
