@@ -591,6 +591,31 @@ def test_judge_many_bounded_concurrency_in_order():
   assert 1 < state['peak'] <= 3
 
 
+def test_sigterm_inside_a_gc_callback_is_sent_again(monkeypatch):
+  """A SIGTERM that lands in a garbage-collector callback (jax registers one) is not raised there,
+  where Python would print a traceback and drop it: it is sent again a moment later."""
+  import gc
+  import signal
+  sent, seen = [], []
+  monkeypatch.setattr(cli.threading, 'Timer', lambda delay, fn, args: types.SimpleNamespace(
+      start=lambda: sent.append((fn, args))))
+
+  def callback(phase, info):
+    del info
+    if phase == 'start' and not seen:
+      seen.append(True)
+      cli._on_sigterm(signal.SIGTERM, sys._getframe())  # must not raise here
+
+  gc.callbacks.append(callback)
+  try:
+    gc.collect()
+  finally:
+    gc.callbacks.remove(callback)
+  assert seen and sent == [(os.kill, (os.getpid(), signal.SIGTERM))]
+  with pytest.raises(cli.Terminated):  # anywhere else it stops the program at once
+    cli._on_sigterm(signal.SIGTERM, sys._getframe())
+
+
 def test_sigterm_during_first_compile_exits_cleanly(tmp_path):
   """SIGTERM while the stage starts (imports, init, first compile): exit 0, no traceback."""
   import signal

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import gc
 import importlib.util
 import math
 import os
 import signal
 import sys
+import threading
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ml_collections
@@ -50,8 +52,22 @@ class Terminated(BaseException):  # noqa: N818  (not an Exception: nothing may s
   """Raised by the SIGTERM handler outside the code paths that save on their own."""
 
 
+def _in_gc_callback(frame) -> bool:
+  """Whether `frame` runs inside a garbage-collector callback (jax registers one)."""
+  codes = {getattr(cb, '__code__', None) for cb in gc.callbacks}
+  while frame is not None:
+    if frame.f_code in codes:
+      return True
+    frame = frame.f_back
+  return False
+
+
 def _on_sigterm(signum, frame) -> None:
-  del signum, frame
+  # An exception raised inside a gc callback is printed with a traceback and dropped, so there
+  # the signal is sent again a moment later, to land outside it.
+  if _in_gc_callback(frame):
+    threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+    return
   raise Terminated()
 
 
