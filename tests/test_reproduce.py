@@ -243,6 +243,24 @@ def test_worker_count_and_cores():
       assert sum(map(len, sets)) == len(cores)
 
 
+def test_workers_rerun_the_shared_stages_once(tmp_path, monkeypatch):
+  shared_calls, worker_jobs = [], []
+  monkeypatch.setattr(R.stages, 'run_stages', lambda cfg, workdir, names=None, rerun=(), **kw:
+                      shared_calls.append((os.path.relpath(workdir, tmp_path), list(names),
+                                           list(rerun))) or True)
+
+  def fake_workers(jobs, workers):
+    worker_jobs.extend((os.path.relpath(j['workdir'], tmp_path), j['rerun']) for j in jobs)
+    return [_run(j['seed'], 0.3, 0.3, 0.0) for j in jobs]
+
+  monkeypatch.setattr(R, '_run_in_workers', fake_workers)
+  config = preset.get_config('smoke')
+  config.reproduce.jobs = 2
+  R.reproduce(config, str(tmp_path), [0, 1], 'cmd', rerun=['pretrain', 'train_ft'])
+  assert shared_calls == [('seed_0', list(R.SHARED_STAGES), ['pretrain'])]  # here, once
+  assert worker_jobs == [('seed_0', ['train_ft']), ('seed_1', ['train_ft'])]
+
+
 def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   """The README's smoke command verbatim, as a child process (one CPU device, XLA optimising as
   in real runs), then a rerun."""

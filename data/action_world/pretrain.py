@@ -50,6 +50,7 @@ from data.action_world.world import (
   WorldConfig,
   WorldObject,
   all_keys,
+  changed_cells,
   random_scene,
 )
 
@@ -85,9 +86,6 @@ def pasted_codes(codes_a: np.ndarray, codes_b: np.ndarray, cells: tuple[int, ...
   out[idx] = np.asarray(codes_b).reshape(-1)[idx]
   return out.reshape(np.shape(codes_a))
 
-
-def _contents(scene: Scene, cols: int) -> dict[int, tuple[str, str]]:
-  return {o.row * cols + o.col: o.key for o in scene.objects}
 
 
 def caption(scene: Scene) -> str:
@@ -176,8 +174,8 @@ def sample_document(rng: np.random.Generator, kinds: tuple[str, ...], scenes: li
       row, col = int(rng.integers(config.rows)), int(rng.integers(config.cols - width + 1))
       first = row * config.cols + col
       cells = tuple(range(first, first + width))
-      ca, cb = _contents(scenes[a], config.cols), _contents(scenes[b], config.cols)
-      if any(ca.get(i) != cb.get(i) for i in cells):
+      changed = changed_cells(scenes[a], scenes[b])
+      if any(divmod(i, config.cols) in changed for i in cells):
         return Document(kind, (a, b), '', cells)
       b = int(rng.integers(len(scenes)))
     raise ValueError('region documents need a pool of scenes that differ')

@@ -397,7 +397,9 @@ def _run_all(config: ml_collections.ConfigDict, jobs: list[dict], workers: int) 
   stages.run_stages(_seed_config(config, first['workdir'], first['seed']), first['workdir'],
                     names=SHARED_STAGES, rerun=[n for n in first['rerun'] if n in SHARED_STAGES],
                     shared=SHARED_STAGES)
-  return _run_in_workers(jobs, workers)
+  # Rerun once, here: the workers take them as they are.
+  return _run_in_workers([dict(job, rerun=[n for n in job['rerun'] if n not in SHARED_STAGES])
+                          for job in jobs], workers)
 
 
 def reproduce(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
