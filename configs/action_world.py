@@ -170,6 +170,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   pre.continue_steps = 4 if smoke else 3000
   pre.continue_documents = ('caption', 'text_to_image', 'multi_caption', 'difference',
                             'difference', 'difference')
+  # `region` documents (not in the defaults): how many of the pasted strip's 3 cells must differ
+  # from the photo's own (1: any, as session 11 ran it, when most strips changed one cell; 3: every
+  # cell, as an edited region of a real photo changes every patch it covers).
+  pre.region_changed_cells = 1
   # World actions are at most 15 words; the sampler's cache (data.max_seq_len) must hold the prompt
   # plus this many new tokens.
   config.sampler.max_action_tokens = d.action_max_tokens

@@ -111,6 +111,25 @@ def test_document_kinds_and_layouts():
     P.sample_document(rng, ('captions',), scenes)
 
 
+def test_region_strips_change_as_many_cells_as_asked():
+  scenes = P.pretraining_scenes(64, seed=0)
+  cols = 5
+
+  def changed(region_changed):
+    rng, out = np.random.default_rng(1), []
+    for _ in range(300):
+      doc = P.sample_document(rng, ('region',), scenes, region_changed=region_changed)
+      a, b = (scenes[i].cells() for i in doc.scene_ids)
+      out.append(sum(a.get(divmod(c, cols)) != b.get(divmod(c, cols)) for c in doc.cells))
+    return np.array(out)
+  some, every = changed(1), changed(P.REGION_WIDTH)
+  assert some.min() >= 1 and (some < P.REGION_WIDTH).mean() > 0.5  # mostly one or two of three
+  assert (every == P.REGION_WIDTH).all()
+  # A pool whose photos all agree has no strip to paste: one sentence, not an endless search.
+  with pytest.raises(ValueError, match='differ in 3 neighbouring cells'):
+    P.sample_document(np.random.default_rng(0), ('region',), scenes[:1] * 4, region_changed=3)
+
+
 def test_document_source_batches_are_resumable():
   vocab = _Vocab()
   scenes = P.pretraining_scenes(16, seed=0, paired=True)

@@ -149,6 +149,10 @@ def test_pretraining_checkpoints_and_weighs_text_output(tmp_path):
   assert not {'continue_steps', 'continue_documents'} & set(
       stages.fingerprint_config(stages.stage_config(c, 'pretrain'), 'pretrain',
                                 str(tmp_path))['pretrain'])
+  # `region` strips with any changed cell (session 11's runs) keep their bases' fingerprints.
+  c.pretrain.region_changed_cells = 1
+  assert 'region_changed_cells' not in stages.fingerprint_config(
+      stages.stage_config(c, 'pretrain'), 'pretrain', str(tmp_path))['pretrain']
   # By default it has one, half of its documents `difference`.
   assert covered(2.0)['pretrain']['continue_steps'] == 3000
   assert covered(2.0)['pretrain']['continue_documents'].count('difference') == 3

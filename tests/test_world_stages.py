@@ -208,3 +208,9 @@ def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch):
   before = open(os.path.join(stage_dir, 'metrics.jsonl')).read()
   assert stages.run_stages(config, workdir, ['pretrain'], rerun=['pretrain'])
   assert open(os.path.join(stage_dir, 'metrics.jsonl')).read() == before
+  # A region strip asked to change more cells than it has: one sentence naming the key, before
+  # anything is trained; the finished base stays as it was.
+  config.pretrain.region_changed_cells = 4
+  with pytest.raises(UserError, match=r'pretrain.region_changed_cells=4 must be a whole number'):
+    world_stages.pretrain_stage(stages.stage_config(config, 'pretrain'), stage_dir)
+  assert open(os.path.join(stage_dir, 'metrics.jsonl')).read() == before

@@ -154,8 +154,12 @@ def pretraining_scenes(num: int, seed: int, config: WorldConfig = DEFAULT_CONFIG
 
 
 def sample_document(rng: np.random.Generator, kinds: tuple[str, ...], scenes: list[Scene],
-                    config: WorldConfig = DEFAULT_CONFIG) -> Document:
-  """A random document of one of `kinds` over the scene pool (of a world with `config`'s grid)."""
+                    config: WorldConfig = DEFAULT_CONFIG, region_changed: int = 1) -> Document:
+  """A random document of one of `kinds` over the scene pool (of a world with `config`'s grid).
+
+  `region_changed`: how many of a `region` strip's cells must differ between the two photos (1:
+  any, the kind as session 11 ran it, when most strips changed one cell of three; REGION_WIDTH:
+  every cell, as when a real edited region changes every patch it covers)."""
   for k in kinds:
     if k not in DOCUMENT_KINDS:
       raise ValueError(f'unknown pretraining document kind {k!r}; use some of {DOCUMENT_KINDS}')
@@ -170,15 +174,17 @@ def sample_document(rng: np.random.Generator, kinds: tuple[str, ...], scenes: li
     return Document(kind, pair, difference(scenes[pair[0]], scenes[pair[1]]))
   if kind == 'region':
     width = min(REGION_WIDTH, config.cols)
-    for _ in range(100):  # a strip where the two photos differ (almost always the first)
+    need = max(min(int(region_changed), width), 1)
+    for _ in range(1000):  # a strip and a donor photo with `need` changed cells
       row, col = int(rng.integers(config.rows)), int(rng.integers(config.cols - width + 1))
       first = row * config.cols + col
       cells = tuple(range(first, first + width))
       changed = changed_cells(scenes[a], scenes[b])
-      if any(divmod(i, config.cols) in changed for i in cells):
+      if sum(divmod(i, config.cols) in changed for i in cells) >= need:
         return Document(kind, (a, b), '', cells)
       b = int(rng.integers(len(scenes)))
-    raise ValueError('region documents need a pool of scenes that differ')
+    raise ValueError(f'region documents need a pool of scenes that differ in {need} neighbouring '
+                     'cells of a row')
   if kind in ('caption', 'text_to_image'):
     return Document(kind, (a,), caption(scenes[a]))
   if kind == 'multi_caption':

@@ -92,13 +92,15 @@ class DocumentSource:
 
   Batch k depends only on (seed, k, process, stream), so a restored run sees the same batches.
   Every row holds one document, right-padded to `seq_len`. `stream` > 0 draws other batches
-  from the same seed (a later pretraining phase).
+  from the same seed (a later pretraining phase). `region_changed`: see
+  pretrain.sample_document.
   """
 
   def __init__(self, scenes, scene_codes: np.ndarray, captions: list[str], vocab, *,
                kinds: tuple[str, ...], seq_len: int, local_batch_size: int, seed: int,
-               process_index: int = 0, stream: int = 0, world=pretrain.DEFAULT_CONFIG):
-    self.stream, self.world = int(stream), world
+               process_index: int = 0, stream: int = 0, world=pretrain.DEFAULT_CONFIG,
+               region_changed: int = 1):
+    self.stream, self.world, self.region_changed = int(stream), world, int(region_changed)
     self.scenes, self.codes, self.vocab = scenes, np.asarray(scene_codes), vocab
     self.caption_ids = [np.asarray(vocab.encode_text(c), np.int32) for c in captions]
     self.kinds, self.seq_len, self.batch = tuple(kinds), int(seq_len), int(local_batch_size)
@@ -112,7 +114,8 @@ class DocumentSource:
     rng = np.random.default_rng(key)
     rows = []
     for _ in range(self.batch):
-      doc = pretrain.sample_document(rng, self.kinds, self.scenes, self.world)
+      doc = pretrain.sample_document(rng, self.kinds, self.scenes, self.world,
+                                     self.region_changed)
       if doc.kind in pretrain.CAPTION_KINDS:
         text = self.caption_ids[doc.scene_ids[-1]]
       else:

@@ -328,6 +328,10 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
           'phase) or a positive number of steps.')
   later = (_document_kinds(p.get('continue_documents', ()), 'pretrain.continue_documents')
            if continue_steps else ())
+  region_changed = p.get('region_changed_cells', 1)
+  require(isinstance(region_changed, int) and 1 <= region_changed <= pretrain.REGION_WIDTH,
+          f'pretrain.region_changed_cells={region_changed!r} must be a whole number from 1 to '
+          f'{pretrain.REGION_WIDTH} (how many cells of a region strip must change).')
   start = time.perf_counter()
   vq_config, vq_params = vqgan_files.load_vqgan(config.checkpoint.vqgan_dir)
   vocab = UnifiedVocab.from_config(config.vocab)
@@ -353,7 +357,8 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
     source = DocumentSource(
         scenes, codes, captions, vocab, kinds=phase_kinds, seq_len=int(p.max_seq_len),
         seed=int(config.seed), process_index=jax.process_index(),
-        local_batch_size=int(p.batch_size) // jax.process_count(), stream=stream, world=world)
+        local_batch_size=int(p.batch_size) // jax.process_count(), stream=stream, world=world,
+        region_changed=region_changed)
     trainer = Trainer(train_config, workdir, batch_source=source)
     result = trainer.run()
     if result['status'] != 'done':
@@ -376,7 +381,8 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
                                          paired='difference' in measured)
   reading = document_accuracy(trainer.model, trainer.final_params, held_out, encode(held_out),
                               vocab, measured, seq_len=int(p.max_seq_len),
-                              batch_size=int(p.batch_size), seed=int(config.seed), world=world)
+                              batch_size=int(p.batch_size), seed=int(config.seed), world=world,
+                              region_changed=region_changed)
   scenes = pool('difference' in kinds)[0]
   write_json(os.path.join(stage_dir, 'metrics.json'), dict(
       scenes=len(scenes), documents=list(kinds), steps=int(p.num_steps),
@@ -394,7 +400,8 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
 
 def document_accuracy(module, params, scenes, scene_codes: np.ndarray, vocab, kinds, *,
                       seq_len: int, batch_size: int, seed: int, num_batches: int = 4,
-                      world=pretrain.DEFAULT_CONFIG) -> dict[str, dict[str, float]]:
+                      world=pretrain.DEFAULT_CONFIG,
+                      region_changed: int = 1) -> dict[str, dict[str, float]]:
   """Teacher-forced accuracy of each document kind over `scenes` (held out from pretraining):
   the share of output tokens whose argmax is right, and of documents with every output token
   right, over num_batches x batch_size documents per kind."""
@@ -410,7 +417,8 @@ def document_accuracy(module, params, scenes, scene_codes: np.ndarray, vocab, ki
   captions = [pretrain.caption(s) for s in scenes]
   for kind in kinds:
     source = DocumentSource(scenes, scene_codes, captions, vocab, kinds=(kind,), seq_len=seq_len,
-                            local_batch_size=batch_size, seed=seed, world=world)
+                            local_batch_size=batch_size, seed=seed, world=world,
+                            region_changed=region_changed)
     right, total = [], []
     for _ in range(num_batches):
       b = next(source)
