@@ -347,3 +347,30 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   assert js3['runs'][0]['stage_cpu_seconds'] == run['stage_cpu_seconds']
   assert js3['runs'][1]['stage_cpu_seconds']['train_dynamics'] > 0
   assert js3['cpu_seconds'] > 0  # the workers' CPU time is counted
+
+
+def test_compare_runs_pairs_two_reproductions_by_seed(tmp_path, capsys):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      'compare_runs', os.path.join(os.path.dirname(__file__), '..', 'experiments',
+                                   'compare_runs.py'))
+  compare_runs = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(compare_runs)
+  a, b = tmp_path / 'a.json', tmp_path / 'b.json'
+  a.write_text(json.dumps({'runs': [_run(0, 0.4, 0.3, 0.1), _run(1, 0.6, 0.5, 0.1),
+                                    _run(2, 0.5, 0.5, 0.1)]}))
+  b.write_text(json.dumps({'runs': [_run(0, 0.5, 0.3, 0.1), _run(1, 0.7, 0.5, 0.1)]}))
+  seeds, rows = compare_runs.compare(str(a), str(b))
+  assert seeds == [0, 1]  # seed 2 is only in A
+  rows = {r['quantity']: r for r in rows}
+  ft = rows['FT item@1']
+  assert (ft['a'], ft['b'], ft['diff']) == pytest.approx((0.5, 0.6, 0.1))  # B - A
+  assert ft['verdict'] == 'holds'
+  assert rows['FDM - FT item@1']['diff'] == pytest.approx(-0.1)
+  assert rows['FDM item@1']['verdict'].startswith('degenerate: the two sides are identical')
+  assert compare_runs.main([str(a), str(b)]) == 0
+  out = capsys.readouterr().out
+  assert '| FT item@1 | 0.500 | 0.600 | +0.100 [+0.100, +0.100] | holds |' in out
+  b.write_text(json.dumps({'runs': [_run(5, 0.5, 0.3, 0.1)]}))
+  with pytest.raises(SystemExit, match='share no seed'):
+    compare_runs.main([str(a), str(b)])
