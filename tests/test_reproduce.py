@@ -316,6 +316,12 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   assert set(reading) == set(smoke.documents) | set(smoke.continue_documents)
   assert all(0 <= v[k] <= 1 for v in reading.values()
              for k in ('document_accuracy', 'token_accuracy'))
+  # The report says which base the seeds started from: its phases and its held-out reading.
+  assert run['base']['held_out_reading'] == reading
+  assert (f'Pretraining (`pretrain` stage): {smoke.num_steps} steps on '
+          f'{", ".join(smoke.documents)}; then {smoke.continue_steps} steps on ') in md
+  kind, v = next(iter(reading.items()))
+  assert f'| {kind} | {v["token_accuracy"]:.3f} | {v["document_accuracy"]:.3f} |' in md
   for label in R.VARIANTS.values():
     assert f'| {label} |' in md
   with open(os.path.join(workdir, 'reproduction.md')) as f:
@@ -374,3 +380,17 @@ def test_compare_runs_pairs_two_reproductions_by_seed(tmp_path, capsys):
   b.write_text(json.dumps({'runs': [_run(5, 0.5, 0.3, 0.1)]}))
   with pytest.raises(SystemExit, match='share no seed'):
     compare_runs.main([str(a), str(b)])
+
+
+def test_table_names_the_base_the_seeds_started_from():
+  runs = [_run(0, 0.4, 0.3, 0.1), _run(1, 0.6, 0.5, 0.1)]
+  md, _ = tables.build_table(runs)
+  assert '## The pretrained base' not in md  # summaries without one (older runs): no section
+  runs[1]['base'] = dict(documents=['caption', 'text_to_image'], steps=10, continue_steps=5,
+                         continue_documents=['caption', 'difference', 'difference', 'region'],
+                         held_out_reading={'region': dict(token_accuracy=0.9461,
+                                                          document_accuracy=0.031)})
+  md, _ = tables.build_table(runs)
+  assert ('Pretraining (`pretrain` stage): 10 steps on caption, text_to_image; then 5 steps on '
+          'caption, difference x2, region.') in md
+  assert '| region | 0.946 | 0.031 |' in md

@@ -250,6 +250,12 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
   if os.path.isfile(bootstrap):
     with open(bootstrap) as f:
       summary['bootstrap'] = json.load(f)
+  base = os.path.join(workdir, 'pretrain', 'metrics.json')
+  if os.path.isfile(base):  # the shared base this seed started from (tables._base_section)
+    with open(base) as f:
+      summary['base'] = {k: v for k, v in json.load(f).items()
+                         if k in ('documents', 'steps', 'continue_documents', 'continue_steps',
+                                  'held_out_reading')}
   summary['seed'] = int(seed)
   summary['num_labelled'] = len(datasets.open_split(stages.stage_config(cfg, 'train_ft').data,
                                                     'train'))

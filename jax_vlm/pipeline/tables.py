@@ -172,6 +172,29 @@ def labelled_curve(points: Sequence[tuple[int, Sequence[dict]]]) -> tuple[str, l
   return '\n'.join(md), rows
 
 
+def _base_section(runs: Sequence[dict]) -> list[str]:
+  """What the seeds started from: the pretrain stage's phases and how its base reads held-out
+  scenes (the first run that carries it: every seed shares one base)."""
+  base = next((r['base'] for r in runs if r.get('base')), None)
+  if not base:
+    return []
+  phases = [f'{base.get("steps", 0)} steps on {", ".join(base.get("documents", []))}']
+  if base.get('continue_steps'):
+    kinds = base.get('continue_documents', [])
+    counts = {k: kinds.count(k) for k in dict.fromkeys(kinds)}
+    phases.append(f'then {base["continue_steps"]} steps on ' + ', '.join(
+        f'{k} x{n}' if n > 1 else k for k, n in counts.items()))
+  md = ['## The pretrained base (built once, shared by every seed)', '',
+        'Pretraining (`pretrain` stage): ' + '; '.join(phases) + '.', '']
+  reading = base.get('held_out_reading') or {}
+  if reading:
+    md += ['| held-out document kind | token accuracy | whole documents right |', '|---|---|---|']
+    md += [f'| {k} | {_num(v.get("token_accuracy"))} | {_num(v.get("document_accuracy"))} |'
+           for k, v in reading.items()]
+    md += ['', 'Teacher-forced, on fresh scenes pretraining never saw.', '']
+  return md
+
+
 def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
   """(markdown, JSON) of the reproduction over one or more seeds (mean ± sample std)."""
   k_list = sorted(int(k) for k in _get(runs[0], 'settings', 'k_list', default=[1, 2, 4, 8]))
@@ -194,6 +217,8 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
     md.append(f'| {c["claim"]} | {c["subset"]} | {_num(c["mean_a"])} | {_num(c["mean_b"])} | '
               f'{_interval(c)} | {c["verdict"]} |')
   md.append('')
+
+  md += _base_section(runs)
 
   # FDP variants with best-of-K.
   for subset in SUBSETS:
