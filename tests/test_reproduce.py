@@ -394,3 +394,22 @@ def test_table_names_the_base_the_seeds_started_from():
   assert ('Pretraining (`pretrain` stage): 10 steps on caption, text_to_image; then 5 steps on '
           'caption, difference x2, region.') in md
   assert '| region | 0.946 | 0.031 |' in md
+
+
+def test_learning_curves_line_up_by_step():
+  """A seed with an extra checkpoint (one a preempted run saved at step 1) lines up with the
+  others by step, and the claim averages every seed over the same checkpoints."""
+  runs = [_run(0, 0.4, 0.3, 0.1), _run(1, 0.6, 0.5, 0.1)]
+  point = lambda step, idp, fdp: dict(step=step, idp_canonical_match=idp,  # noqa: E731
+                                      idp_effect_match=idp, fdp_exact_match=fdp,
+                                      fdp_item_score=fdp)
+  runs[0]['learning_curve'] = [point(1, 0.0, 0.0), point(10, 0.5, 0.1), point(20, 0.7, 0.3)]
+  runs[1]['learning_curve'] = [point(10, 0.6, 0.2), point(20, 0.8, 0.2)]
+  md, js = tables.build_table(runs)
+  assert '| 1 (1 of 2 seeds) | 0.000 | 0.000 | 0.000 | 0.000 |' in md
+  assert '| 10 | 0.550 ± 0.071 | 0.550 ± 0.071 | 0.150 ± 0.071 | 0.150 ± 0.071 |' in md
+  steps, idp, _ = tables.curve_rows(runs)
+  assert steps == [1, 10, 20] and idp['idp_effect_match'][1] == [None, 0.6, 0.8]
+  faster = next(c for c in js['claims'] if c['claim'].startswith('IDP is learned faster'))
+  assert faster['per_seed_a'] == pytest.approx([0.6, 0.7])  # seed 0: steps 10 and 20 only
+  assert faster['per_seed_b'] == pytest.approx([0.2, 0.2])

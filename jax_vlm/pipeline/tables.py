@@ -88,9 +88,11 @@ def _claims(runs: Sequence[dict], k1: int, kmax: int) -> list[dict]:
     return per_seed(lambda r: _fdp(r, variant, subset, k, 'item_score'))
 
   no_pairs, chance = _degenerate_bootstrap(runs), _degenerate_verifier(runs)
+  common = _common_steps(runs)  # every seed's mean over the same checkpoints
   specs = [('IDP is learned faster than FDP (mean over checkpoints: IDP canonical accuracy vs '
-            'FDP exact match)', 'test', per_seed(lambda r: _curve_auc(r, 'idp_canonical_match')),
-            per_seed(lambda r: _curve_auc(r, 'fdp_exact_match')), '')]
+            'FDP exact match)', 'test',
+            per_seed(lambda r: _curve_auc(r, 'idp_canonical_match', common)),
+            per_seed(lambda r: _curve_auc(r, 'fdp_exact_match', common)), '')]
   for subset in SUBSETS:
     specs += [
         ('FDM beats FT (item score, best-of-1)', subset, item('train_fdm', k1, subset),
@@ -118,8 +120,10 @@ def _claims(runs: Sequence[dict], k1: int, kmax: int) -> list[dict]:
 
 def curve_rows(runs: Sequence[dict]) -> tuple[list[int], dict, dict]:
   """(steps, IDP and FDP per-seed value rows by key) of the train_dynamics learning curves,
-  over the steps of the first seed (others missing a step give None there)."""
-  steps = [row['step'] for row in runs[0].get('learning_curve') or []]
+  over every step some seed has (a seed without that step gives None there: e.g. a checkpoint
+  a preempted run saved off the schedule), matched by step, never by position."""
+  steps = sorted({row['step'] for r in runs for row in r.get('learning_curve') or []})
+
   def rows(key):
     out = []
     for r in runs:
@@ -130,8 +134,15 @@ def curve_rows(runs: Sequence[dict]) -> tuple[list[int], dict, dict]:
           {k: rows(k) for k in ('fdp_exact_match', 'fdp_item_score')})
 
 
-def _curve_auc(run: dict, key: str) -> float | None:
-  rows = run.get('learning_curve') or []
+def _common_steps(runs: Sequence[dict]) -> set[int]:
+  """The learning-curve steps every run has (the scheduled checkpoints)."""
+  sets = [{row['step'] for row in r.get('learning_curve') or []} for r in runs]
+  return set.intersection(*sets) if sets else set()
+
+
+def _curve_auc(run: dict, key: str, steps: set[int] | None = None) -> float | None:
+  """The mean of `key` over the run's checkpoints (only those at `steps` when given)."""
+  rows = [r for r in run.get('learning_curve') or [] if steps is None or r['step'] in steps]
   return float(np.mean([r[key] for r in rows])) if rows else None
 
 
@@ -266,11 +277,13 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
          '| step | IDP canonical match | IDP effect match | FDP exact (1 sample) '
          '| FDP item score |',
          '|---|---|---|---|---|']
-  steps = [row['step'] for row in runs[0].get('learning_curve') or []]
+  steps, idp_rows, fdp_rows = curve_rows(runs)
+  by_key = {**idp_rows, **fdp_rows}
   for i, step in enumerate(steps):
-    col = lambda key, i=i: [(r.get('learning_curve') or [{}] * (i + 1))[i].get(key)  # noqa: E731
-                            if len(r.get('learning_curve') or []) > i else None for r in runs]
-    md.append(f'| {step} | {_fmt(col("idp_canonical_match"))} | {_fmt(col("idp_effect_match"))} '
+    col = lambda key, i=i: [row[i] for row in by_key[key]]  # noqa: E731
+    seeds_here = sum(v is not None for v in col('idp_effect_match'))
+    label = f'{step}' if seeds_here == len(runs) else f'{step} ({seeds_here} of {len(runs)} seeds)'
+    md.append(f'| {label} | {_fmt(col("idp_canonical_match"))} | {_fmt(col("idp_effect_match"))} '
               f'| {_fmt(col("fdp_exact_match"))} | {_fmt(col("fdp_item_score"))} |')
   md.append('')
 
