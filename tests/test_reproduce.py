@@ -392,7 +392,10 @@ def test_table_names_the_base_the_seeds_started_from():
                                                           document_accuracy=0.031)})
   md, _ = tables.build_table(runs)
   assert ('Pretraining (`pretrain` stage): 10 steps on caption, text_to_image; then 5 steps on '
-          'caption, difference x2, region.') in md
+          'caption, difference x2, region (region strips with at least 1 changed cells of 3).'
+          ) in md
+  runs[1]['base']['region_changed_cells'] = 3
+  assert 'region (region strips with at least 3 changed cells of 3).' in tables.build_table(runs)[0]
   assert '| region | 0.946 | 0.031 |' in md
 
 

@@ -193,6 +193,7 @@ def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch):
   assert stages.run_stages(config, workdir, ['pretrain'])
   stage_dir = os.path.join(workdir, 'pretrain')
   m = json.loads(open(os.path.join(stage_dir, 'metrics.json')).read())
+  assert m['region_changed_cells'] == 1  # the report names the strips' rule (tables)
   assert m['continue_steps'] == 2 and m['continue_documents'] == ['caption', 'difference',
                                                                   'region']
   # The reading covers both phases' kinds, each once.

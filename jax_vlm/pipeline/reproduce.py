@@ -255,7 +255,7 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
     with open(base) as f:
       summary['base'] = {k: v for k, v in json.load(f).items()
                          if k in ('documents', 'steps', 'continue_documents', 'continue_steps',
-                                  'held_out_reading')}
+                                  'region_changed_cells', 'held_out_reading')}
   summary['seed'] = int(seed)
   summary['num_labelled'] = len(datasets.open_split(stages.stage_config(cfg, 'train_ft').data,
                                                     'train'))

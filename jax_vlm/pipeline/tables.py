@@ -195,6 +195,9 @@ def _base_section(runs: Sequence[dict]) -> list[str]:
     counts = {k: kinds.count(k) for k in dict.fromkeys(kinds)}
     phases.append(f'then {base["continue_steps"]} steps on ' + ', '.join(
         f'{k} x{n}' if n > 1 else k for k, n in counts.items()))
+  if 'region' in [*base.get('documents', []), *base.get('continue_documents', [])]:
+    phases[-1] += (f' (region strips with at least {base.get("region_changed_cells", 1)} '
+                   'changed cells of 3)')
   md = ['## The pretrained base (built once, shared by every seed)', '',
         'Pretraining (`pretrain` stage): ' + '; '.join(phases) + '.', '']
   reading = base.get('held_out_reading') or {}

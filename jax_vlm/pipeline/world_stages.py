@@ -387,6 +387,7 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   write_json(os.path.join(stage_dir, 'metrics.json'), dict(
       scenes=len(scenes), documents=list(kinds), steps=int(p.num_steps),
       continue_documents=list(later), continue_steps=continue_steps,
+      region_changed_cells=region_changed,
       encode_seconds=round(encode_s[0], 1), seconds=round(time.perf_counter() - start, 1),
       held_out_reading=reading,
       final_metrics={k: float(v) for k, v in (result.get('metrics') or {}).items()}))
