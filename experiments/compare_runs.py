@@ -47,9 +47,8 @@ def _runs(path: str) -> dict[int, dict]:
   except (OSError, ValueError) as e:
     sys.exit(f'compare_runs: cannot read {path} ({e}); give two reproductions\' '
              'reproduction.json files.')
-  # Full-size runs only (a labelled-size curve's runs carry their size in `num_labelled`).
-  full = max((r.get('num_labelled', 0) for r in data.get('runs', [])), default=0)
-  return {int(r['seed']): r for r in data.get('runs', []) if r.get('num_labelled', 0) == full}
+  # `runs` holds the full labelled set's runs only (labelled-size curves go to `labelled_curve`).
+  return {int(r['seed']): r for r in data.get('runs', [])}
 
 
 def compare(a_path: str, b_path: str) -> tuple[list[int], list[dict]]:
