@@ -158,6 +158,51 @@ def test_bootstrap_stage_writes_selected_records(world_setup):
   assert all(r['label_score'] < 0 for r in records)
 
 
+def test_true_label_control_swaps_in_the_withheld_actions(world_setup, tmp_path):
+  """The control stage: the bootstrap stage's selected pairs, each with its pair's true action
+  and that action's class, everything else as bootstrap wrote it."""
+  _, config, _, _, _ = world_setup
+  workdir = str(tmp_path)
+  rng = np.random.default_rng(1)
+  unlabelled = [{'src_codes': rng.integers(0, NUM_CODES, N).astype(np.int32),
+                 'tgt_codes': rng.integers(0, NUM_CODES, N).astype(np.int32),
+                 'example_id': f'unlabelled-{i}',
+                 'hidden_action': W.all_phrasings(world_action(kind, i))[0]}
+                for i, kind in enumerate(('move', 'recolor', 'remove', 'add'))]
+  write_records(os.path.join(workdir, 'tokenize', 'unlabelled'), unlabelled, schema=None)
+  # As bootstrap writes them: two selected pairs, one label right and one wrong, in its order.
+  chosen = [(2, unlabelled[2]['hidden_action']), (0, 'remove the red circle')]
+  selected = [B.Label(index=i, text=text, action_class=B.classify(text, 'first_word'),
+                      logprob_sum=-1.0, logprob_mean=-0.5, score=-0.5, finished=True)
+              for i, text in chosen]
+  synthetic, _ = B.synthetic_examples(unlabelled, selected)
+  write_records(os.path.join(workdir, 'bootstrap', 'synthetic'), synthetic)
+  assert stages.run_stages(config, workdir, [B.TRUE_LABELS_STAGE])
+  control = list(RecordSource.from_prefix(os.path.join(workdir, B.TRUE_LABELS_STAGE, 'synthetic')))
+  assert [c['example_id'] for c in control] == ['synthetic-unlabelled-2', 'synthetic-unlabelled-0']
+  for ctl, syn, (i, _) in zip(control, synthetic, chosen):
+    truth = unlabelled[i]['hidden_action']
+    assert ctl['action'] == truth and ctl['action_type'] == B.classify(truth, 'first_word')
+    assert ctl['label_score'] == pytest.approx(syn['label_score'])
+    np.testing.assert_array_equal(ctl['src_codes'], unlabelled[i]['src_codes'])
+    np.testing.assert_array_equal(ctl['tgt_codes'], unlabelled[i]['tgt_codes'])
+    np.testing.assert_array_equal(ctl['recognition_weights'], syn['recognition_weights'])
+  with open(os.path.join(workdir, B.TRUE_LABELS_STAGE, 'stats.json')) as f:
+    stats = json.load(f)
+  assert stats['num_pairs'] == 2 and stats['labels_changed'] == 1
+
+
+def test_true_label_control_needs_withheld_actions():
+  rec = {'example_id': 'synthetic-u0', 'action': 'move', 'src_codes': np.zeros(N, np.int32)}
+  out, changed = B.true_label_examples([rec], [{'example_id': 'u0', 'hidden_action': 'move'}],
+                                       class_key='first_word')
+  assert changed == 0 and out[0]['action'] == 'move' and out[0]['action_type'] == 'move'
+  with pytest.raises(UserError, match='no withheld true action'):
+    B.true_label_examples([rec], [{'example_id': 'u0'}], class_key='first_word')
+  with pytest.raises(UserError, match='no withheld true action'):
+    B.true_label_examples([rec], [{'example_id': 'other', 'hidden_action': 'x'}])
+
+
 def test_bootstrap_stage_needs_params(world_setup, tmp_path):
   _, config, _, _, _ = world_setup
   with pytest.raises(UserError, match='run the train_dynamics stage first'):

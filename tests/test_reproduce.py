@@ -31,7 +31,7 @@ def test_variant_settings_reach_each_stage(tmp_path):
   assert ft.train.learning_rate == config.reproduce.fdp_learning_rate
   assert stages.stage_config(rc, 'train_fdm').train.learning_rate == 1e-5
   assert rc.sampler.max_action_tokens <= rc.data.action_max_tokens
-  assert tuple(rc.world_eval.fdp_stages) == tuple(R.VARIANTS)
+  assert tuple(rc.world_eval.fdp_stages) == tuple(tables.VARIANTS)
 
 
 def _run(seed, ft, fdm, k8_gain):
@@ -104,6 +104,45 @@ def test_table_inconclusive_and_degenerate_claims():
   assert fdm_vs_ft['ci_low'] < 0 < fdm_vs_ft['ci_high']
   assert claims[('verification helps FT (best-of-8 vs best-of-1)', 'test')]['verdict'] == (
       'inconclusive (CI crosses 0)')
+
+
+def test_true_label_control_adds_its_stages_variant_and_claims(tmp_path):
+  from jax_vlm.input.datasets import resolve_paths
+  config = preset.get_config('smoke')
+  assert not config.reproduce.true_label_control  # a control, not in the default budget
+  config.reproduce.true_label_control = True
+  rc = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
+  order = list(rc.stages)
+  assert order.index('bootstrap') < order.index('bootstrap_true_labels') < order.index(
+      'train_fdm_true_labels') < order.index('evaluate')
+  assert set(order) == set(R.STAGES) | {'bootstrap_true_labels', 'train_fdm_true_labels'}
+  for name in order:
+    stages.get(name)
+  assert tuple(rc.world_eval.fdp_stages) == (*tables.VARIANTS, 'train_fdm_true_labels')
+  ctl = stages.stage_config(rc, 'train_fdm_true_labels')
+  assert ctl.train.num_steps == config.reproduce.fdp_steps
+  assert ctl.train.init_from == 'train_dynamics'
+  # Without the control, the evaluate stage's config is the one earlier runs fingerprinted.
+  config.reproduce.true_label_control = False
+  plain = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
+  assert tuple(plain.stages) == R.STAGES
+  assert tuple(plain.world_eval.fdp_stages) == tuple(tables.VARIANTS)
+
+  runs = [_run(0, 0.4, 0.3, 0.1), _run(1, 0.6, 0.5, 0.1), _run(2, 0.5, 0.35, 0.1)]
+  md, js = tables.build_table(runs)
+  assert not any(c['claim'].startswith('control') for c in js['claims'])
+  assert 'true labels' not in md
+  for r, true in zip(runs, (0.55, 0.7, 0.6)):
+    r['fdp']['train_fdm_true_labels'] = _run(0, true, true, 0.0)['fdp']['train_ft']
+    r['stage_seconds'] = {'bootstrap_true_labels': 1.0}
+  md, js = tables.build_table(runs)
+  claims = {(c['claim'], c['subset']): c for c in js['claims']}
+  cost = claims[("control: the IDP's label errors cost FDM (FDM with true labels vs FDM)", 'test')]
+  assert cost['per_seed_a'] == pytest.approx([0.55, 0.7, 0.6]) and cost['verdict'] == 'holds'
+  vs_ft = claims[('control: FDM with true labels beats FT', 'test_compositional')]
+  assert vs_ft['mean_b'] == pytest.approx(0.5) and vs_ft['verdict'] == 'holds'
+  assert '| FDM, true labels (control) | 0.617 ± 0.076 |' in md
+  assert '| bootstrap_true_labels |' in md.replace(' | bootstrap | ', ' | ')  # its time column
 
 
 def test_labelled_size_settings_reach_only_the_seed_stages(tmp_path):
@@ -286,7 +325,7 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   with open(os.path.join(seed_dir, 'pretrain', 'metrics.json')) as f:
     pre = json.load(f)  # the default base has its second phase, read on its own kinds too
   assert pre['continue_steps'] > 0 and 'difference' in pre['held_out_reading']
-  for variant in R.VARIANTS:
+  for variant in tables.VARIANTS:
     out = os.path.join(seed_dir, 'evaluate', variant)
     with open(os.path.join(out, 'metrics.json')) as f:
       m = json.load(f)
@@ -322,7 +361,7 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
           f'{", ".join(smoke.documents)}; then {smoke.continue_steps} steps on ') in md
   kind, v = next(iter(reading.items()))
   assert f'| {kind} | {v["token_accuracy"]:.3f} | {v["document_accuracy"]:.3f} |' in md
-  for label in R.VARIANTS.values():
+  for label in tables.VARIANTS.values():
     assert f'| {label} |' in md
   with open(os.path.join(workdir, 'reproduction.md')) as f:
     assert f.read().strip() in md  # printed, after the stages' own progress lines

@@ -276,6 +276,30 @@ def run_bootstrap(sampler: Sampler, params: Any, unlabelled: Sequence[Mapping[st
   return stats
 
 
+def true_label_examples(synthetic: Sequence[Mapping[str, Any]],
+                        unlabelled: Sequence[Mapping[str, Any]],
+                        true_action_field: str = 'hidden_action', class_key: str = 'world',
+                        world_config=None) -> tuple[list[dict[str, Any]], int]:
+  """A control, not the method: the synthetic records (the pairs bootstrap selected) with each
+  IDP label replaced by its pair's withheld true action; returns them and how many labels changed.
+
+  FDM trained on these gets what a perfect labeller would give on the same pairs, so FDM with true
+  labels against FDM measures what the IDP's label errors cost, and against FT whether the pairs
+  help at all."""
+  index = {f'synthetic-{ex.get("example_id", i)}': i for i, ex in enumerate(unlabelled)}
+  out, changed = [], 0
+  for rec in synthetic:
+    i = index.get(str(rec['example_id']))
+    truth = _true_action(unlabelled[i], true_action_field) if i is not None else None
+    require(truth is not None, f'The synthetic pair {rec["example_id"]} has no withheld true '
+            f'action ({true_action_field!r}) among the unlabelled pairs; the true-label control '
+            'needs the embedded world\'s unlabelled split (leave reproduce.true_label_control '
+            'off).')
+    changed += not same_action(str(rec['action']), truth, class_key, world_config)
+    out.append({**rec, 'action': truth, 'action_type': classify(truth, class_key, world_config)})
+  return out, changed
+
+
 # ------------------------------------------------------------------------------------------------
 # The stage.
 
@@ -324,3 +348,26 @@ def bootstrap_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   run_bootstrap(sampler, params, unlabelled, cfg, sampling,
                 int(config.sampler.max_action_tokens) + 1, stage_dir,
                 jax.random.PRNGKey(int(config.seed)), _world_config(config))
+
+
+TRUE_LABELS_STAGE = 'bootstrap_true_labels'
+
+
+@registry.register('stage', TRUE_LABELS_STAGE)
+def true_labels_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
+  """The true-label control (true_label_examples): WORKDIR/bootstrap's synthetic pairs with their
+  withheld true actions, written as `stage_dir/synthetic` for the train_fdm_true_labels variant."""
+  cfg = config.bootstrap
+  workdir = os.path.dirname(os.path.abspath(stage_dir))
+  synthetic = list(RecordSource.from_prefix(os.path.join(workdir, 'bootstrap', 'synthetic')))
+  prefix = cfg.unlabelled or os.path.join(workdir, 'tokenize', 'unlabelled')
+  unlabelled = list(RecordSource.from_prefix(prefix))
+  examples, changed = true_label_examples(synthetic, unlabelled, str(cfg.true_action_field),
+                                          str(cfg.class_key), _world_config(config))
+  report = write_records(os.path.join(stage_dir, 'synthetic'), examples,
+                         num_shards=int(cfg.num_shards))
+  with open(os.path.join(stage_dir, 'stats.json'), 'w') as f:
+    json.dump(dict(num_written=report.num_written, skipped=dict(report.skipped),
+                   labels_changed=changed, num_pairs=len(examples)), f, indent=1)
+  logging.info('bootstrap_true_labels: %d pairs, %d IDP labels replaced by the true action',
+               len(examples), changed)

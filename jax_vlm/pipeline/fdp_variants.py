@@ -17,6 +17,7 @@ from jax_vlm.input.datasets import resolve_paths
 from jax_vlm.training import trainer
 
 SYNTHETIC = '{workdir}/bootstrap/synthetic'
+TRUE_LABELLED = '{workdir}/bootstrap_true_labels/synthetic'  # the same pairs, their true actions
 FDP_VARIANTS = {
     # FT: labelled data only, the standard (unweighted) loss.
     'train_ft': {'data.extra_train': (), 'data.recognition_weights': False},
@@ -24,6 +25,10 @@ FDP_VARIANTS = {
     'train_fdm': {'data.extra_train': (SYNTHETIC,), 'data.recognition_weights': True},
     'train_fdm_no_synth': {'data.extra_train': (), 'data.recognition_weights': True},
     'train_fdm_no_weight': {'data.extra_train': (SYNTHETIC,), 'data.recognition_weights': False},
+    # A control (reproduce.true_label_control), not the method: FDM on the same selected pairs
+    # with their withheld true actions (bootstrap.true_labels_stage).
+    'train_fdm_true_labels': {'data.extra_train': (TRUE_LABELLED,),
+                              'data.recognition_weights': True},
 }
 # Every stage that trains a model (train.py validates the trainer config before them; export
 # looks for their params).

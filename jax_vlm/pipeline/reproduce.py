@@ -27,6 +27,12 @@ examples (data.train_examples; the unlabelled pairs and the shared stages stay t
 table gets FT vs FDM per labelled-set size, the full set included, with the curve drawn in
 DIR/reproduction.html.
 
+A control (not in the default budget): `--config.reproduce.true_label_control=true` adds the stages
+bootstrap_true_labels (the pairs bootstrap selected, each with its withheld true action instead of
+the IDP's label) and train_fdm_true_labels (FDM on them), and the table two claims: what the IDP's
+label errors cost FDM, and whether FDM with true labels beats FT. On a finished workdir, add
+`--rerun_stages=evaluate` (its variant list changed); the other variants' scores come out the same.
+
 Settings: `config.reproduce` (REPRODUCE_DEFAULTS; a config may leave it out) sets the training steps
 of the dynamics and FDP stages and how FDP variants start; they become stage_overrides, and a
 config's own stage_overrides win over them.
@@ -56,7 +62,13 @@ from jax_vlm.evaluation.report import write_html_report
 from jax_vlm.input import datasets
 from jax_vlm.input.datasets import resolve_paths
 from jax_vlm.pipeline import stages, tables
-from jax_vlm.pipeline.tables import STAGES, VARIANTS, build_table
+from jax_vlm.pipeline.tables import (
+  CONTROL_STAGES,
+  STAGES,
+  build_table,
+  pipeline_stages,
+  pipeline_variants,
+)
 from jax_vlm.training.trainer import validate_config
 
 SHARED_STAGES = ('build_data', 'train_tokenizer', 'tokenize', 'pretrain')
@@ -71,6 +83,7 @@ REPRODUCE_DEFAULTS = dict(
     curve_points=5,  # checkpoints of train_dynamics evaluated for the learning curves
     eval_items=0,  # test items per subset (0 = all)
     labelled_sizes=(),  # labelled-set sizes of the FT-vs-FDM curve (each reruns the seeds' stages)
+  true_label_control=False,  # also FDM on the selected pairs with their true actions (a control)
     jobs=0,  # seed runs at once, each in its own process on its own cores (0 = one per CPU core
     # when there are several runs; 1 = one after another in this process): see _run_in_workers
 )
@@ -92,6 +105,10 @@ def reproduce_section(size: str) -> ml_collections.ConfigDict:
   r.curve_points = 2 if smoke else 4
   r.eval_items = 8 if smoke else 200  # per test subset; 0 = all
   r.labelled_sizes = ()  # e.g. (250, 500, 1000): the labelled-size curve, one pipeline per size
+  # A control, not in the default budget (~80 CPU s of training and ~30 of evaluation a seed): FDM
+  # trained on the pairs bootstrap selected with their withheld true actions instead of the IDP's
+  # labels, which tells what the labels' errors cost FDM and whether the pairs help when right.
+  r.true_label_control = False
   # Seed runs at once, each in its own process pinned to its share of the CPU cores; 0 = one per
   # core when there are several runs, 1 = one after another in this process. On 2 cores two
   # one-core runs get through 1.35x the training steps of one two-thread run (docs/benchmarks.md).
@@ -143,7 +160,9 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
   out = ml_collections.ConfigDict(config.to_dict())
   if seed is not None:
     out.seed = int(seed)
-  out.stages = STAGES
+  control = bool(r.true_label_control)
+  variants = pipeline_variants(control)
+  out.stages = pipeline_stages(control)
   # Labels longer than the data's actions cannot be right, and would not fit a cache sized for
   # the data (sampler.cache_len 0 = data.max_seq_len).
   if int(out.sampler.max_action_tokens) > int(out.data.action_max_tokens):
@@ -157,7 +176,7 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
                          'train.checkpoint_every': max(dyn_steps // points, 1),
                          'train.keep_checkpoints': 0},  # 0 keeps them all (the curves read them)
   }
-  for name in VARIANTS:
+  for name in variants:
     overrides[name] = {
         'train.num_steps': fdp_steps, 'train.checkpoint_every': fdp_steps,
         'train.init_from': str(r.fdp_init),
@@ -169,7 +188,7 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
   for name, values in given.items():
     overrides.setdefault(name, {}).update(dict(values))
   if train_examples:  # the shared stages keep the full data (and their fingerprints)
-    for name in STAGES:
+    for name in out.stages:
       if name not in SHARED_STAGES:
         overrides.setdefault(name, {})['data.train_examples'] = int(train_examples)
   # (key, value) pairs, not dicts: a ConfigDict refuses dotted keys when it is copied
@@ -178,7 +197,7 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
       {name: tuple(sorted(values.items())) for name, values in overrides.items()})
   if 'world_eval' not in out:
     out.world_eval = world_eval_section(str(out.world.size))
-  out.world_eval.fdp_stages = tuple(VARIANTS)
+  out.world_eval.fdp_stages = tuple(variants)
   out.world_eval.idp_stage = 'train_dynamics'
   out.world_eval.curve_stage = 'train_dynamics'
   if int(r.eval_items):
@@ -197,7 +216,7 @@ def _stage_times(workdir: str) -> dict[str, dict[str, float]]:
   keys = {'stage_seconds': 'seconds', 'stage_cpu_seconds': 'cpu_seconds',
           'stage_compiles': 'compiles', 'stage_compile_seconds': 'compile_seconds'}
   out = {name: {} for name in keys}
-  for stage in STAGES:
+  for stage in STAGES + CONTROL_STAGES:
     path = os.path.join(workdir, stage, 'DONE')
     if not os.path.isfile(path):
       continue

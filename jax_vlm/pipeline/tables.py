@@ -17,7 +17,29 @@ STAGES = ('build_data', 'train_tokenizer', 'tokenize', 'pretrain', 'train_dynami
           'train_ft', 'train_fdm', 'train_fdm_no_synth', 'train_fdm_no_weight', 'evaluate')
 VARIANTS = {'train_ft': 'FT', 'train_fdm': 'FDM', 'train_fdm_no_synth': 'FDM w/o synthetic',
             'train_fdm_no_weight': 'FDM w/o weighting'}
+# The true-label control (reproduce.true_label_control): its stages and variant, in the table only
+# where the runs have them.
+CONTROL_STAGES = ('bootstrap_true_labels', 'train_fdm_true_labels')
+CONTROL_VARIANTS = {'train_fdm_true_labels': 'FDM, true labels (control)'}
 SUBSETS = ('test', 'test_compositional')
+
+
+def pipeline_stages(true_label_control: bool = False) -> tuple[str, ...]:
+  """The reproduction's stages in order, with the true-label control's after bootstrap and after
+  the last FDP variant."""
+  if not true_label_control:
+    return STAGES
+  i, j = STAGES.index('bootstrap') + 1, STAGES.index('evaluate')
+  return STAGES[:i] + CONTROL_STAGES[:1] + STAGES[i:j] + CONTROL_STAGES[1:] + STAGES[j:]
+
+
+def pipeline_variants(true_label_control: bool = False) -> dict[str, str]:
+  """The FDP variants (stage -> label) the reproduction trains and evaluates."""
+  return {**VARIANTS, **(CONTROL_VARIANTS if true_label_control else {})}
+
+
+def _has_control(runs: Sequence[dict]) -> bool:
+  return any(v in (r.get('fdp') or {}) for r in runs for v in CONTROL_VARIANTS)
 
 
 def _stat(values: Sequence[float | None]) -> tuple[float | None, float | None]:
@@ -106,6 +128,13 @@ def _claims(runs: Sequence[dict], k1: int, kmax: int) -> list[dict]:
         (f'verification helps FDM (best-of-{kmax} vs best-of-{k1})', subset,
          item('train_fdm', kmax, subset), item('train_fdm', k1, subset), chance),
     ]
+    if _has_control(runs):
+      specs += [
+          ('control: the IDP\'s label errors cost FDM (FDM with true labels vs FDM)', subset,
+           item('train_fdm_true_labels', k1, subset), item('train_fdm', k1, subset), no_pairs),
+          ('control: FDM with true labels beats FT', subset,
+           item('train_fdm_true_labels', k1, subset), item('train_ft', k1, subset), no_pairs),
+      ]
   for task in ('fdp', 'idp'):
     specs.append((f'training makes the model prefer real transitions ({task.upper()} probe, mean '
                   'share over 4 negatives, trained vs random init)', 'test',
@@ -240,7 +269,7 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
     head = (['variant', f'success@{k1}', f'minimal@{k1}', f'exact@{k1}']
             + [f'item@{k}' for k in k_list] + [f'exact@{kmax}', f'oracle item@{kmax}'])
     md += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    for variant, label in VARIANTS.items():
+    for variant, label in pipeline_variants(_has_control(runs)).items():
       cells = [label,
                _fmt([_fdp(r, variant, subset, k1, 'edit_success') for r in runs]),
                _fmt([_fdp(r, variant, subset, k1, 'minimal_editing') for r in runs]),
@@ -317,8 +346,10 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
     md += ['Selected labels correct, had K been a share of the IDP-labelled pairs: ' + ', '.join(
         f'{float(f):.0%} {_fmt([_get(r, "bootstrap", "selection_curve", f) for r in runs])}'
         for f in shares) + '.', '']
-  md += ['| seed | wall s (this command) | CPU s | ' + ' | '.join(STAGES) + ' |',
-         '|' + '---|' * (3 + len(STAGES))]
+  stages = pipeline_stages(any(s in r.get('stage_seconds', {}) for r in runs
+                               for s in CONTROL_STAGES))
+  md += ['| seed | wall s (this command) | CPU s | ' + ' | '.join(stages) + ' |',
+         '|' + '---|' * (3 + len(stages))]
   for r in runs:
     st = r.get('stage_seconds', {})
     cpu = r.get('stage_cpu_seconds', {})
@@ -334,7 +365,7 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
       return f'{st[s]:g}{extra}'
 
     md.append(f'| {r["seed"]} | {r["this_run"]["wall_seconds"]} | {r["this_run"]["cpu_seconds"]} | '
-              + ' | '.join(cell(s) for s in STAGES) + ' |')
+              + ' | '.join(cell(s) for s in stages) + ' |')
   md += ['', 'Per stage: wall seconds / CPU seconds / XLA programs compiled (the seconds their '
          'compiles took), from each stage\'s DONE marker (the run that finished it); a continued '
          'run\'s wall time counts only what it ran. Shared stages run once, in the first seed.', '']
