@@ -163,17 +163,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   pre.text_loss_weight = 2.0
   # A second pretraining phase (0 = none): this many more steps from the first phase's params on
   # continue_documents (a kind named twice is drawn twice as often), with the warmup and decay
-  # restarted. Half its documents say what differs between two photos of one place (no action
-  # words). It lifted IDP effect match from 0.170 to 0.295 on three seeds (paired +0.125, 95% CI
-  # [+0.044, +0.206]; five seeds 0.302) and the bootstrap labels from 12% to 21% correct
-  # (docs/reproduction.md, sessions 8-9).
+  # restarted. Three eighths of its documents say what differs between two photos of one place (no
+  # action words); it lifted IDP effect match from 0.170 to 0.295 on three seeds (paired +0.125,
+  # 95% CI [+0.044, +0.206]) and the bootstrap labels from 12% to 21% correct (sessions 8-9).
+  # A quarter are `region` documents (a photo, then itself with a strip of three cells replaced,
+  # no text): with every strip cell changed they lifted IDP to 0.698 from 0.548 on five seeds
+  # (paired +0.150 [+0.099, +0.201]) and the labels to 59% from 49%, at a cost to FT (-0.145
+  # [-0.224, -0.067]) and none shown to FDM (-0.046 [-0.097, +0.005]) (docs/reproduction.md,
+  # sessions 11-13).
   pre.continue_steps = 4 if smoke else 3000
   pre.continue_documents = ('caption', 'text_to_image', 'multi_caption', 'difference',
-                            'difference', 'difference')
-  # `region` documents (not in the defaults): how many of the pasted strip's 3 cells must differ
-  # from the photo's own (1: any, as session 11 ran it, when most strips changed one cell; 3: every
-  # cell, as an edited region of a real photo changes every patch it covers).
-  pre.region_changed_cells = 1
+                            'difference', 'difference', 'region', 'region')
+  # How many of a `region` strip's 3 cells must differ from the photo's own: 3 = every cell, as an
+  # edited region of a real photo changes every patch it covers (1 = any, as session 11 ran it,
+  # when most strips changed one cell of mostly empty background).
+  pre.region_changed_cells = 3
   # World actions are at most 15 words; the sampler's cache (data.max_seq_len) must hold the prompt
   # plus this many new tokens.
   config.sampler.max_action_tokens = d.action_max_tokens

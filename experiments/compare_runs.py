@@ -31,6 +31,9 @@ QUANTITIES = [
                                          _fdp(r, 'train_ft', 'test', 1, 'item_score'))),
     ('FDM w/o synthetic item@1', lambda r: _fdp(r, 'train_fdm_no_synth', 'test', 1, 'item_score')),
     ('FDM w/o weighting item@1', lambda r: _fdp(r, 'train_fdm_no_weight', 'test', 1, 'item_score')),
+    # The true-label control (reproduce.true_label_control): n/a where a run lacks it.
+    ('FDM, true labels item@1',
+     lambda r: _fdp(r, 'train_fdm_true_labels', 'test', 1, 'item_score')),
     ('FT item@8 (IDP verifier)', lambda r: _fdp(r, 'train_ft', 'test', 8, 'item_score')),
     ('FDM item@8 (IDP verifier)', lambda r: _fdp(r, 'train_fdm', 'test', 8, 'item_score')),
 ]

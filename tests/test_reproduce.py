@@ -192,9 +192,12 @@ def test_pretraining_checkpoints_and_weighs_text_output(tmp_path):
   c.pretrain.region_changed_cells = 1
   assert 'region_changed_cells' not in stages.fingerprint_config(
       stages.stage_config(c, 'pretrain'), 'pretrain', str(tmp_path))['pretrain']
-  # By default it has one, half of its documents `difference`.
+  # By default it has one: three eighths of its documents `difference`, a quarter `region` with
+  # every strip cell changed (in the fingerprint, as 3 is not the value before the key existed).
   assert covered(2.0)['pretrain']['continue_steps'] == 3000
   assert covered(2.0)['pretrain']['continue_documents'].count('difference') == 3
+  assert covered(2.0)['pretrain']['continue_documents'].count('region') == 2
+  assert covered(2.0)['pretrain']['region_changed_cells'] == 3
   c.pretrain.continue_steps, c.pretrain.continue_documents = 30, ('difference',)
   more = stages.fingerprint_config(stages.stage_config(c, 'pretrain'), 'pretrain', str(tmp_path))
   assert (more['pretrain']['continue_steps'], more['pretrain']['continue_documents']) == (
@@ -436,6 +439,21 @@ def test_table_names_the_base_the_seeds_started_from():
   runs[1]['base']['region_changed_cells'] = 3
   assert 'region (region strips with at least 3 changed cells of 3).' in tables.build_table(runs)[0]
   assert '| region | 0.946 | 0.031 |' in md
+
+
+def test_base_summary_reads_the_rule_a_base_ran_with(tmp_path):
+  assert R.base_summary(str(tmp_path)) == {}  # no base: no section
+  pre = tmp_path / 'pretrain'
+  pre.mkdir()
+  metrics = dict(documents=['caption'], steps=10, continue_steps=5, seconds=3.0,
+                 continue_documents=['caption', 'region'], held_out_reading={})
+  (pre / 'metrics.json').write_text(json.dumps(metrics))
+  assert R.base_summary(str(tmp_path)) == {k: v for k, v in metrics.items() if k != 'seconds'}
+  # Metrics written before the key existed: the config the stage ran with says which rule it used.
+  (pre / stages.CONFIG_FILE).write_text(json.dumps({'pretrain': {'region_changed_cells': 3}}))
+  assert R.base_summary(str(tmp_path))['region_changed_cells'] == 3
+  (pre / 'metrics.json').write_text(json.dumps(dict(metrics, region_changed_cells=2)))
+  assert R.base_summary(str(tmp_path))['region_changed_cells'] == 2  # its own metrics win
 
 
 def test_learning_curves_line_up_by_step():

@@ -249,6 +249,26 @@ def _seed_config(config: ml_collections.ConfigDict, workdir: str, seed: int,
   return cfg
 
 
+def base_summary(workdir: str) -> dict:
+  """What the report says about the pretrained base in `workdir` (its pretrain stage's metrics:
+  phases, steps, held-out reading; {} when there is none). A base whose metrics predate
+  `region_changed_cells` gets it from the config the stage ran with."""
+  path = os.path.join(workdir, 'pretrain', 'metrics.json')
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    base = {k: v for k, v in json.load(f).items()
+            if k in ('documents', 'steps', 'continue_documents', 'continue_steps',
+                     'region_changed_cells', 'held_out_reading')}
+  ran_with = os.path.join(workdir, 'pretrain', stages.CONFIG_FILE)
+  if 'region_changed_cells' not in base and os.path.isfile(ran_with):
+    with open(ran_with) as f:
+      cells = (json.load(f).get('pretrain') or {}).get('region_changed_cells')
+    if cells is not None:
+      base['region_changed_cells'] = int(cells)
+  return base
+
+
 def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
              rerun: Sequence[str] = (), train_examples: int = 0) -> dict:
   """Runs (or continues) one seed's pipeline in `workdir`; returns its evaluation summary.
@@ -269,12 +289,9 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
   if os.path.isfile(bootstrap):
     with open(bootstrap) as f:
       summary['bootstrap'] = json.load(f)
-  base = os.path.join(workdir, 'pretrain', 'metrics.json')
-  if os.path.isfile(base):  # the shared base this seed started from (tables._base_section)
-    with open(base) as f:
-      summary['base'] = {k: v for k, v in json.load(f).items()
-                         if k in ('documents', 'steps', 'continue_documents', 'continue_steps',
-                                  'region_changed_cells', 'held_out_reading')}
+  base = base_summary(workdir)
+  if base:  # the shared base this seed started from (tables._base_section)
+    summary['base'] = base
   summary['seed'] = int(seed)
   summary['num_labelled'] = len(datasets.open_split(stages.stage_config(cfg, 'train_ft').data,
                                                     'train'))
