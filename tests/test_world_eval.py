@@ -1,4 +1,8 @@
-"""World evaluation: exact scoring of hand-made predictions, best-of-K selection, summaries."""
+"""World evaluation: exact scoring of hand-made predictions, best-of-K selection, summaries, and
+which parts of the evaluate stage are computed again."""
+
+import json
+import os
 
 import numpy as np
 import pytest
@@ -119,3 +123,63 @@ def test_settings_reject_unknown_keys():
     W.settings(config)
   config = ml_collections.ConfigDict({'world_eval': {'k_list': (8, 1, 2)}})
   assert W.settings(config).k_list == (1, 2, 8)
+
+
+def test_evaluation_parts_are_redone_only_when_their_params_or_settings_change(tmp_path,
+                                                                                monkeypatch):
+  """run_evaluations reuses a part's output while the params and settings it was computed from
+  are unchanged, and computes it again after its stage is retrained (rerun_stages)."""
+  from configs import reproduce as preset
+  calls = []
+
+  def fake_eval(config, workdir, fdp_params, idp_params, splits, k_list, out_dir, *a, **k):
+    calls.append(os.path.basename(out_dir))
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, W.METRICS_FILE), 'w') as f:
+      json.dump({'k_list': list(k_list), 'from': fdp_params}, f)
+
+  monkeypatch.setattr(W, 'WorldModels', lambda config: None)
+  monkeypatch.setattr(W, '_stage_params', lambda workdir, stage: open(
+      os.path.join(workdir, stage, 'params', 'w')).read())
+  monkeypatch.setattr(W, 'evaluate_world', fake_eval)
+  monkeypatch.setattr(W, 'load_items', lambda *a, **k: [])
+  monkeypatch.setattr(W, 'learning_curve', lambda *a, **k: calls.append('curve') or [])
+  monkeypatch.setattr(W, 'probe', lambda *a, **k: calls.append('probe') or {})
+  monkeypatch.setattr(W, 'random_init_params', lambda *a, **k: None)
+  config = preset.get_config('smoke')
+  config.world_eval.update(fdp_stages=('train_ft', 'train_fdm'), idp_stage='train_dynamics',
+                           curve_stage='train_dynamics')
+  work = str(tmp_path)
+  for stage, text in (('train_ft', 'ft-1'), ('train_fdm', 'fdm-1'), ('train_dynamics', 'dyn')):
+    os.makedirs(os.path.join(work, stage, 'params'))
+    with open(os.path.join(work, stage, 'params', 'w'), 'w') as f:
+      f.write(text)
+  os.makedirs(os.path.join(work, 'train_dynamics', 'checkpoints', '10'))
+  out = os.path.join(work, 'evaluate')
+
+  summary = W.run_evaluations(config, work, out)
+  assert calls == ['train_ft', 'train_fdm', 'curve', 'probe', 'probe']  # random init, trained
+  assert summary['fdp']['train_fdm']['from'] == 'fdm-1'
+  calls.clear()
+  W.run_evaluations(config, work, out)
+  assert calls == []  # nothing changed: every part read back
+  with open(os.path.join(work, 'train_fdm', 'params', 'w'), 'w') as f:
+    f.write('fdm-2')  # train_fdm retrained
+  summary = W.run_evaluations(config, work, out)
+  assert calls == ['train_fdm'] and summary['fdp']['train_fdm']['from'] == 'fdm-2'
+  calls.clear()
+  with open(os.path.join(work, 'train_dynamics', 'params', 'w'), 'w') as f:
+    f.write('dyn-2')  # a new verifier: every FDP part and the probe; the curve reads checkpoints
+  W.run_evaluations(config, work, out)
+  assert calls == ['train_ft', 'train_fdm', 'probe', 'probe']
+  calls.clear()
+  config.world_eval.k_list = (1, 2)
+  summary = W.run_evaluations(config, work, out)
+  assert calls == ['train_ft', 'train_fdm'] and summary['fdp']['train_ft']['k_list'] == [1, 2]
+  # A part written before sources were recorded is taken as it is.
+  calls.clear()
+  os.remove(os.path.join(out, 'train_ft', 'metrics.source.json'))
+  with open(os.path.join(work, 'train_ft', 'params', 'w'), 'w') as f:
+    f.write('ft-2')
+  W.run_evaluations(config, work, out)
+  assert calls == []

@@ -27,6 +27,7 @@ The `evaluate` stage evaluates every stage in `world_eval.fdp_stages` (verifier:
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import os
@@ -496,35 +497,82 @@ def _resolved(config, workdir):
   return resolve_paths(config, workdir)
 
 
+def _params_stamp(workdir: str, stage: str, sub: str = 'params') -> str:
+  """A digest of the files under WORKDIR/<stage>/<sub> (names and contents): a retrained stage
+  writes other params, so a part computed from the old ones is known to be stale."""
+  root = os.path.join(workdir, stage, sub)
+  digest = hashlib.sha256()
+  for here, dirs, files in os.walk(root):
+    dirs.sort()
+    for name in sorted(files):
+      digest.update(os.path.relpath(os.path.join(here, name), root).encode() + b'\0')
+      with open(os.path.join(here, name), 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+          digest.update(block)
+  return digest.hexdigest()
+
+
+def _source_path(path: str) -> str:
+  """Where a part's output at `path` records what it was computed from: `<name>.source.json`."""
+  return os.path.splitext(path)[0] + '.source.json'
+
+
+def _fresh(path: str, source: dict) -> bool:
+  """A part's output at `path` is there and was computed from `source` (a part written before
+  sources were recorded is taken as it is)."""
+  if not os.path.isfile(path):
+    return False
+  if not os.path.isfile(_source_path(path)):
+    return True
+  with open(_source_path(path)) as f:
+    return json.load(f) == json.loads(json.dumps(source))
+
+
+def _record_source(path: str, source: dict) -> None:
+  write_json(_source_path(path), source)
+
+
 def run_evaluations(config: ml_collections.ConfigDict, workdir: str, out_dir: str) -> dict:
-  """Everything world_eval asks for, each part skipped when its output is already there."""
+  """Everything world_eval asks for, each part skipped when its output is already there and was
+  computed from the same params and settings (a retrained stage's part is computed again)."""
   s = settings(config)
   config = _resolved(config, workdir)
   models = WorldModels(config)
   idp_params = _stage_params(workdir, s.idp_stage) if s.idp_stage else None
   summary: dict[str, Any] = {'fdp': {}, 'settings': s.to_dict()}
+  verifier = dict(stage=s.idp_stage, params=_params_stamp(workdir, s.idp_stage)
+                  if s.idp_stage else '')
+  common = dict(seed=int(config.seed), temperature=float(config.sampler.temperature),
+                rank_by=str(config.verifier.rank_by))
   for stage in s.fdp_stages:
     sub = os.path.join(out_dir, stage)
     path = os.path.join(sub, METRICS_FILE)
-    if not os.path.isfile(path):
+    source = dict(common, params=_params_stamp(workdir, stage), verifier=verifier,
+                  splits=list(s.splits), k_list=list(s.k_list), max_items=int(s.max_items))
+    if not _fresh(path, source):
       logging.info('evaluate: FDP of %s (verifier %s)', stage, s.idp_stage)
       evaluate_world(config, workdir, _stage_params(workdir, stage), idp_params, tuple(s.splits),
                      s.k_list, sub, int(s.max_items), models=models, title=stage)
+      _record_source(path, source)
     with open(path) as f:
       summary['fdp'][stage] = json.load(f)
   test_items = None
   if s.curve_stage and int(s.curve_items) > 0:
     path = os.path.join(out_dir, 'learning_curve.json')
-    if not os.path.isfile(path):
+    source = dict(common, checkpoints=_params_stamp(workdir, s.curve_stage, 'checkpoints'),
+                  items=int(s.curve_items))
+    if not _fresh(path, source):
       test_items = load_items(config, workdir, 'test', int(s.curve_items))
       write_json(path, learning_curve(models, config, workdir, s.curve_stage, test_items,
                                        jax.random.PRNGKey(int(config.seed) + 1),
                                        int(s.batch_size)))
+      _record_source(path, source)
     with open(path) as f:
       summary['learning_curve'] = json.load(f)
   if int(s.probe_items) > 0 and idp_params is not None:
     path = os.path.join(out_dir, 'probe.json')
-    if not os.path.isfile(path):
+    source = dict(common, verifier=verifier, items=int(s.probe_items))
+    if not _fresh(path, source):
       items = load_items(config, workdir, 'test', int(s.probe_items))
       result = {
           'random_init': probe(models, config, random_init_params(models, int(config.seed)),
@@ -532,6 +580,7 @@ def run_evaluations(config: ml_collections.ConfigDict, workdir: str, out_dir: st
           'trained': probe(models, config, idp_params, items),
           'trained_stage': s.idp_stage, 'items': len(items)}
       write_json(path, result)
+      _record_source(path, source)
     with open(path) as f:
       summary['probe'] = json.load(f)
   write_json(os.path.join(out_dir, METRICS_FILE), summary)

@@ -31,7 +31,9 @@ A control (not in the default budget): `--config.reproduce.true_label_control=tr
 bootstrap_true_labels (the pairs bootstrap selected, each with its withheld true action instead of
 the IDP's label) and train_fdm_true_labels (FDM on them), and the table two claims: what the IDP's
 label errors cost FDM, and whether FDM with true labels beats FT. On a finished workdir, add
-`--rerun_stages=evaluate` (its variant list changed); the other variants' scores come out the same.
+`--rerun_stages=evaluate` (its variant list changed): it scores the new variant and reads back
+the others' scores, which were computed from the same params and settings (the evaluate stage
+computes a part again only when its stage's params or the settings changed).
 
 Settings: `config.reproduce` (REPRODUCE_DEFAULTS; a config may leave it out) sets the training steps
 of the dynamics and FDP stages and how FDP variants start; they become stage_overrides, and a
