@@ -85,7 +85,7 @@ REPRODUCE_DEFAULTS = dict(
     curve_points=5,  # checkpoints of train_dynamics evaluated for the learning curves
     eval_items=0,  # test items per subset (0 = all)
     labelled_sizes=(),  # labelled-set sizes of the FT-vs-FDM curve (each reruns the seeds' stages)
-  true_label_control=False,  # also FDM on the selected pairs with their true actions (a control)
+    true_label_control=False,  # also FDM on the selected pairs with their true actions (a control)
     jobs=0,  # seed runs at once, each in its own process on its own cores (0 = one per CPU core
     # when there are several runs; 1 = one after another in this process): see _run_in_workers
 )
