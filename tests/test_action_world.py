@@ -1,6 +1,7 @@
 """Tests of the embedded action world: rendering and parsing frames, actions and their phrasings,
 scoring, splits and the tokenizer directory."""
 
+import dataclasses
 import itertools
 import json
 import os
@@ -28,7 +29,7 @@ from jax_vlm.core.errors import UserError
 
 CFG = WorldConfig()
 TINY = WorldConfig(num_labelled=60, num_unlabelled=300, num_test=30, num_test_compositional=30,
-                   rollout_length=6)
+                   num_validation=30, rollout_length=6)
 
 
 def _scene(*objs):
@@ -344,8 +345,9 @@ def tiny_splits():
 
 def test_splits_sizes_types_and_consistency(tiny_splits):
   sizes = {k: len(v) for k, v in tiny_splits.items()}
-  assert sizes == dict(labelled=60, unlabelled=300, test=30, test_compositional=30)
-  for name in ('labelled', 'test', 'test_compositional'):
+  assert sizes == dict(labelled=60, unlabelled=300, test=30, test_compositional=30,
+                       validation=30)
+  for name in ('labelled', 'test', 'test_compositional', 'validation'):
     counts = S.split_statistics({name: tiny_splits[name]})[name]['action_types']
     assert set(counts.values()) == {len(tiny_splits[name]) // 6}
   for name, examples in tiny_splits.items():
@@ -378,7 +380,7 @@ def test_compositional_split_holds_only_unseen_combinations(tiny_splits):
   held = S.held_out_combos(TINY, 0)
   assert len(held) == 6 * 4
   train = set()
-  for name in ('labelled', 'unlabelled', 'test'):
+  for name in ('labelled', 'unlabelled', 'test', 'validation'):
     for ex in tiny_splits[name]:
       train |= A.action_combos(S.example_action(ex)['canonical'])
   comp = set()
@@ -393,11 +395,16 @@ def test_compositional_split_holds_only_unseen_combinations(tiny_splits):
 
 
 def test_splits_are_deterministic_for_a_seed(tiny_splits):
-  small = WorldConfig(num_labelled=12, num_unlabelled=30, num_test=6, num_test_compositional=6)
+  small = WorldConfig(num_labelled=12, num_unlabelled=30, num_test=6, num_test_compositional=6,
+                      num_validation=6)
   a, b = S.build_splits(small, 3), S.build_splits(small, 3)
   assert a == b
   assert S.build_splits(small, 4)['labelled'] != a['labelled']
   assert S.held_out_combos(small, 3) == S.held_out_combos(small, 3)
+  # The validation split came last: without it the other splits are exactly what they were.
+  without = dict(S.build_splits(dataclasses.replace(small, num_validation=0), 3))
+  assert without.pop('validation') == [] and without == {k: v for k, v in a.items()
+                                                         if k != 'validation'}
 
 
 # ---- files, CLI, tokenizer --------------------------------------------------------------------

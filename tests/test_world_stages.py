@@ -25,7 +25,7 @@ from jax_vlm.weights import vqgan_files
 TINY = WorldConfig(rows=3, cols=3, colors=('red', 'green', 'blue'), shapes=('square', 'cross'),
                    min_objects=1, max_objects=3, held_out_colors=2, held_out_shapes=1,
                    num_labelled=12, num_unlabelled=16, num_test=6, num_test_compositional=6,
-                   rollout_length=4)
+                   num_validation=6, rollout_length=4)
 VQ = dict(resolution=24, base_channels=8, channel_multiplier=(1, 1, 1, 1), num_res_blocks=0,
           z_channels=32, embed_dim=8, num_embeddings=16, norm_groups=2, patch_encoder=True)
 
@@ -183,8 +183,9 @@ def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch):
       assert ex['action'] == want['action'] and ex['canonical'] == want['canonical']
   tok = json.loads(open(os.path.join(workdir, 'tokenize', 'metrics.json')).read())
   assert tok['codebook_size'] == 16 and 1 <= tok['codes_used'] <= 16
-  assert sum(tok['code_counts']) == 2 * 9 * (12 + 16 + 6 + 6)
-  assert set(tok['splits']) == {'labelled', 'unlabelled', 'test', 'test_compositional'}
+  assert sum(tok['code_counts']) == 2 * 9 * (12 + 16 + 6 + 6 + 6)
+  assert set(tok['splits']) == {'labelled', 'unlabelled', 'test', 'test_compositional',
+                                'validation'}
 
   # Pretraining with a second phase: from the first phase's params, on its own documents.
   # Eight scenes of this tiny world seldom hold a strip whose three cells all differ from another

@@ -6,7 +6,7 @@ actions.py   action types, canonical forms, phrasings, parse_action(text), apply
              score_prediction (FDP) and score_action_text (IDP)
 parser.py    parse_frame(frame) -> scene, the ground truth for generated frames
 splits.py    build_splits / write_world / load_split (labelled, unlabelled, test,
-             test_compositional)
+             test_compositional, validation: built like test, for tuning)
 tokenizer.py the world's word-level text tokenizer directory
 pretrain.py  action-free pretraining documents over fresh scenes (captions, text-to-image,
              multi-image captions, repeated images): the stand-in for a VLM's pretraining data

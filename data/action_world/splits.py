@@ -8,6 +8,9 @@ Splits (sizes from WorldConfig; 'smoke' is 10x smaller):
   test                triplets from the training distribution
   test_compositional  triplets whose every acted-on (colour, shape, action type) combination is
                       held out of labelled, unlabelled and test
+  validation          triplets built like test, drawn after every other split (its own random
+                      stream; it yields on collisions), so the other splits are what they were
+                      before it existed: the split settings are tuned on, never `test`
 
 Compositional hold-out: for each action type, `held_out_colors` colours x `held_out_shapes`
 shapes (drawn from the seed; 2 x 2 = 4 of the 24 default pairs per type) form the held-out
@@ -51,8 +54,9 @@ from data.action_world.world import (
 )
 from data.errors import require
 
-SPLITS = ('labelled', 'unlabelled', 'test', 'test_compositional')
-_STREAM = {'test_compositional': 1, 'test': 2, 'labelled': 3, 'unlabelled': 4, 'held_out': 5}
+SPLITS = ('labelled', 'unlabelled', 'test', 'test_compositional', 'validation')
+_STREAM = {'test_compositional': 1, 'test': 2, 'labelled': 3, 'unlabelled': 4, 'held_out': 5,
+           'validation': 6}
 _MAX_TRIES = 1000
 
 
@@ -154,7 +158,7 @@ def _rollouts(n: int, config: WorldConfig, seed: int, held: frozenset, seen: set
 
 
 def build_splits(config: WorldConfig = DEFAULT_CONFIG, seed: int = 0) -> dict[str, list[dict]]:
-  """All four splits, deterministic for (config, seed). See the module docstring."""
+  """All five splits, deterministic for (config, seed). See the module docstring."""
   held = held_out_combos(config, seed)
   seen: set = set()
   # Test sets first, so training data is what yields on the (rare) collisions.
@@ -164,6 +168,7 @@ def build_splits(config: WorldConfig = DEFAULT_CONFIG, seed: int = 0) -> dict[st
   splits['test'] = _triplets('test', config.num_test, config, seed, held, seen)
   splits['labelled'] = _triplets('labelled', config.num_labelled, config, seed, held, seen)
   splits['unlabelled'] = _rollouts(config.num_unlabelled, config, seed, held, seen)
+  splits['validation'] = _triplets('validation', config.num_validation, config, seed, held, seen)
   return {name: splits[name] for name in SPLITS}
 
 

@@ -65,6 +65,9 @@ class WorldConfig:
   num_unlabelled: int = 20000
   num_test: int = 500
   num_test_compositional: int = 500
+  # Built like `test` and drawn after every other split, so adding it left those unchanged: what
+  # settings are tuned on (never `test`). Not evaluated by default.
+  num_validation: int = 500
   rollout_length: int = 10  # steps per unlabelled rollout (consecutive pairs per episode)
   # Compositional hold-out: per action type, held_out_colors x held_out_shapes (colour, shape)
   # pairs never acted on by that action type in labelled/unlabelled/test.
@@ -119,12 +122,12 @@ class WorldConfig:
 
   @classmethod
   def preset(cls, size: str = 'default', **overrides) -> 'WorldConfig':
-    """'default' (2,000 / 20,000 / 500 / 500 examples) or 'smoke' (10x fewer)."""
+    """'default' (2,000 / 20,000 / 500 / 500 / 500 examples) or 'smoke' (10x fewer)."""
     require(size in ('default', 'smoke'),
             f'World size {size!r} is unknown; use "default" or "smoke".')
     if size == 'smoke':
       overrides = dict(num_labelled=200, num_unlabelled=2000, num_test=50,
-                       num_test_compositional=50, **overrides)
+                       num_test_compositional=50, num_validation=50, **overrides)
     return cls(**overrides)
 
 

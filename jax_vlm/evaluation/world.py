@@ -20,7 +20,8 @@ Outputs of `evaluate_world` (in `out_dir`):
 
 The `evaluate` stage evaluates every stage in `world_eval.fdp_stages` (verifier:
 `world_eval.idp_stage`), the IDP model, learning curves over the checkpoints of
-`world_eval.curve_stage` and the trajectory preference probe (random init vs trained).
+`world_eval.curve_stage` and the trajectory preference probe (random init vs trained). Settings are
+tuned with `world_eval.splits=('validation',)` (built like `test`), never on `test`.
 `run(config, workdir)` is eval.py's entry ('action_world').
 """
 
@@ -148,8 +149,10 @@ def load_items(config, workdir: str, split: str, max_items: int = 0) -> list[dic
   """Tokenized test triplets with their scenes: src_codes, tgt_codes [n], action, canonical,
   action_type, example_id, src_scene, tgt_scene (Scene)."""
   prefix = os.path.join(config.data.dir, split)
+  older = (' (a world built before the validation split existed: add --rerun_stages=build_data,'
+           'tokenize, which leaves its other splits as they were)' if split == 'validation' else '')
   require(os.path.isfile(prefix + '.meta.json'), f'No tokenized {split} split at {prefix}; run '
-          f'the tokenize stage in {workdir} first.')
+          f'the tokenize stage in {workdir} first{older}.')
   source = RecordSource.from_prefix(prefix)
   n = len(source) if not max_items else min(int(max_items), len(source))
   items = []
