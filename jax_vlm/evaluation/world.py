@@ -545,8 +545,10 @@ def run_evaluations(config: ml_collections.ConfigDict, workdir: str, out_dir: st
   summary: dict[str, Any] = {'fdp': {}, 'settings': s.to_dict()}
   verifier = dict(stage=s.idp_stage, params=_params_stamp(workdir, s.idp_stage)
                   if s.idp_stage else '')
-  common = dict(seed=int(config.seed), temperature=float(config.sampler.temperature),
-                rank_by=str(config.verifier.rank_by))
+  # What every part's numbers depend on besides its params: the seed, the sampler and verifier
+  # sections whole, and the batch size (each batch folds its own key).
+  common = dict(seed=int(config.seed), sampler=config.sampler.to_dict(),
+                verifier=config.verifier.to_dict(), batch_size=int(s.batch_size))
   for stage in s.fdp_stages:
     sub = os.path.join(out_dir, stage)
     path = os.path.join(sub, METRICS_FILE)
