@@ -1,13 +1,16 @@
 """Two reproductions of the embedded world, paired per seed: what changed from A to B?
 
   python experiments/compare_runs.py A/reproduction.json B/reproduction.json
+  python experiments/compare_runs.py --subset validation A/validation.json B/validation.json
 
 A and B are two `python -m jax_vlm.reproduce` workdirs' reproduction.json (for example the default
 base and a base with another pretraining mix). For each quantity below it pairs the seeds both
 have and prints A's and B's means and the paired difference B - A with its 95% t interval and a
 verdict (jax_vlm.pipeline.claims.paired_verdict). Same seeds on two bases share the world, the
 labelled set and every seed-dependent draw, so the pairing removes those from the comparison; the
-bases' own build variance is NOT removed (each workdir has one base).
+bases' own build variance is NOT removed (each workdir has one base). `--subset` picks the split
+the FDP and IDP rows read (default `test`; `validation` reads experiments/validation_scores.py's
+files, the split choices are made on).
 """
 import argparse
 import json
@@ -16,27 +19,36 @@ import sys
 from jax_vlm.pipeline.claims import paired_verdict
 from jax_vlm.pipeline.tables import _fdp, _get
 
-QUANTITIES = [
-    ('IDP effect match, test',
-     lambda r: _get(r, 'fdp', 'train_ft', 'splits', 'test', 'idp', 'all', 'effect_match')),
-    ('IDP effect match, test_compositional',
-     lambda r: _get(r, 'fdp', 'train_ft', 'splits', 'test_compositional', 'idp', 'all',
-                    'effect_match')),
-    ('bootstrap labels correct (all)', lambda r: _get(r, 'bootstrap', 'label_accuracy')),
-    ('bootstrap labels correct (selected)',
-     lambda r: _get(r, 'bootstrap', 'selected_label_accuracy')),
-    ('FT item@1', lambda r: _fdp(r, 'train_ft', 'test', 1, 'item_score')),
-    ('FDM item@1', lambda r: _fdp(r, 'train_fdm', 'test', 1, 'item_score')),
-    ('FDM - FT item@1', lambda r: _minus(_fdp(r, 'train_fdm', 'test', 1, 'item_score'),
-                                         _fdp(r, 'train_ft', 'test', 1, 'item_score'))),
-    ('FDM w/o synthetic item@1', lambda r: _fdp(r, 'train_fdm_no_synth', 'test', 1, 'item_score')),
-    ('FDM w/o weighting item@1', lambda r: _fdp(r, 'train_fdm_no_weight', 'test', 1, 'item_score')),
-    # The true-label control (reproduce.true_label_control): n/a where a run lacks it.
-    ('FDM, true labels item@1',
-     lambda r: _fdp(r, 'train_fdm_true_labels', 'test', 1, 'item_score')),
-    ('FT item@8 (IDP verifier)', lambda r: _fdp(r, 'train_ft', 'test', 8, 'item_score')),
-    ('FDM item@8 (IDP verifier)', lambda r: _fdp(r, 'train_fdm', 'test', 8, 'item_score')),
-]
+SUBSETS = ('test', 'test_compositional', 'validation')
+
+
+def quantities(subset: str = 'test') -> list:
+  """(name, run -> value) for the rows compared; FDP and IDP rows read `subset`."""
+  t = subset
+  fdp = lambda v, k=1: (lambda r: _fdp(r, v, t, k, 'item_score'))  # noqa: E731
+  idp = lambda sub: (lambda r: _get(r, 'fdp', 'train_ft', 'splits', sub, 'idp', 'all',  # noqa: E731
+                                    'effect_match'))
+  rows = [(f'IDP effect match, {t}', idp(t))]
+  if t == 'test':
+    rows.append(('IDP effect match, test_compositional', idp('test_compositional')))
+  rows += [
+      ('bootstrap labels correct (all)', lambda r: _get(r, 'bootstrap', 'label_accuracy')),
+      ('bootstrap labels correct (selected)',
+       lambda r: _get(r, 'bootstrap', 'selected_label_accuracy')),
+      ('FT item@1', fdp('train_ft')),
+      ('FDM item@1', fdp('train_fdm')),
+      ('FDM - FT item@1', lambda r: _minus(fdp('train_fdm')(r), fdp('train_ft')(r))),
+      ('FDM w/o synthetic item@1', fdp('train_fdm_no_synth')),
+      ('FDM w/o weighting item@1', fdp('train_fdm_no_weight')),
+      # The true-label control (reproduce.true_label_control): n/a where a run lacks it.
+      ('FDM, true labels item@1', fdp('train_fdm_true_labels')),
+      ('FT item@8 (IDP verifier)', fdp('train_ft', 8)),
+      ('FDM item@8 (IDP verifier)', fdp('train_fdm', 8)),
+  ]
+  return rows
+
+
+QUANTITIES = quantities('test')
 
 
 def _minus(a, b):
@@ -54,11 +66,11 @@ def _runs(path: str) -> dict[int, dict]:
   return {int(r['seed']): r for r in data.get('runs', [])}
 
 
-def compare(a_path: str, b_path: str) -> tuple[list[int], list[dict]]:
+def compare(a_path: str, b_path: str, subset: str = 'test') -> tuple[list[int], list[dict]]:
   a, b = _runs(a_path), _runs(b_path)
   seeds = sorted(set(a) & set(b))
   rows = []
-  for name, get in QUANTITIES:
+  for name, get in quantities(subset):
     # paired_verdict(x, y) is x - y: B first
     v = paired_verdict([get(b[s]) for s in seeds], [get(a[s]) for s in seeds])
     rows.append(dict(quantity=name, a=v['mean_b'], b=v['mean_a'], diff=v['diff'],
@@ -70,8 +82,10 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('a')
   p.add_argument('b')
+  p.add_argument('--subset', default='test', choices=SUBSETS,
+                 help='the split the FDP and IDP rows read (validation: validation_scores.py)')
   args = p.parse_args(argv)
-  seeds, rows = compare(args.a, args.b)
+  seeds, rows = compare(args.a, args.b, args.subset)
   if not seeds:
     sys.exit('compare_runs: the two reproductions share no seed; run the same --seeds in both.')
   num = lambda x: 'n/a' if x is None else f'{x:.3f}'  # noqa: E731

@@ -103,12 +103,37 @@ def test_document_kinds_and_layouts():
         a, b = doc.scene_ids
         assert abs(a - b) == 1 and min(a, b) % 2 == 0  # one pair of the pool
         assert doc.text == P.difference(scenes[a], scenes[b])
+      elif doc.kind == 'relations':
+        assert len(doc.scene_ids) == 1 and doc.text == P.relations(scenes[doc.scene_ids[0]])
       else:
         assert doc.text == P.caption(scenes[doc.scene_ids[-1]])
         assert len(doc.scene_ids) == (2 if doc.kind == 'multi_caption' else 1)
   assert seen == set(P.DOCUMENT_KINDS)
   with pytest.raises(ValueError, match='unknown pretraining document kind'):
     P.sample_document(rng, ('captions',), scenes)
+
+
+def test_relations_name_side_neighbours_in_the_action_words():
+  from data.action_world.actions import parse_action, vocabulary_words
+  from data.action_world.world import Scene, WorldObject
+  scene = Scene((WorldObject(1, 1, 'circle', 'red'), WorldObject(1, 2, 'square', 'blue'),
+                 WorldObject(2, 1, 'cross', 'green'), WorldObject(4, 4, 'triangle', 'cyan')))
+  text = P.relations(scene)
+  assert text == ('the red circle to the left of the blue square the red circle above the green '
+                  'cross the blue square to the right of the red circle the green cross below '
+                  'the red circle')
+  # Each statement means what the same words mean in an action: "move X <rel> Y" puts X there.
+  assert parse_action('move ' + text.split(' the blue square the ')[0] + ' the blue square') == (
+      'move_rel(red circle, left_of, blue square)')
+  assert set(text.split()) <= set(vocabulary_words())
+  assert P.relations(Scene((WorldObject(0, 0, 'circle', 'red'),))) == ''
+  assert len(P.relations(scene, limit=2).split(' the red circle ')) == 2
+  # Only photos where something touches are described; a pool without any is one sentence.
+  lonely = Scene((WorldObject(0, 0, 'circle', 'red'), WorldObject(4, 4, 'square', 'blue')))
+  doc = P.sample_document(np.random.default_rng(0), ('relations',), [lonely, scene])
+  assert doc.scene_ids == (1,) and doc.text == text
+  with pytest.raises(ValueError, match='side by side'):
+    P.sample_document(np.random.default_rng(0), ('relations',), [lonely])
 
 
 def test_region_strips_change_as_many_cells_as_asked():

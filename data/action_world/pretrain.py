@@ -19,6 +19,11 @@ action is ever applied to them) and turns them into documents of these kinds:
                  edited picture: what changed is a contiguous region,
                  as in real images, where an object spans many
                  neighbouring tokens)
+  relations      one scene, then which objects touch and how:      <boi> A <eoi> relations(A)
+                 "the red circle to the left of the blue square"
+                 for each object in reading order and each of its
+                 side neighbours (the spatial-relation captions a
+                 VLM has read, e.g. "a cup next to a laptop")
 
 With `difference` among the kinds the pool pairs its scenes (`pretraining_scenes(paired=True)`;
 without it the pool is the plain random scenes it always was): scene 2i+1 is scene 2i after 1-3
@@ -36,6 +41,12 @@ that place tells it whether the next one will: the comparison pays at the second
 tokens. The world draws each object in one cell, one token, which loses that; the strip of three
 cells restores it. On the development world this was what made a per-cell change feature appear
 at the second image's tokens, where no earlier document did (docs/reproduction.md, session 11).
+
+A `relations` document describes one photo by which objects are side by side, in the relation
+words a pretrained VLM has read in captions ("to the left of", "above", ...): the world's
+captions name only each object's own cell, so without it a base has never related two objects of
+one picture, which a move or an addition next to another object asks the IDP to name (session 14
+of docs/reproduction.md). It is a single scene's description, no action and no change.
 """
 
 from __future__ import annotations
@@ -54,7 +65,8 @@ from data.action_world.world import (
   random_scene,
 )
 
-DOCUMENT_KINDS = ('caption', 'text_to_image', 'multi_caption', 'repeat', 'difference', 'region')
+DOCUMENT_KINDS = ('caption', 'text_to_image', 'multi_caption', 'repeat', 'difference', 'region',
+                  'relations')
 # Kinds whose output is an image (the rest end with a caption).
 IMAGE_OUTPUT_KINDS = ('text_to_image', 'repeat', 'region')
 # Kinds whose text is the caption of their last scene (a source may cache those).
@@ -77,6 +89,14 @@ class Document(NamedTuple):
 
 
 REGION_WIDTH = 3  # cells of one row a `region` document replaces
+# The most statements a `relations` document makes (about 10 words each), so one photo and its
+# statements fit the pretraining row (pretrain.max_seq_len = 112).
+MAX_RELATIONS = 8
+# A neighbour's offset from an object -> the object's relation to it, in the action phrasings'
+# words ("the red circle to the left of the blue square": the circle's right neighbour is the
+# square), checked right, left, below, above (actions.NEXT_TO_ORDER).
+_NEIGHBOURS = (((0, 1), 'to the left of'), ((0, -1), 'to the right of'), ((1, 0), 'above'),
+               ((-1, 0), 'below'))
 
 
 def pasted_codes(codes_a: np.ndarray, codes_b: np.ndarray, cells: tuple[int, ...]) -> np.ndarray:
@@ -92,6 +112,19 @@ def caption(scene: Scene) -> str:
   """Every object of the scene with its cell (1-indexed), in reading order."""
   return ' '.join(f'the {o.color} {o.shape} at row {o.row + 1} column {o.col + 1}'
                   for o in scene.objects)
+
+
+def relations(scene: Scene, limit: int = MAX_RELATIONS) -> str:
+  """Each object (reading order) against each of its side neighbours, "the X <relation> the Y",
+  at most `limit` statements; empty when no two objects touch."""
+  cells = scene.cells()
+  out = []
+  for o in scene.objects:
+    for (dr, dc), words in _NEIGHBOURS:
+      n = cells.get((o.row + dr, o.col + dc))  # (colour, shape)
+      if n is not None:
+        out.append(f'the {o.color} {o.shape} {words} the {n[0]} {n[1]}')
+  return ' '.join(out[:limit])
 
 
 def difference(a: Scene, b: Scene) -> str:
@@ -185,6 +218,13 @@ def sample_document(rng: np.random.Generator, kinds: tuple[str, ...], scenes: li
       b = int(rng.integers(len(scenes)))
     raise ValueError(f'region documents need a pool of scenes that differ in {need} neighbouring '
                      'cells of a row')
+  if kind == 'relations':
+    for _ in range(1000):  # a photo where some objects touch
+      text = relations(scenes[a])
+      if text:
+        return Document(kind, (a,), text)
+      a = int(rng.integers(len(scenes)))
+    raise ValueError('relations documents need a pool of scenes where two objects are side by side')
   if kind in ('caption', 'text_to_image'):
     return Document(kind, (a,), caption(scenes[a]))
   if kind == 'multi_caption':
