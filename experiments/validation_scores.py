@@ -80,11 +80,12 @@ def main(argv=None) -> int:
       sys.exit(f'validation_scores: {e}')
     runs.append(run)
     split = next(iter(run['fdp'].values()))['splits']['validation']
+    item1 = ', '.join(
+        f'{v} item@1 {m["splits"]["validation"]["fdp"]["k=1"]["all"]["item_score"]:.3f}'
+        for v, m in run['fdp'].items())
     print(f'seed {seed}: IDP effect match {split["idp"]["all"]["effect_match"]:.3f} on '
-          f'{split["n"]} validation items; '
-          + ', '.join(f'{v} item@1 {m["splits"]["validation"]["fdp"]["k=1"]["all"]["item_score"]:.3f}'
-                      for v, m in run['fdp'].items())
-          + f' ({time.perf_counter() - start:.0f} s)', flush=True)
+          f'{split["n"]} validation items; {item1} ({time.perf_counter() - start:.0f} s)',
+          flush=True)
   out = os.path.join(args.workdir, 'validation.json')
   write_json(out, dict(split='validation', runs=runs))
   print(f'-> {out}')

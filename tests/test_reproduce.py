@@ -398,12 +398,7 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
 
 
 def test_compare_runs_pairs_two_reproductions_by_seed(tmp_path, capsys):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      'compare_runs', os.path.join(os.path.dirname(__file__), '..', 'experiments',
-                                   'compare_runs.py'))
-  compare_runs = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(compare_runs)
+  compare_runs = _experiment('compare_runs')
   a, b = tmp_path / 'a.json', tmp_path / 'b.json'
   a.write_text(json.dumps({'runs': [_run(0, 0.4, 0.3, 0.1), _run(1, 0.6, 0.5, 0.1),
                                     _run(2, 0.5, 0.5, 0.1)]}))
@@ -422,6 +417,82 @@ def test_compare_runs_pairs_two_reproductions_by_seed(tmp_path, capsys):
   b.write_text(json.dumps({'runs': [_run(5, 0.5, 0.3, 0.1)]}))
   with pytest.raises(SystemExit, match='share no seed'):
     compare_runs.main([str(a), str(b)])
+
+
+def _experiment(name):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(os.path.dirname(__file__), '..', 'experiments', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _on_validation(run, shift):
+  """The fake run with its test numbers moved to `validation` and shifted by `shift`."""
+  run = json.loads(json.dumps(run))
+  for variant in run['fdp'].values():
+    sub = variant['splits'].pop('test')
+    variant['splits'].pop('test_compositional')
+    for k in sub['fdp'].values():
+      k['all']['item_score'] += shift
+    sub['idp']['all']['effect_match'] += shift
+    variant['splits']['validation'] = sub
+  return run
+
+
+def test_validation_scores_score_each_seed_on_validation_and_pair_with_compare_runs(
+    tmp_path, monkeypatch, capsys):
+  """validation_scores.py evaluates every evaluated seed on `validation` with the evaluate stage's
+  own settings and writes runs compare_runs.py --subset validation pairs by seed."""
+  from configs import reproduce as preset
+  from jax_vlm.evaluation import world as W
+  scores, compare_runs = _experiment('validation_scores'), _experiment('compare_runs')
+  seen = []
+
+  def fake_run_evaluations(config, workdir, out_dir):
+    seen.append((os.path.basename(workdir), tuple(config.world_eval.splits),
+                 config.world_eval.max_items, config.world_eval.curve_items,
+                 config.world_eval.probe_items, config.sampler.temperature,
+                 os.path.basename(out_dir)))
+    run = _on_validation(_run(int(config.seed), 0.3, 0.2, 0.1), 0.01 * int(config.seed))
+    return {'fdp': run['fdp']}
+
+  monkeypatch.setattr(W, 'run_evaluations', fake_run_evaluations)
+  config = preset.get_config('smoke')
+  config.sampler.temperature = 0.7  # the evaluate stage's own settings are kept
+  for seed in (0, 1):
+    config.seed = seed
+    os.makedirs(tmp_path / f'seed_{seed}' / 'evaluate')
+    (tmp_path / f'seed_{seed}' / 'evaluate' / 'config.json').write_text(config.to_json())
+  os.makedirs(tmp_path / 'seed_2' / 'train_dynamics')  # not evaluated yet: left out
+  os.makedirs(tmp_path / 'seed_0' / 'bootstrap')
+  (tmp_path / 'seed_0' / 'bootstrap' / 'stats.json').write_text(json.dumps(
+      {'label_accuracy': 0.5}))
+  assert scores.main([str(tmp_path)]) == 0
+  assert seen == [('seed_0', ('validation',), 0, 0, 0, 0.7, 'evaluate_validation'),
+                  ('seed_1', ('validation',), 0, 0, 0, 0.7, 'evaluate_validation')]
+  out = capsys.readouterr().out
+  assert 'seed 1: IDP effect match 0.960 on 10 validation items; train_ft item@1 0.310' in out
+  data = json.loads((tmp_path / 'validation.json').read_text())
+  assert [r['seed'] for r in data['runs']] == [0, 1]
+  assert data['runs'][0]['bootstrap'] == {'label_accuracy': 0.5}
+  assert 'bootstrap' not in data['runs'][1]
+  # Paired with another workdir's validation.json, B - A per seed, on the validation rows.
+  other = tmp_path / 'other.json'
+  other.write_text(json.dumps({'runs': [_on_validation(_run(s, 0.2, 0.2, 0.1), 0.0)
+                                        for s in (0, 1)]}))
+  seeds, rows = compare_runs.compare(str(other), str(tmp_path / 'validation.json'), 'validation')
+  rows = {r['quantity']: r for r in rows}
+  assert seeds == [0, 1] and 'IDP effect match, test' not in rows
+  assert rows['IDP effect match, validation']['diff'] == pytest.approx(0.005)
+  assert rows['FT item@1']['diff'] == pytest.approx(0.105)
+  assert rows['FT item@1']['verdict'] == 'holds'
+  assert compare_runs.compare(str(other), str(tmp_path / 'validation.json'))[1][0]['a'] is None
+  with pytest.raises(SystemExit, match='no seed_S folder in .* has run its evaluate stage'):
+    scores.main([str(tmp_path / 'seed_2')])
+  with pytest.raises(SystemExit, match='is not a folder'):
+    scores.main([str(tmp_path / 'missing')])
 
 
 def test_table_names_the_base_the_seeds_started_from():

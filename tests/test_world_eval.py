@@ -183,3 +183,41 @@ def test_evaluation_parts_are_redone_only_when_their_params_or_settings_change(t
     f.write('ft-2')
   W.run_evaluations(config, work, out)
   assert calls == []
+
+
+def test_idp_errors_sorts_each_miss_by_what_went_wrong():
+  """experiments/idp_errors.py: right (by effect), right type with wrong details, or another
+  type, as shares of each true action type."""
+  import importlib.util
+
+  from data.action_world import describe
+  spec = importlib.util.spec_from_file_location('idp_errors', os.path.join(
+      os.path.dirname(__file__), '..', 'experiments', 'idp_errors.py'))
+  idp_errors = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(idp_errors)
+  src = Scene((WorldObject(0, 0, 'circle', 'red'), WorldObject(2, 2, 'square', 'blue')))
+  moved = apply_action(src, 'move(red circle, right)')
+  items = [dict(src_scene=src, tgt_scene=moved, canonical='move(red circle, right)',
+                action_type='move')] * 3 + [
+      dict(src_scene=src, tgt_scene=apply_action(src, 'remove(red circle)'),
+           canonical='remove(red circle)', action_type='remove')]
+  rng = np.random.default_rng(0)
+  texts = [describe('move(red circle, right)', rng),  # right
+           describe('move(red circle, down)', rng),  # right type, wrong direction
+           describe('remove(blue square)', rng),  # another type
+           'nothing at all']  # unparsed
+
+  class Models:
+    world = DEFAULT_CONFIG
+
+    def greedy_actions(self, params, given, batch_size):
+      assert given == items
+      return texts
+  table = idp_errors.error_table(Models(), None, items)
+  assert table['move']['n'] == 3
+  assert table['move']['ok'] == table['move']['same_type'] == table['move']['as_remove'] == (
+      pytest.approx(1 / 3, abs=1e-3))
+  assert table['remove'] == dict(n=1, as_unparsed=1.0,
+                                 examples=["remove(red circle) -> 'nothing at all'"])
+  assert table['move']['examples'] == ['move(red circle, right) -> move(red circle, down)',
+                                       'move(red circle, right) -> remove(blue square)']
