@@ -2,11 +2,18 @@
 named as another type (with a few examples of each type's misses).
 
   python experiments/idp_errors.py SEED_DIR [--split unlabelled] [--items 1000] [--stage S]
+  python experiments/idp_errors.py SEED_DIR --difference   # what the base itself reads
 
 SEED_DIR is one seed's folder of a reproduction (it has train_dynamics/ and tokenize/). The
 default split is `unlabelled`, scored against its withheld actions: the bootstrap's own training
 data, never a reported item, so reading it to decide what to try next does not tune on `test`.
 `--split validation` reads the validation split.
+
+`--difference` asks the pretrained base instead (SEED_DIR/pretrain/params, before any action):
+given the same two frames it writes a `difference` document (data/action_world/pretrain.py: the
+objects only the first frame has, "to", those only the second has, with their cells), and this
+prints how often that text is exactly the true difference, and each of its two halves, by action
+type. It tells whether the base can already say what changed, and where, for an action's frames.
 """
 import argparse
 import collections
@@ -14,14 +21,21 @@ import json
 import os
 import sys
 
+import jax
 import ml_collections
+import numpy as np
 
 from data.action_world.actions import parse_action, parse_canonical, score_action_text
+from data.action_world.pretrain import difference
 from data.records import RecordSource
 from jax_vlm.core.errors import UserError
 from jax_vlm.evaluation import world as world_eval
+from jax_vlm.inference.sampler import Sampler, SamplingParams
 from jax_vlm.input.datasets import resolve_paths
+from jax_vlm.tokens import sequences
 from jax_vlm.training import checkpointing
+
+DIFFERENCE_TOKENS = 48  # a swap's difference names four objects with their cells (~38 words)
 
 
 def _text(v) -> str:
@@ -71,17 +85,69 @@ def error_table(models, params, items, batch_size: int = 64) -> dict:
   return out
 
 
+def _halves(text: str) -> tuple[list[str], list[str]]:
+  words = text.split()
+  cut = words.index('to') if 'to' in words else len(words)
+  return words[:cut], words[cut + 1:]
+
+
+def base_differences(models, base_params, items, batch_size: int = 64) -> list[str]:
+  """The base's greedy text after `<bos> <boi> src <eoi> <boi> tgt <eoi>` (the IDP prompt, which
+  is also how a difference document starts)."""
+  bucket = -(-(2 * models.num_codes + 5) // 8) * 8
+  sampler = Sampler(models.module, models.vocab, bucket + DIFFERENCE_TOKENS, (bucket,))
+  texts = []
+  for start in range(0, len(items), batch_size):
+    chunk = list(items[start:start + batch_size])
+    m = len(chunk)
+    chunk += [chunk[-1]] * (batch_size - m)  # one program for every batch
+    prompts = [sequences.idp_prompt(it['src_codes'], it['tgt_codes'], models.vocab)
+               for it in chunk]
+    res = sampler.generate_text(base_params, prompts, jax.random.PRNGKey(0), 1,
+                                DIFFERENCE_TOKENS, SamplingParams(greedy=True))
+    texts += [res.texts[r][0] for r in range(m)]
+  return texts
+
+
+def difference_table(texts, items) -> dict:
+  """{true type: {'n', 'whole', 'first_frame_only', 'second_frame_only'}}: shares of the base's
+  difference texts that equal the true difference, and its part before / after "to"."""
+  rows = collections.defaultdict(list)
+  for it, text in zip(items, texts):
+    true = difference(it['src_scene'], it['tgt_scene'])
+    (a, b), (ta, tb) = _halves(text), _halves(true)
+    rows[it['action_type']].append((text.split() == true.split(), a == ta, b == tb))
+  return {t: dict(n=len(r), **{k: round(float(v), 3) for k, v in zip(
+      ('whole', 'first_frame_only', 'second_frame_only'), np.mean(r, axis=0))})
+          for t, r in sorted(rows.items())}
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('seed_dir')
   p.add_argument('--split', default='unlabelled')
   p.add_argument('--items', type=int, default=1000, help='items scored (0 = all)')
   p.add_argument('--stage', default='train_dynamics', help='the stage whose params are the IDP')
+  p.add_argument('--difference', action='store_true',
+                 help="read the base's own difference text (pretrain params) instead")
   args = p.parse_args(argv)
   try:
     models, params, items = load(args.seed_dir, args.split, args.items, args.stage)
+    if args.difference:
+      base = os.path.join(args.seed_dir, 'pretrain', 'params')
+      if not os.path.isdir(base):
+        raise UserError(f'{base} does not exist; give a seed folder whose pretrain stage ran.')
+      params = checkpointing.load_params(base)
   except UserError as e:
     sys.exit(f'idp_errors: {e}')
+  if args.difference:
+    table = difference_table(base_differences(models, params, items), items)
+    print(f'{args.seed_dir} (pretrain: the base), {len(items)} {args.split} items: its difference '
+          'text equals the true one (whole / the first frame\'s objects / the second\'s):')
+    for t, row in table.items():
+      print(f'  {t} ({row["n"]}): {row["whole"]:.2f} / {row["first_frame_only"]:.2f} / '
+            f'{row["second_frame_only"]:.2f}')
+    return 0
   table = error_table(models, params, items)
   print(f'{args.seed_dir} ({args.stage}), {len(items)} {args.split} items, by true action type:')
   for t, row in table.items():

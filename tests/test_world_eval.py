@@ -221,3 +221,13 @@ def test_idp_errors_sorts_each_miss_by_what_went_wrong():
                                  examples=["remove(red circle) -> 'nothing at all'"])
   assert table['move']['examples'] == ['move(red circle, right) -> move(red circle, down)',
                                        'move(red circle, right) -> remove(blue square)']
+  # --difference: the base's difference text against the true one, whole and by its two halves.
+  texts = ['the red circle at row 1 column 1 to the red circle at row 1 column 2',  # right
+           'the red circle at row 1 column 1 to the red circle at row 2 column 1',  # after wrong
+           'the red circle at row 1 column 3 to',  # before wrong, after missing
+           'the red circle at row 1 column 1 to']  # right (a removal)
+  table = idp_errors.difference_table(texts, items)
+  assert table['move'] == dict(n=3, whole=pytest.approx(1 / 3, abs=1e-3),
+                               first_frame_only=pytest.approx(2 / 3, abs=1e-3),
+                               second_frame_only=pytest.approx(1 / 3, abs=1e-3))
+  assert table['remove'] == dict(n=1, whole=1.0, first_frame_only=1.0, second_frame_only=1.0)
