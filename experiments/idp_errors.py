@@ -149,7 +149,9 @@ def main(argv=None) -> int:
             f'{row["second_frame_only"]:.2f}')
     return 0
   table = error_table(models, params, items)
-  print(f'{args.seed_dir} ({args.stage}), {len(items)} {args.split} items, by true action type:')
+  right = sum(row['n'] * row.get('ok', 0.0) for row in table.values()) / max(len(items), 1)
+  print(f'{args.seed_dir} ({args.stage}), {len(items)} {args.split} items: effect match '
+        f'{right:.3f}; by true action type:')
   for t, row in table.items():
     shares = ', '.join(f'{k} {v:.2f}' for k, v in row.items() if k not in ('n', 'examples'))
     print(f'  {t} ({row["n"]}): {shares}')
