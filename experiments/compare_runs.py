@@ -48,9 +48,6 @@ def quantities(subset: str = 'test') -> list:
   return rows
 
 
-QUANTITIES = quantities('test')
-
-
 def _minus(a, b):
   return None if a is None or b is None else a - b
 

@@ -21,7 +21,6 @@ import json
 import os
 import sys
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -30,9 +29,7 @@ from data.action_world.pretrain import difference
 from data.records import RecordSource
 from jax_vlm.core.errors import UserError
 from jax_vlm.evaluation import world as world_eval
-from jax_vlm.inference.sampler import Sampler, SamplingParams
 from jax_vlm.input.datasets import resolve_paths
-from jax_vlm.tokens import sequences
 from jax_vlm.training import checkpointing
 
 DIFFERENCE_TOKENS = 48  # a swap's difference names four objects with their cells (~38 words)
@@ -91,24 +88,6 @@ def _halves(text: str) -> tuple[list[str], list[str]]:
   return words[:cut], words[cut + 1:]
 
 
-def base_differences(models, base_params, items, batch_size: int = 64) -> list[str]:
-  """The base's greedy text after `<bos> <boi> src <eoi> <boi> tgt <eoi>` (the IDP prompt, which
-  is also how a difference document starts)."""
-  bucket = -(-(2 * models.num_codes + 5) // 8) * 8
-  sampler = Sampler(models.module, models.vocab, bucket + DIFFERENCE_TOKENS, (bucket,))
-  texts = []
-  for start in range(0, len(items), batch_size):
-    chunk = list(items[start:start + batch_size])
-    m = len(chunk)
-    chunk += [chunk[-1]] * (batch_size - m)  # one program for every batch
-    prompts = [sequences.idp_prompt(it['src_codes'], it['tgt_codes'], models.vocab)
-               for it in chunk]
-    res = sampler.generate_text(base_params, prompts, jax.random.PRNGKey(0), 1,
-                                DIFFERENCE_TOKENS, SamplingParams(greedy=True))
-    texts += [res.texts[r][0] for r in range(m)]
-  return texts
-
-
 def difference_table(texts, items) -> dict:
   """{true type: {'n', 'whole', 'first_frame_only', 'second_frame_only'}}: shares of the base's
   difference texts that equal the true difference, and its part before / after "to"."""
@@ -141,7 +120,8 @@ def main(argv=None) -> int:
   except UserError as e:
     sys.exit(f'idp_errors: {e}')
   if args.difference:
-    table = difference_table(base_differences(models, params, items), items)
+    texts = models.greedy_actions(params, items, 64, max_new_tokens=DIFFERENCE_TOKENS)
+    table = difference_table(texts, items)
     print(f'{args.seed_dir} (pretrain: the base), {len(items)} {args.split} items: its difference '
           'text equals the true one (whole / the first frame\'s objects / the second\'s):')
     for t, row in table.items():

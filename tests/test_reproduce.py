@@ -398,7 +398,7 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
 
 
 def test_compare_runs_pairs_two_reproductions_by_seed(tmp_path, capsys):
-  compare_runs = _experiment('compare_runs')
+  compare_runs = load_experiment('compare_runs')
   a, b = tmp_path / 'a.json', tmp_path / 'b.json'
   a.write_text(json.dumps({'runs': [_run(0, 0.4, 0.3, 0.1), _run(1, 0.6, 0.5, 0.1),
                                     _run(2, 0.5, 0.5, 0.1)]}))
@@ -419,7 +419,8 @@ def test_compare_runs_pairs_two_reproductions_by_seed(tmp_path, capsys):
     compare_runs.main([str(a), str(b)])
 
 
-def _experiment(name):
+def load_experiment(name):
+  """A script of experiments/ as a module (they are not a package)."""
   import importlib.util
   spec = importlib.util.spec_from_file_location(
       name, os.path.join(os.path.dirname(__file__), '..', 'experiments', f'{name}.py'))
@@ -447,7 +448,7 @@ def test_validation_scores_score_each_seed_on_validation_and_pair_with_compare_r
   own settings and writes runs compare_runs.py --subset validation pairs by seed."""
   from configs import reproduce as preset
   from jax_vlm.evaluation import world as W
-  scores, compare_runs = _experiment('validation_scores'), _experiment('compare_runs')
+  scores, compare_runs = load_experiment('validation_scores'), load_experiment('compare_runs')
   seen = []
 
   def fake_run_evaluations(config, workdir, out_dir):

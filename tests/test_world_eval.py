@@ -188,13 +188,9 @@ def test_evaluation_parts_are_redone_only_when_their_params_or_settings_change(t
 def test_idp_errors_sorts_each_miss_by_what_went_wrong():
   """experiments/idp_errors.py: right (by effect), right type with wrong details, or another
   type, as shares of each true action type."""
-  import importlib.util
-
   from data.action_world import describe
-  spec = importlib.util.spec_from_file_location('idp_errors', os.path.join(
-      os.path.dirname(__file__), '..', 'experiments', 'idp_errors.py'))
-  idp_errors = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(idp_errors)
+  from tests.test_reproduce import load_experiment
+  idp_errors = load_experiment('idp_errors')
   src = Scene((WorldObject(0, 0, 'circle', 'red'), WorldObject(2, 2, 'square', 'blue')))
   moved = apply_action(src, 'move(red circle, right)')
   items = [dict(src_scene=src, tgt_scene=moved, canonical='move(red circle, right)',

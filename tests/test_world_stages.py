@@ -219,3 +219,13 @@ def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch):
   with pytest.raises(UserError, match=r'pretrain.region_changed_cells=4 must be a whole number'):
     world_stages.pretrain_stage(stages.stage_config(config, 'pretrain'), stage_dir)
   assert open(os.path.join(stage_dir, 'metrics.jsonl')).read() == before
+  # The base's greedy text after the IDP prompt, at an action's length and longer (a difference
+  # document: experiments/idp_errors.py --difference): one longer-cache sampler, made once.
+  from jax_vlm.evaluation import world as world_eval
+  models = world_eval.WorldModels(datasets.resolve_paths(config, workdir))
+  items = world_eval.load_items(resolved, workdir, 'test', 3)
+  short = models.greedy_actions(final, items, 2)
+  longer = models.greedy_actions(final, items, 2, max_new_tokens=models.text_tokens + 8)
+  assert len(short) == len(longer) == 3 and all(isinstance(t, str) for t in short + longer)
+  models.greedy_actions(final, items[:1], 2, max_new_tokens=models.text_tokens + 8)
+  assert list(models._long_text_samplers) == [models.text_tokens + 8]

@@ -194,6 +194,8 @@ class WorldModels:
     self.text_tokens = self.action_max_tokens + 1
     cache_len = max(fdp_bucket + n, idp_bucket + self.text_tokens)
     self.sampler = Sampler(self.module, self.vocab, cache_len, (fdp_bucket, idp_bucket))
+    self._idp_bucket = idp_bucket
+    self._long_text_samplers: dict[int, Sampler] = {}  # max new tokens -> sampler (greedy_actions)
     # Classifier-free guidance of the FDP samples (config.sampler.cfg_*_scale; 0 = none).
     self.guidance = guidance_from_config(config.sampler)
     self.score_bucket = _round8(2 * n + 6 + self.action_max_tokens)
@@ -248,8 +250,17 @@ class WorldModels:
       out.append(np.asarray(res.codes)[:m])
     return np.concatenate(out).reshape(len(items), num_candidates, -1)
 
-  def greedy_actions(self, params, items: Sequence[dict], batch_size: int) -> list[str]:
-    """Greedy IDP action text for each item's (src, tgt)."""
+  def greedy_actions(self, params, items: Sequence[dict], batch_size: int,
+                     max_new_tokens: int = 0) -> list[str]:
+    """Greedy IDP action text for each item's (src, tgt). `max_new_tokens` (0 = an action's
+    length) reads a longer text after the same prompt, e.g. a base's `difference` document."""
+    new_tokens = int(max_new_tokens) or self.text_tokens
+    sampler = self.sampler
+    if new_tokens > self.text_tokens:  # a cache that holds the prompt and the longer text
+      if new_tokens not in self._long_text_samplers:
+        self._long_text_samplers[new_tokens] = Sampler(
+            self.module, self.vocab, self._idp_bucket + new_tokens, (self._idp_bucket,))
+      sampler = self._long_text_samplers[new_tokens]
     batch_size = max(1, min(batch_size, len(items)))
     texts = []
     for start in range(0, len(items), batch_size):
@@ -258,8 +269,8 @@ class WorldModels:
       chunk = pad_rows(chunk, batch_size)
       prompts = [sequences.idp_prompt(it['src_codes'], it['tgt_codes'], self.vocab)
                  for it in chunk]
-      res = self.sampler.generate_text(params, prompts, jax.random.PRNGKey(0), 1,
-                                       self.text_tokens, SamplingParams(greedy=True))
+      res = sampler.generate_text(params, prompts, jax.random.PRNGKey(0), 1, new_tokens,
+                                  SamplingParams(greedy=True))
       texts += [res.texts[r][0] for r in range(m)]
     return texts
 
