@@ -174,6 +174,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   pre.continue_steps = 4 if smoke else 3000
   pre.continue_documents = ('caption', 'text_to_image', 'multi_caption', 'difference',
                             'difference', 'difference', 'region', 'region')
+  # How many times the second phase runs, each cycle from the last one's params with its warmup
+  # and decay restarted and fresh documents (a warm restart; 1 = once).
+  pre.continue_cycles = 1
   # How many of a `region` strip's 3 cells must differ from the photo's own: 3 = every cell, as an
   # edited region of a real photo changes every patch it covers (1 = any, as session 11 ran it,
   # when most strips changed one cell of mostly empty background).

@@ -219,6 +219,26 @@ def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch):
   with pytest.raises(UserError, match=r'pretrain.region_changed_cells=4 must be a whole number'):
     world_stages.pretrain_stage(stages.stage_config(config, 'pretrain'), stage_dir)
   assert open(os.path.join(stage_dir, 'metrics.jsonl')).read() == before
+  config.pretrain.region_changed_cells = 1
+  # A second cycle of the second phase: both finished phases restored, not retrained; the new
+  # cycle starts from the first cycle's params (kept) on other documents and moves them.
+  continued = open(os.path.join(stage_dir, 'continued', 'metrics.jsonl')).read()
+  config.pretrain.continue_cycles = 0
+  with pytest.raises(UserError, match=r'pretrain.continue_cycles=0 must be a whole number'):
+    world_stages.pretrain_stage(stages.stage_config(config, 'pretrain'), stage_dir)
+  config.pretrain.continue_cycles = 2
+  assert stages.run_stages(config, workdir, ['pretrain'], rerun=['pretrain'])
+  assert open(os.path.join(stage_dir, 'metrics.jsonl')).read() == before
+  assert open(os.path.join(stage_dir, 'continued', 'metrics.jsonl')).read() == continued
+  lines = open(os.path.join(stage_dir, 'continued_2', 'metrics.jsonl')).read().splitlines()
+  assert json.loads(lines[-1])['step'] == 2
+  assert json.loads(open(os.path.join(stage_dir, 'metrics.json')).read())['continue_cycles'] == 2
+  cycle1 = checkpointing.load_params(os.path.join(stage_dir, 'cycle1_params'))
+  again = checkpointing.load_params(os.path.join(stage_dir, 'params'))
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, cycle1, final)))
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), cycle1,
+                       again)
+  assert max(jax.tree.leaves(moved)) > 0
   # The base's greedy text after the IDP prompt, at an action's length and longer (a difference
   # document: experiments/idp_errors.py --difference): one longer-cache sampler, made once.
   from jax_vlm.evaluation import world as world_eval

@@ -92,7 +92,8 @@ NOT_FINGERPRINTED_KEYS = (('train', 'peak_flops'), ('train', 'progress_bar'),
 # match a config that asks for that value.
 OMITTED_AT_DEFAULT = ((('data', 'train_examples'), 0), (('pretrain', 'text_loss_weight'), 1.0),
                       (('pretrain', 'continue_steps'), 0), (('pretrain', 'continue_documents'), []),
-                      (('pretrain', 'region_changed_cells'), 1))
+                      (('pretrain', 'region_changed_cells'), 1),
+                      (('pretrain', 'continue_cycles'), 1))
 # Sections only these stages read; other stages' fingerprints leave them out.
 READ_BY = {'world_eval': ('evaluate',), 'eval': ('evaluate',)}
 _WORLD_DATA = ('build_data', 'train_tokenizer', 'tokenize')

@@ -222,7 +222,9 @@ def _base_section(runs: Sequence[dict]) -> list[str]:
   if base.get('continue_steps'):
     kinds = base.get('continue_documents', [])
     counts = {k: kinds.count(k) for k in dict.fromkeys(kinds)}
-    phases.append(f'then {base["continue_steps"]} steps on ' + ', '.join(
+    cycles = int(base.get('continue_cycles') or 1)
+    again = f' ({cycles} cycles, each a warm restart from the last)' if cycles > 1 else ''
+    phases.append(f'then {base["continue_steps"]} steps{again} on ' + ', '.join(
         f'{k} x{n}' if n > 1 else k for k, n in counts.items()))
   if 'region' in [*base.get('documents', []), *base.get('continue_documents', [])]:
     phases[-1] += (f' (region strips with at least {base.get("region_changed_cells", 1)} '

@@ -317,8 +317,10 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   pretrain.continue_steps > 0 adds a second phase, like a VLM's later pretraining stage: from the
   first phase's params (kept in `stage_dir/phase1_params`), that many steps on
   pretrain.continue_documents with a restarted warmup and decay, in `stage_dir/continued`; its
-  params become `stage_dir/params`. A finished first phase is restored from its checkpoint, not
-  trained again."""
+  params become `stage_dir/params`. pretrain.continue_cycles > 1 runs that phase again from its
+  own params (a warm restart of its schedule, fresh documents), in `stage_dir/continued_<cycle>`,
+  each cycle's params kept in `stage_dir/cycle<cycle>_params` for the next. A finished phase or
+  cycle is restored from its checkpoint, not trained again."""
   config = resolve_paths(config, _workdir(stage_dir))
   world = world_config_of(config)
   p = config.pretrain
@@ -328,6 +330,9 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
           'phase) or a positive number of steps.')
   later = (_document_kinds(p.get('continue_documents', ()), 'pretrain.continue_documents')
            if continue_steps else ())
+  cycles = p.get('continue_cycles', 1)
+  require(isinstance(cycles, int) and cycles >= 1, f'pretrain.continue_cycles={cycles!r} must be a '
+          'whole number of at least 1 (how many times the second phase runs, each from the last).')
   region_changed = p.get('region_changed_cells', 1)
   require(isinstance(region_changed, int) and 1 <= region_changed <= pretrain.REGION_WIDTH,
           f'pretrain.region_changed_cells={region_changed!r} must be a whole number from 1 to '
@@ -367,10 +372,15 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
 
   trainer, result = train(kinds, pretraining_config(config), stage_dir, 0)
   if continue_steps:
-    first = os.path.join(stage_dir, 'phase1_params')
-    checkpointing.save_params(first, trainer.final_params, trainer.model_config)
-    trainer, result = train(later, pretraining_config(config, continue_steps, init_from=first),
-                            os.path.join(stage_dir, 'continued'), 1)
+    previous = os.path.join(stage_dir, 'phase1_params')
+    checkpointing.save_params(previous, trainer.final_params, trainer.model_config)
+    for cycle in range(1, cycles + 1):
+      if cycle > 1:  # a warm restart from the last cycle's params, on other documents
+        previous = os.path.join(stage_dir, f'cycle{cycle - 1}_params')
+        checkpointing.save_params(previous, trainer.final_params, trainer.model_config)
+      workdir = os.path.join(stage_dir, 'continued' if cycle == 1 else f'continued_{cycle}')
+      trainer, result = train(later, pretraining_config(config, continue_steps, init_from=previous),
+                              workdir, cycle)
   checkpointing.save_params(os.path.join(stage_dir, 'params'), trainer.final_params,
                             trainer.model_config)
   # How well the base reads and writes scenes it never saw: a pretrained VLM that cannot caption
@@ -387,13 +397,15 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   write_json(os.path.join(stage_dir, 'metrics.json'), dict(
       scenes=len(scenes), documents=list(kinds), steps=int(p.num_steps),
       continue_documents=list(later), continue_steps=continue_steps,
+      continue_cycles=cycles if continue_steps else 0,
       region_changed_cells=region_changed,
       encode_seconds=round(encode_s[0], 1), seconds=round(time.perf_counter() - start, 1),
       held_out_reading=reading,
       final_metrics={k: float(v) for k, v in (result.get('metrics') or {}).items()}))
   read = ', '.join(f'{k} {v["token_accuracy"]:.3f}/{v["document_accuracy"]:.3f}'
                    for k, v in reading.items())
-  more = (f' + {continue_steps} on {", ".join(dict.fromkeys(later))}' if continue_steps else '')
+  more = (f' + {continue_steps}{f" x{cycles}" if cycles > 1 else ""} on '
+          f'{", ".join(dict.fromkeys(later))}' if continue_steps else '')
   print(f'pretrain: {p.num_steps} steps on {len(scenes)} fresh scenes ({", ".join(kinds)}){more} '
         f'in {time.perf_counter() - start:.0f} s -> {stage_dir}/params; held-out teacher-forced '
         f'token/document accuracy: {read}', flush=True)
