@@ -511,6 +511,9 @@ def test_table_names_the_base_the_seeds_started_from():
   runs[1]['base']['region_changed_cells'] = 3
   assert 'region (region strips with at least 3 changed cells of 3).' in tables.build_table(runs)[0]
   assert '| region | 0.946 | 0.031 |' in md
+  runs[1]['base']['continue_cycles'] = 2  # the second phase run twice (pretrain.continue_cycles)
+  assert ('then 5 steps (2 cycles, each a warm restart from the last) on caption, difference x2'
+          in tables.build_table(runs)[0])
 
 
 def test_base_summary_reads_the_rule_a_base_ran_with(tmp_path):
@@ -518,7 +521,8 @@ def test_base_summary_reads_the_rule_a_base_ran_with(tmp_path):
   pre = tmp_path / 'pretrain'
   pre.mkdir()
   metrics = dict(documents=['caption'], steps=10, continue_steps=5, seconds=3.0,
-                 continue_documents=['caption', 'region'], held_out_reading={})
+                 continue_documents=['caption', 'region'], continue_cycles=2,
+                 held_out_reading={})
   (pre / 'metrics.json').write_text(json.dumps(metrics))
   assert R.base_summary(str(tmp_path)) == {k: v for k, v in metrics.items() if k != 'seconds'}
   # Metrics written before the key existed: the config the stage ran with says which rule it used.
