@@ -99,6 +99,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.extra_train = ()  # record prefixes or directories (the bootstrap stage's synthetic triplets)
   d.max_seq_len = 80
   d.action_max_tokens = 20
+  # Training rows are padded to the smallest of these that fits the batch's longest row, not to
+  # max_seq_len: a plain-phrased row is 60-67 tokens (actions of 4-11 words), a varied one at most
+  # 71, so batches train at 68 (or 72) tokens. The train_dynamics step is about 20% faster at 68
+  # than at 80 on one core (docs/benchmarks.md, session 16); the loss and gradients are those of
+  # the same rows (padding is masked), equal up to float rounding.
+  d.length_buckets = (68, 72)
   d.recognition_weights = True
   # The world's patch encoder gives unchanged cells exactly zero feature change, so the pure
   # weighting would never train the model to copy them: keep a floor.

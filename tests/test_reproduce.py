@@ -210,7 +210,7 @@ def test_pretraining_checkpoints_and_weighs_text_output(tmp_path):
 def test_keys_pretraining_sets_itself_leave_its_fingerprint(tmp_path):
   from jax_vlm.pipeline import world_stages
   keys = [k for k, readers in stages.NOT_READ_BY.items() if 'pretrain' in readers and '.' in k]
-  assert 'train.learning_rate' in keys
+  assert 'train.learning_rate' in keys and 'data.length_buckets' in keys
 
   def covered(c):
     return stages.fingerprint_config(stages.stage_config(c, 'pretrain'), 'pretrain', str(tmp_path))
@@ -220,7 +220,8 @@ def test_keys_pretraining_sets_itself_leave_its_fingerprint(tmp_path):
     c = preset.get_config()
     value = c[section][name]
     c[section][name] = ('/elsewhere' if isinstance(value, str) else
-                        not value if isinstance(value, bool) else value * 2 + 1)
+                        not value if isinstance(value, bool) else
+                        tuple(value) + (99,) if isinstance(value, tuple) else value * 2 + 1)
     for args in ((), (7, '/base')):
       assert (world_stages.pretraining_config(c, *args).to_dict()
               == world_stages.pretraining_config(base, *args).to_dict()), key
@@ -549,3 +550,34 @@ def test_learning_curves_line_up_by_step():
   faster = next(c for c in js['claims'] if c['claim'].startswith('IDP is learned faster'))
   assert faster['per_seed_a'] == pytest.approx([0.6, 0.7])  # seed 0: steps 10 and 20 only
   assert faster['per_seed_b'] == pytest.approx([0.2, 0.2])
+
+
+def test_world_rows_fit_the_training_length_buckets():
+  """An IDP row (bos, two images with boi/eoi, the action's words, eos) of the default world fits
+  the smallest bucket in plain phrasing and the largest in any phrasing, so train_dynamics' batches
+  are one shape (configs/action_world.py, data.length_buckets)."""
+  import dataclasses
+
+  import numpy as np
+
+  from data.action_world import actions as A
+  from data.action_world.world import WorldConfig, random_scene
+  config = preset.get_config()
+  buckets = sorted(config.data.length_buckets)
+  assert config.world.phrasings == 'plain'
+  world = dataclasses.replace(WorldConfig.preset('default'), phrasings='plain')
+  varied = dataclasses.replace(world, phrasings='varied')
+  rng = np.random.default_rng(0)
+  plain_words = any_words = 0
+  for _ in range(200):
+    src = random_scene(rng, world)
+    for kind in A.ACTION_TYPES:
+      a = A.sample_action(src, kind, rng, world)
+      if a is not None:
+        plain_words = max(plain_words, len(A.describe(a, rng, world).split()))
+        any_words = max(any_words, *(len(t.split()) for t in A.all_phrasings(a, varied)))
+  row = lambda words: 1 + 2 * (world.num_cells + 2) + words + 1  # noqa: E731
+  assert (plain_words, any_words) == (11, 15)
+  assert row(plain_words) <= buckets[0] < row(plain_words) + 8  # the bucket plain rows train at
+  assert row(any_words) <= buckets[-1] <= config.data.max_seq_len
+  assert any_words <= config.data.action_max_tokens

@@ -109,7 +109,8 @@ NOT_READ_BY = {
     **{k: ('pretrain',) for k in ('train.num_steps', 'train.learning_rate', 'train.warmup_steps',
                                   'train.global_batch_size', 'train.checkpoint_every',
                                   'train.init_from', 'objectives.idp_loss_weight',
-                                  'objectives.fdp_loss_weight', 'data.max_seq_len')},
+                                  'objectives.fdp_loss_weight', 'data.max_seq_len',
+                                  'data.length_buckets')},
 }
 
 

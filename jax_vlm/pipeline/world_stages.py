@@ -297,6 +297,7 @@ def pretraining_config(config: ml_collections.ConfigDict, num_steps: int = 0,
   out.objectives.fdp_loss_weight = 1.0
   out.train.init_from = init_from
   out.data.max_seq_len = int(p.max_seq_len)
+  out.data.length_buckets = ()  # documents are padded to pretrain.max_seq_len (DocumentSource)
   return out
 
 
