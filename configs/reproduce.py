@@ -7,9 +7,9 @@ plus the experiment's settings, so every knob can be overridden from the command
 config.reproduce: training steps of train_dynamics (IDP + FDP on the labelled data, also the IDP
 verifier and bootstrap labeller) and of each FDP variant (FT, FDM and its two ablations), which
 start from `fdp_init`'s params; config.world_eval: what the evaluate stage measures
-(jax_vlm/evaluation/world.py). 'default': a seed's own stages take about 2,500 CPU seconds threaded
-over 2 CPU cores (25 minutes alone, session 8) and about 1,500 on one core, as the worker
-processes of a several-seed run use them (session 11); the shared stages about 5,000-7,000 once
+(jax_vlm/evaluation/world.py). 'default': a seed's own stages take about 1,500 CPU seconds threaded
+over 2 CPU cores (14 minutes alone) and about 1,200 on one core, as the worker processes of a
+several-seed run use them (session 16, README "Time"); the shared stages about 5,000-7,000 once
 (pretraining's two phases); 'smoke' is the same pipeline in a few minutes.
 """
 
