@@ -552,32 +552,49 @@ def test_learning_curves_line_up_by_step():
   assert faster['per_seed_b'] == pytest.approx([0.2, 0.2])
 
 
-def test_world_rows_fit_the_training_length_buckets():
-  """An IDP row (bos, two images with boi/eoi, the action's words, eos) of the default world fits
-  the smallest bucket in plain phrasing and the largest in any phrasing, so train_dynamics' batches
-  are one shape (configs/action_world.py, data.length_buckets)."""
+def test_world_rows_fit_the_training_length_buckets(tmp_path):
+  """The default world's longest IDP and FDP rows, built by the pipeline's own sequence builder
+  with the world's tokenizer, fit the smallest bucket in plain phrasing and the largest in any
+  phrasing, so train_dynamics' batches are one shape (configs/action_world.py,
+  data.length_buckets)."""
   import dataclasses
 
   import numpy as np
 
   from data.action_world import actions as A
+  from data.action_world.tokenizer import write_tokenizer
   from data.action_world.world import WorldConfig, random_scene
+  from jax_vlm.tokens import sequences as seqs
+  from jax_vlm.tokens.vocab import UnifiedVocab
   config = preset.get_config()
   buckets = sorted(config.data.length_buckets)
   assert config.world.phrasings == 'plain'
   world = dataclasses.replace(WorldConfig.preset('default'), phrasings='plain')
   varied = dataclasses.replace(world, phrasings='varied')
+  config.vocab.tokenizer_dir = write_tokenizer(str(tmp_path / 'tokenizer'), varied)
+  vocab = UnifiedVocab.from_config(config.vocab)
+  codes = np.zeros(world.num_cells, np.int32)
+
+  def longest(texts):  # (words, tokens of the longest IDP or FDP row) over the action texts
+    text = max(texts, key=lambda t: len(t.split()))
+    example = {'src_codes': codes, 'tgt_codes': codes, 'action': text,
+               'recognition_weights': np.ones(world.num_cells, np.float32)}
+    rows = [seqs.build(example, task, vocab, int(config.data.action_max_tokens))
+            for task in (seqs.IDP, seqs.FDP)]
+    assert not any(r.action_truncated for r in rows)
+    return len(text.split()), max(len(r) for r in rows)
+
   rng = np.random.default_rng(0)
-  plain_words = any_words = 0
+  plain, varied_texts = [], []
   for _ in range(200):
     src = random_scene(rng, world)
     for kind in A.ACTION_TYPES:
       a = A.sample_action(src, kind, rng, world)
       if a is not None:
-        plain_words = max(plain_words, len(A.describe(a, rng, world).split()))
-        any_words = max(any_words, *(len(t.split()) for t in A.all_phrasings(a, varied)))
-  row = lambda words: 1 + 2 * (world.num_cells + 2) + words + 1  # noqa: E731
+        plain.append(A.describe(a, rng, world))
+        varied_texts += A.all_phrasings(a, varied)
+  (plain_words, plain_row), (any_words, any_row) = longest(plain), longest(varied_texts)
   assert (plain_words, any_words) == (11, 15)
-  assert row(plain_words) <= buckets[0] < row(plain_words) + 8  # the bucket plain rows train at
-  assert row(any_words) <= buckets[-1] <= config.data.max_seq_len
+  assert plain_row <= buckets[0] < plain_row + 8  # the bucket plain rows train at
+  assert any_row <= buckets[-1] <= config.data.max_seq_len
   assert any_words <= config.data.action_max_tokens
