@@ -145,6 +145,47 @@ def test_true_label_control_adds_its_stages_variant_and_claims(tmp_path):
   assert '| bootstrap_true_labels |' in md.replace(' | bootstrap | ', ' | ')  # its time column
 
 
+def test_idp_self_training_adds_its_round_and_feeds_it_on(tmp_path):
+  from jax_vlm.input.datasets import resolve_paths
+  from jax_vlm.pipeline.fdp_variants import SYNTHETIC, SYNTHETIC_ROUND2
+  config = preset.get_config('smoke')
+  assert not config.reproduce.idp_self_training  # an option, not in the default budget
+  plain = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
+  config.reproduce.idp_self_training = True
+  config.stage_overrides.train_idp_round2 = (('train.learning_rate', 2e-3),)  # the user's own wins
+  rc = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
+  order = list(rc.stages)
+  assert order == [*R.STAGES[:6], 'train_idp_round2', 'bootstrap_round2', *R.STAGES[6:]]
+  for name in order:
+    stages.get(name)
+  # The second round trains as train_dynamics does (start, objectives, loss) plus the first
+  # round's pairs, for its own number of steps.
+  dyn, rnd = (stages.stage_config(rc, n) for n in ('train_dynamics', 'train_idp_round2'))
+  assert tuple(dyn.data.extra_train) == ()
+  assert tuple(rnd.data.extra_train) == (SYNTHETIC.format(workdir=tmp_path),)
+  assert rnd.train.num_steps == config.reproduce.idp_self_training_steps != dyn.train.num_steps
+  assert rnd.train.learning_rate == 2e-3
+  for key in ('init_from', 'keep_checkpoints'):
+    assert rnd.train[key] == dyn.train[key]
+  assert rnd.objectives.to_dict() == dyn.objectives.to_dict()
+  assert rnd.data.recognition_weights == dyn.data.recognition_weights
+  assert stages.stage_config(rc, 'bootstrap_round2').bootstrap.labeller_stage == (
+      'train_idp_round2')
+  # The variants with synthetic data read the second round's; the others are untouched, so a
+  # workdir's train_ft and train_fdm_no_synth are reused as they are.
+  round2 = (SYNTHETIC_ROUND2.format(workdir=tmp_path),)
+  for name in ('train_fdm', 'train_fdm_no_weight'):
+    assert tuple(stages.stage_config(rc, name).data.extra_train) == round2
+  for name in ('train_dynamics', 'bootstrap', 'train_ft', 'train_fdm_no_synth'):
+    assert stages.fingerprint_config(stages.stage_config(rc, name), name, str(tmp_path)) == (
+        stages.fingerprint_config(stages.stage_config(plain, name), name, str(tmp_path)))
+  assert rc.world_eval.idp_stage == 'train_idp_round2' and plain.world_eval.idp_stage == (
+      'train_dynamics')
+  config.reproduce.true_label_control = True
+  with pytest.raises(UserError, match='cannot run together'):
+    R.reproduction_config(config, seed=0)
+
+
 def test_labelled_size_settings_reach_only_the_seed_stages(tmp_path):
   from jax_vlm.input.datasets import resolve_paths
   config = preset.get_config('smoke')
@@ -396,6 +437,33 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   assert js3['runs'][0]['stage_cpu_seconds'] == run['stage_cpu_seconds']
   assert js3['runs'][1]['stage_cpu_seconds']['train_dynamics'] > 0
   assert js3['cpu_seconds'] > 0  # the workers' CPU time is counted
+
+  # The IDP's second round (reproduce.idp_self_training) on seed 0's first: a new workdir that
+  # shares seed 0's stages up to bootstrap and the variants without synthetic data.
+  st = str(tmp_path / 'self_training')
+  os.makedirs(os.path.join(st, 'seed_0'))
+  reused = (*R.SHARED_STAGES, 'train_dynamics', 'bootstrap', 'train_ft', 'train_fdm_no_synth')
+  for name in reused:
+    os.symlink(os.path.join(seed_dir, name), os.path.join(st, 'seed_0', name))
+  config = preset.get_config('smoke')
+  config.reproduce.idp_self_training = True
+  md4, js4 = R.reproduce(config, st, [0], 'self-training')
+  run4, st0 = js4['runs'][0], os.path.join(st, 'seed_0')
+  for name in reused:  # skipped: their markers are seed 0's
+    assert run4['stage_cpu_seconds'][name] == run['stage_cpu_seconds'][name], name
+  with open(os.path.join(st0, 'train_idp_round2', 'config.json')) as f:
+    rnd = json.load(f)
+  assert rnd['data']['extra_train'] == ['{workdir}/bootstrap/synthetic']
+  assert rnd['train']['num_steps'] == config.reproduce.idp_self_training_steps
+  with open(os.path.join(st0, 'train_fdm', 'config.json')) as f:
+    assert json.load(f)['data']['extra_train'] == ['{workdir}/bootstrap_round2/synthetic']
+  with open(os.path.join(st0, 'bootstrap_round2', 'stats.json')) as f:
+    assert run4['bootstrap'] == json.load(f)  # FDM's labels: the second round's
+  assert run4['bootstrap_round1'] == run['bootstrap']
+  assert run4['settings']['idp_stage'] == 'train_idp_round2'
+  assert '## IDP (greedy action text, `train_idp_round2` model)' in md4
+  assert "The first round's (`bootstrap`, by `train_dynamics`)" in md4
+  assert '| train_idp_round2 | bootstrap_round2 |' in md4  # their time columns
 
 
 def test_compare_runs_pairs_two_reproductions_by_seed(tmp_path, capsys):

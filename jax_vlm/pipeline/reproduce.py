@@ -35,6 +35,15 @@ label errors cost FDM, and whether FDM with true labels beats FT. On a finished 
 the others' scores, which were computed from the same params and settings (the evaluate stage
 computes a part again only when its stage's params or the settings changed).
 
+The IDP's second round, an option (not the paper's recipe, not in the default budget):
+`--config.reproduce.idp_self_training=true` adds, after bootstrap, train_idp_round2 (train_dynamics'
+training, from the same base, on the labelled data plus bootstrap's selected pairs with their IDP
+labels, for reproduce.idp_self_training_steps) and bootstrap_round2 (the unlabelled pairs labelled
+again by it). FDM and FDM w/o weighting then train on the second round's labels, evaluate uses
+train_idp_round2 as the IDP and the verifier, and the table gives both rounds' label accuracy. On a
+finished workdir the FDP variants that read synthetic data and evaluate ran with other settings:
+start a new workdir, or rerun them (`--rerun_stages=train_fdm,train_fdm_no_weight,evaluate`).
+
 Settings: `config.reproduce` (REPRODUCE_DEFAULTS; a config may leave it out) sets the training steps
 of the dynamics and FDP stages and how FDP variants start; they become stage_overrides, and a
 config's own stage_overrides win over them.
@@ -64,8 +73,10 @@ from jax_vlm.evaluation.report import write_html_report
 from jax_vlm.input import datasets
 from jax_vlm.input.datasets import resolve_paths
 from jax_vlm.pipeline import stages, tables
+from jax_vlm.pipeline.fdp_variants import FDP_VARIANTS, SELF_TRAINING, SYNTHETIC, SYNTHETIC_ROUND2
 from jax_vlm.pipeline.tables import (
   CONTROL_STAGES,
+  SELF_TRAINING_STAGES,
   STAGES,
   build_table,
   pipeline_stages,
@@ -86,6 +97,8 @@ REPRODUCE_DEFAULTS = dict(
     eval_items=0,  # test items per subset (0 = all)
     labelled_sizes=(),  # labelled-set sizes of the FT-vs-FDM curve (each reruns the seeds' stages)
     true_label_control=False,  # also FDM on the selected pairs with their true actions (a control)
+    idp_self_training=False,  # the IDP's second round (train_idp_round2, bootstrap_round2)
+    idp_self_training_steps=0,  # train_idp_round2 steps (0 = twice the train_dynamics steps)
     jobs=0,  # seed runs at once, each in its own process on its own cores (0 = one per CPU core
     # when there are several runs; 1 = one after another in this process): see _run_in_workers
 )
@@ -111,6 +124,13 @@ def reproduce_section(size: str) -> ml_collections.ConfigDict:
   # trained on the pairs bootstrap selected with their withheld true actions instead of the IDP's
   # labels, which tells what the labels' errors cost FDM and whether the pairs help when right.
   r.true_label_control = False
+  # An option, not the paper's recipe and not in the default budget (~1,500 CPU s more a seed): the
+  # IDP's second round. train_idp_round2 trains like train_dynamics, from the same base, on the
+  # labelled data plus the first bootstrap's selected pairs with their IDP labels, for
+  # idp_self_training_steps; bootstrap_round2 labels the unlabelled pairs with it, FDM and FDM w/o
+  # weighting train on those labels, and evaluate uses it as the IDP and the verifier.
+  r.idp_self_training = False
+  r.idp_self_training_steps = 40 if smoke else 4000
   # Seed runs at once, each in its own process pinned to its share of the CPU cores; 0 = one per
   # core when there are several runs, 1 = one after another in this process. On 2 cores two
   # one-core runs get through 1.35x the training steps of one two-thread run (docs/benchmarks.md).
@@ -162,9 +182,12 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
   out = ml_collections.ConfigDict(config.to_dict())
   if seed is not None:
     out.seed = int(seed)
-  control = bool(r.true_label_control)
+  control, self_training = bool(r.true_label_control), bool(r.idp_self_training)
+  require(not (control and self_training), 'reproduce.true_label_control and '
+          'reproduce.idp_self_training cannot run together (the control replaces the first '
+          "round's labels); turn one of them off.")
   variants = pipeline_variants(control)
-  out.stages = pipeline_stages(control)
+  out.stages = pipeline_stages(control, self_training)
   # Labels longer than the data's actions cannot be right, and would not fit a cache sized for
   # the data (sampler.cache_len 0 = data.max_seq_len).
   if int(out.sampler.max_action_tokens) > int(out.data.action_max_tokens):
@@ -189,6 +212,17 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
   given = given.to_dict() if given else {}
   for name, values in given.items():
     overrides.setdefault(name, {}).update(dict(values))
+  if self_training:  # after the config's own: the second round trains as train_dynamics does
+    steps = int(r.idp_self_training_steps) or 2 * dyn_steps
+    overrides['train_idp_round2'] = {
+        **overrides['train_dynamics'], **SELF_TRAINING['train_idp_round2'],
+        'train.num_steps': steps, 'train.checkpoint_every': max(steps // points, 1),
+        **dict(given.get('train_idp_round2', {}))}
+    overrides['bootstrap_round2'] = {**SELF_TRAINING['bootstrap_round2'],
+                                     **dict(given.get('bootstrap_round2', {}))}
+    for name in variants:  # the variants that read the first round's pairs read the second's
+      if SYNTHETIC in FDP_VARIANTS[name].get('data.extra_train', ()):
+        overrides[name].setdefault('data.extra_train', (SYNTHETIC_ROUND2,))
   if train_examples:  # the shared stages keep the full data (and their fingerprints)
     for name in out.stages:
       if name not in SHARED_STAGES:
@@ -200,7 +234,7 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
   if 'world_eval' not in out:
     out.world_eval = world_eval_section(str(out.world.size))
   out.world_eval.fdp_stages = tuple(variants)
-  out.world_eval.idp_stage = 'train_dynamics'
+  out.world_eval.idp_stage = 'train_idp_round2' if self_training else 'train_dynamics'
   out.world_eval.curve_stage = 'train_dynamics'
   if int(r.eval_items):
     out.world_eval.max_items = int(r.eval_items)
@@ -218,7 +252,7 @@ def _stage_times(workdir: str) -> dict[str, dict[str, float]]:
   keys = {'stage_seconds': 'seconds', 'stage_cpu_seconds': 'cpu_seconds',
           'stage_compiles': 'compiles', 'stage_compile_seconds': 'compile_seconds'}
   out = {name: {} for name in keys}
-  for stage in STAGES + CONTROL_STAGES:
+  for stage in STAGES + CONTROL_STAGES + SELF_TRAINING_STAGES:
     path = os.path.join(workdir, stage, 'DONE')
     if not os.path.isfile(path):
       continue
@@ -287,10 +321,14 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
     raise cli.Terminated()
   with open(os.path.join(workdir, 'evaluate', 'metrics.json')) as f:
     summary = json.load(f)
-  bootstrap = os.path.join(workdir, 'bootstrap', 'stats.json')
-  if os.path.isfile(bootstrap):
-    with open(bootstrap) as f:
-      summary['bootstrap'] = json.load(f)
+  # 'bootstrap': the labels the FDP variants trained on, the second round's when there is one
+  # (the first round's are then 'bootstrap_round1').
+  keys = ('bootstrap_round1', 'bootstrap') if 'bootstrap_round2' in cfg.stages else ('bootstrap',)
+  for key, stage in zip(keys, ('bootstrap', 'bootstrap_round2')):
+    stats = os.path.join(workdir, stage, 'stats.json')
+    if os.path.isfile(stats):
+      with open(stats) as f:
+        summary[key] = json.load(f)
   base = base_summary(workdir)
   if base:  # the shared base this seed started from (tables._base_section)
     summary['base'] = base

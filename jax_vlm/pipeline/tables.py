@@ -21,16 +21,20 @@ VARIANTS = {'train_ft': 'FT', 'train_fdm': 'FDM', 'train_fdm_no_synth': 'FDM w/o
 # where the runs have them.
 CONTROL_STAGES = ('bootstrap_true_labels', 'train_fdm_true_labels')
 CONTROL_VARIANTS = {'train_fdm_true_labels': 'FDM, true labels (control)'}
+# The IDP's second round (reproduce.idp_self_training; not the paper's recipe): run after bootstrap.
+SELF_TRAINING_STAGES = ('train_idp_round2', 'bootstrap_round2')
 SUBSETS = ('test', 'test_compositional')
 
 
-def pipeline_stages(true_label_control: bool = False) -> tuple[str, ...]:
-  """The reproduction's stages in order, with the true-label control's after bootstrap and after
-  the last FDP variant."""
-  if not true_label_control:
-    return STAGES
+def pipeline_stages(true_label_control: bool = False,
+                    self_training: bool = False) -> tuple[str, ...]:
+  """The reproduction's stages in order: the IDP's second round right after bootstrap, the
+  true-label control's after the (last) bootstrap and after the last FDP variant."""
   i, j = STAGES.index('bootstrap') + 1, STAGES.index('evaluate')
-  return STAGES[:i] + CONTROL_STAGES[:1] + STAGES[i:j] + CONTROL_STAGES[1:] + STAGES[j:]
+  after_bootstrap = (SELF_TRAINING_STAGES if self_training else ()) + (
+      CONTROL_STAGES[:1] if true_label_control else ())
+  last = CONTROL_STAGES[1:] if true_label_control else ()
+  return STAGES[:i] + after_bootstrap + STAGES[i:j] + last + STAGES[j:]
 
 
 def pipeline_variants(true_label_control: bool = False) -> dict[str, str]:
@@ -295,7 +299,8 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
            'ceiling); copy_source: the unchanged source.', '']
 
   # IDP.
-  md += ['## IDP (greedy action text, `train_dynamics` model)', '',
+  idp_stage = _get(runs[0], 'settings', 'idp_stage', default='train_dynamics')
+  md += [f'## IDP (greedy action text, `{idp_stage}` model)', '',
          '| subset | canonical match | effect match | parsed | BLEU | ROUGE-L |',
          '|---|---|---|---|---|---|']
   first = next(iter(VARIANTS))
@@ -324,7 +329,7 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
   # Probe.
   md += ['## Trajectory preference probe (share of items where the real transition scores higher)',
          '', 'random init = the same architecture with freshly initialised weights (no training); '
-         'trained = the `train_dynamics` model (IDP + FDP). Length-normalised log-likelihoods.', '',
+         f'trained = the `{idp_stage}` model (IDP + FDP). Length-normalised log-likelihoods.', '',
          '| model | task | ' + ' | '.join(('random_action', 'random_target', 'copied_source',
                                              'swapped')) + ' |', '|---|---|---|---|---|---|']
   for which in ('random_init', 'trained'):
@@ -342,14 +347,21 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
   nall = _fmt([_get(r, 'bootstrap', 'num_labelled') for r in runs], 0)
   md += [f'IDP labels of the unlabelled pairs: accuracy {acc} on all {nall}; the {nsel} selected '
          f'(stratified top-K) are {sel} correct.', '']
+  if any(_get(r, 'bootstrap_round1') for r in runs):  # reproduce.idp_self_training
+    md += ['These are the second round\'s labels (`bootstrap_round2`, by `train_idp_round2`), '
+           'which FDM trained on. The first round\'s (`bootstrap`, by `train_dynamics`): '
+           f'accuracy {_fmt([_get(r, "bootstrap_round1", "label_accuracy") for r in runs])}; '
+           'selected '
+           f'{_fmt([_get(r, "bootstrap_round1", "selected_label_accuracy") for r in runs])} '
+           'correct.', '']
   shares = sorted({f for r in runs for f in (_get(r, 'bootstrap', 'selection_curve') or {})},
                   key=float)
   if shares:
     md += ['Selected labels correct, had K been a share of the IDP-labelled pairs: ' + ', '.join(
         f'{float(f):.0%} {_fmt([_get(r, "bootstrap", "selection_curve", f) for r in runs])}'
         for f in shares) + '.', '']
-  stages = pipeline_stages(any(s in r.get('stage_seconds', {}) for r in runs
-                               for s in CONTROL_STAGES))
+  ran = lambda names: any(s in r.get('stage_seconds', {}) for r in runs for s in names)  # noqa: E731
+  stages = pipeline_stages(ran(CONTROL_STAGES), ran(SELF_TRAINING_STAGES))
   md += ['| seed | wall s (this command) | CPU s | ' + ' | '.join(stages) + ' |',
          '|' + '---|' * (3 + len(stages))]
   for r in runs:
