@@ -9,9 +9,10 @@ jax_vlm.reproduce` workdir whose seeds have run their evaluate stage) this evalu
 variant the evaluate stage evaluated, and the IDP, on `validation` with the evaluate stage's own
 settings (same sampler, verifier, K list, seed), into `seed_S/evaluate_validation/`; a part whose
 params and settings are unchanged is read back, not recomputed. It writes WORKDIR/validation.json
-with the same per-seed layout as reproduction.json's `runs` (plus each seed's bootstrap stats), so
-compare_runs.py pairs two of them seed by seed. A world built before the validation split existed
-needs `--rerun_stages=build_data,tokenize` first (the error says so).
+with the same per-seed layout as reproduction.json's `runs` (plus each seed's bootstrap stats: the
+labels FDM trained on, and with reproduce.idp_self_training the first round's), so compare_runs.py
+pairs two of them seed by seed. A world built before the validation split existed needs
+`--rerun_stages=build_data,tokenize` first (the error says so).
 """
 import argparse
 import json
@@ -24,6 +25,7 @@ import ml_collections
 from jax_vlm.core.errors import UserError
 from jax_vlm.core.files import write_json
 from jax_vlm.evaluation import world as world_eval
+from jax_vlm.pipeline import reproduce
 
 OUT = 'evaluate_validation'
 
@@ -52,10 +54,8 @@ def score_seed(seed_dir: str, max_items: int = 0) -> dict:
   w.curve_items, w.probe_items = 0, 0  # the curve and the probe stay on their test items
   summary = world_eval.run_evaluations(config, seed_dir, os.path.join(seed_dir, OUT))
   run = dict(seed=int(config.seed), fdp=summary['fdp'])
-  stats = os.path.join(seed_dir, 'bootstrap', 'stats.json')
-  if os.path.isfile(stats):
-    with open(stats) as f:
-      run['bootstrap'] = json.load(f)
+  # The second round's IDP is the evaluate stage's when the run had one (idp_self_training).
+  run.update(reproduce.bootstrap_stats(seed_dir, w.get('idp_stage') == 'train_idp_round2'))
   return run
 
 

@@ -539,15 +539,26 @@ def test_validation_scores_score_each_seed_on_validation_and_pair_with_compare_r
   os.makedirs(tmp_path / 'seed_0' / 'bootstrap')
   (tmp_path / 'seed_0' / 'bootstrap' / 'stats.json').write_text(json.dumps(
       {'label_accuracy': 0.5}))
+  # A seed of a run with the IDP's second round: FDM's labels are the second round's.
+  config.seed = 3
+  evaluated = json.loads(config.to_json())
+  evaluated['world_eval']['idp_stage'] = 'train_idp_round2'
+  for stage, acc in (('evaluate', None), ('bootstrap', 0.5), ('bootstrap_round2', 0.6)):
+    os.makedirs(tmp_path / 'seed_3' / stage)
+    (tmp_path / 'seed_3' / stage / ('stats.json' if acc else 'config.json')).write_text(
+        json.dumps({'label_accuracy': acc} if acc else evaluated))
   assert scores.main([str(tmp_path)]) == 0
   assert seen == [('seed_0', ('validation',), 0, 0, 0, 0.7, 'evaluate_validation'),
-                  ('seed_1', ('validation',), 0, 0, 0, 0.7, 'evaluate_validation')]
+                  ('seed_1', ('validation',), 0, 0, 0, 0.7, 'evaluate_validation'),
+                  ('seed_3', ('validation',), 0, 0, 0, 0.7, 'evaluate_validation')]
   out = capsys.readouterr().out
   assert 'seed 1: IDP effect match 0.960 on 10 validation items; train_ft item@1 0.310' in out
   data = json.loads((tmp_path / 'validation.json').read_text())
-  assert [r['seed'] for r in data['runs']] == [0, 1]
+  assert [r['seed'] for r in data['runs']] == [0, 1, 3]
   assert data['runs'][0]['bootstrap'] == {'label_accuracy': 0.5}
   assert 'bootstrap' not in data['runs'][1]
+  assert data['runs'][2]['bootstrap'] == {'label_accuracy': 0.6}
+  assert data['runs'][2]['bootstrap_round1'] == {'label_accuracy': 0.5}
   # Paired with another workdir's validation.json, B - A per seed, on the validation rows.
   other = tmp_path / 'other.json'
   other.write_text(json.dumps({'runs': [_on_validation(_run(s, 0.2, 0.2, 0.1), 0.0)

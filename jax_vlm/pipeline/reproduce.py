@@ -305,6 +305,20 @@ def base_summary(workdir: str) -> dict:
   return base
 
 
+def bootstrap_stats(workdir: str, self_training: bool) -> dict:
+  """{'bootstrap': the stats of the labels the FDP variants trained on}: the second round's with
+  `self_training` (reproduce.idp_self_training), the first round's then under 'bootstrap_round1';
+  {} for a stage that has not written its stats."""
+  keys = ('bootstrap_round1', 'bootstrap') if self_training else ('bootstrap',)
+  out = {}
+  for key, stage in zip(keys, ('bootstrap', 'bootstrap_round2')):
+    path = os.path.join(workdir, stage, 'stats.json')
+    if os.path.isfile(path):
+      with open(path) as f:
+        out[key] = json.load(f)
+  return out
+
+
 def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
              rerun: Sequence[str] = (), train_examples: int = 0) -> dict:
   """Runs (or continues) one seed's pipeline in `workdir`; returns its evaluation summary.
@@ -321,14 +335,7 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
     raise cli.Terminated()
   with open(os.path.join(workdir, 'evaluate', 'metrics.json')) as f:
     summary = json.load(f)
-  # 'bootstrap': the labels the FDP variants trained on, the second round's when there is one
-  # (the first round's are then 'bootstrap_round1').
-  keys = ('bootstrap_round1', 'bootstrap') if 'bootstrap_round2' in cfg.stages else ('bootstrap',)
-  for key, stage in zip(keys, ('bootstrap', 'bootstrap_round2')):
-    stats = os.path.join(workdir, stage, 'stats.json')
-    if os.path.isfile(stats):
-      with open(stats) as f:
-        summary[key] = json.load(f)
+  summary.update(bootstrap_stats(workdir, 'bootstrap_round2' in cfg.stages))
   base = base_summary(workdir)
   if base:  # the shared base this seed started from (tables._base_section)
     summary['base'] = base
