@@ -212,14 +212,14 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
   given = given.to_dict() if given else {}
   for name, values in given.items():
     overrides.setdefault(name, {}).update(dict(values))
-  if self_training:  # after the config's own: the second round trains as train_dynamics does
+  if self_training:  # the second round trains as train_dynamics does; the config's own win
     steps = int(r.idp_self_training_steps) or 2 * dyn_steps
     overrides['train_idp_round2'] = {
         **overrides['train_dynamics'], **SELF_TRAINING['train_idp_round2'],
         'train.num_steps': steps, 'train.checkpoint_every': max(steps // points, 1),
-        **dict(given.get('train_idp_round2', {}))}
+        **overrides.get('train_idp_round2', {})}
     overrides['bootstrap_round2'] = {**SELF_TRAINING['bootstrap_round2'],
-                                     **dict(given.get('bootstrap_round2', {}))}
+                                     **overrides.get('bootstrap_round2', {})}
     for name in variants:  # the variants that read the first round's pairs read the second's
       if SYNTHETIC in FDP_VARIANTS[name].get('data.extra_train', ()):
         overrides[name].setdefault('data.extra_train', (SYNTHETIC_ROUND2,))
