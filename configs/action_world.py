@@ -97,6 +97,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.dir = '{workdir}/tokenize'
   d.train_splits = ('labelled',)
   d.extra_train = ()  # record prefixes or directories (the bootstrap stage's synthetic triplets)
+  # Augmented copies of each labelled triplet that train_dynamics reads besides the labelled
+  # split (the `augment` stage, data/action_world/augment.py: the same change mirrored left to
+  # right, shifted on the grid, with the colours permuted; its action text redrawn). 0 = none; the
+  # reproduction runs the stage and adds its records to train_dynamics' data.extra_train.
+  d.augment_copies = 0
+  d.augment_transforms = ('mirror', 'shift', 'colors')
   d.max_seq_len = 80
   d.action_max_tokens = 20
   # Training rows are padded to the smallest of these that fits the batch's longest row, not to

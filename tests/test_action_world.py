@@ -447,3 +447,53 @@ def test_tokenizer_directory_loads_with_transformers(tmp_path):
   text = 'swap the positions of the red circle and the blue square'
   ids = tok.encode(text, add_special_tokens=False)
   assert tok.unk_token_id not in ids and tok.decode(ids) == text
+
+
+# ---- augmentation -----------------------------------------------------------------------------
+
+
+def test_mirror_is_the_pixel_mirror_and_flips_the_words():
+  from data.action_world.augment import transform_triplet
+  src = _scene((1, 0, 'red', 'circle'), (2, 3, 'blue', 'triangle'), (4, 4, 'green', 'cross'))
+  tgt = A.apply_action(src, 'move(red circle, right)', CFG)
+  s2, a2, t2 = transform_triplet(src, 'move(red circle, right)', tgt, CFG, mirror=True)
+  assert a2.canonical == 'move(red circle, left)'
+  assert A.apply_action(s2, a2, CFG) == t2 and s2.at(1, 4).key == ('red', 'circle')
+  # The world draws each cell's one-pixel gap at its left, so the photo's mirror is the mirrored
+  # scene's frame up to a one-pixel roll; every default shape is left-right symmetric.
+  for scene in (src, tgt):
+    flipped = np.roll(render(scene, CFG)[:, ::-1], 1, axis=1)
+    mirrored, _, _ = transform_triplet(scene, 'remove(red circle)', scene, CFG, mirror=True)
+    assert np.array_equal(flipped, render(mirrored, CFG))
+  _, a3, _ = transform_triplet(src, 'add(cyan square, 0, 1)', tgt, CFG, mirror=True,
+                               shift=(1, 0), colors={'cyan': 'yellow', 'yellow': 'cyan'})
+  assert a3.canonical == 'add(yellow square, 1, 3)'
+  _, a4, _ = transform_triplet(src, 'move_rel(red circle, left_of, blue triangle)', tgt, CFG,
+                               mirror=True)
+  assert a4.canonical == 'move_rel(red circle, right_of, blue triangle)'
+
+
+def test_augmented_triplets_are_valid_new_and_keep_held_out_combinations_out(tiny_splits):
+  from data.action_world.augment import allowed_combos, augment_triplets
+  labelled = tiny_splits['labelled']
+  out = augment_triplets(labelled, 3, TINY, seed=1)
+  assert len(out) >= 3 * len(labelled) - 6  # a triplet whose every draw fails is skipped
+  allowed = allowed_combos(labelled)
+  held = S.held_out_combos(TINY, seed=0)
+  originals = {(json.dumps(ex['src']), json.dumps(ex['tgt'])) for ex in labelled}
+  for ex in out:
+    src, tgt = Scene.from_json(ex['src']), Scene.from_json(ex['tgt'])
+    assert A.score_action_text(src, ex['action'], tgt, TINY)['effect_match'], ex
+    assert A.parse_action(ex['action'], TINY) == ex['canonical']
+    assert A.action_combos(ex['canonical']) <= allowed
+    assert not A.action_combos(ex['canonical']) & held
+    assert (json.dumps(ex['src']), json.dumps(ex['tgt'])) not in originals
+  assert {ex['action_type'] for ex in out} == set(A.ACTION_TYPES)
+  assert out == augment_triplets(labelled, 3, TINY, seed=1)  # deterministic for a seed
+  # One transform alone: only colours change, so every object stays in its cell.
+  for ex in augment_triplets(labelled[:12], 2, TINY, seed=0, transforms=('colors',)):
+    src = Scene.from_json(ex['src'])
+    orig = next(o for o in labelled if ex['id'].startswith(o['id'] + '-'))
+    assert src.occupied() == Scene.from_json(orig['src']).occupied()
+  with pytest.raises(ValueError, match='unknown augmentation'):
+    augment_triplets(labelled, 1, TINY, transforms=('rotate',))

@@ -186,6 +186,40 @@ def test_idp_self_training_adds_its_round_and_feeds_it_on(tmp_path):
     R.reproduction_config(config, seed=0)
 
 
+def test_augmentation_adds_its_stage_and_feeds_train_dynamics_only(tmp_path):
+  from jax_vlm.input.datasets import resolve_paths
+  from jax_vlm.pipeline.fdp_variants import SYNTHETIC
+  from jax_vlm.pipeline.world_stages import AUGMENTED
+  config = preset.get_config('smoke')
+  config.data.augment_copies = 0
+  plain = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
+  assert 'augment' not in plain.stages
+  config.data.augment_copies = 3
+  rc = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
+  order = list(rc.stages)
+  assert order == [*R.STAGES[:4], 'augment', *R.STAGES[4:]]
+  augmented = AUGMENTED.format(workdir=tmp_path)
+  assert tuple(stages.stage_config(rc, 'train_dynamics').data.extra_train) == (augmented,)
+  assert stages.stage_config(rc, 'augment').data.augment_copies == 3
+  # The FDP variants fine-tune on what they did (labelled, plus synthetic for FDM), from a
+  # train_dynamics that changed: their fingerprints change with it, the shared stages' do not.
+  for name in R.STAGES:
+    got = stages.stage_config(rc, name).data.extra_train
+    if name != 'train_dynamics':
+      assert augmented not in tuple(got), name
+    same = (stages.fingerprint_config(stages.stage_config(rc, name), name, str(tmp_path))
+            == stages.fingerprint_config(stages.stage_config(plain, name), name, str(tmp_path)))
+    assert same == (name in R.SHARED_STAGES), name
+  # The IDP's second round trains as train_dynamics does: on the augmented triplets too.
+  config.reproduce.idp_self_training = True
+  rc = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
+  assert tuple(stages.stage_config(rc, 'train_idp_round2').data.extra_train) == (
+      augmented, SYNTHETIC.format(workdir=tmp_path))
+  config.data.augment_copies = -1
+  with pytest.raises(UserError, match='augment_copies=-1'):
+    R.reproduction_config(config, seed=0)
+
+
 def test_labelled_size_settings_reach_only_the_seed_stages(tmp_path):
   from jax_vlm.input.datasets import resolve_paths
   config = preset.get_config('smoke')

@@ -12,6 +12,7 @@ import pytest
 from configs import action_world
 from data import records
 from data.action_world import Scene, WorldConfig, load_split, render
+from data.action_world import actions as A
 from jax_vlm.core.errors import UserError
 from jax_vlm.input import datasets
 from jax_vlm.models.vqgan import VQGAN, VQGANConfig
@@ -186,6 +187,28 @@ def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch):
   assert sum(tok['code_counts']) == 2 * 9 * (12 + 16 + 6 + 6 + 6)
   assert set(tok['splits']) == {'labelled', 'unlabelled', 'test', 'test_compositional',
                                 'validation'}
+
+  # augment: copies of the first data.train_examples labelled triplets, encoded like tokenize's.
+  config.data.update(augment_copies=2, train_examples=5)
+  assert stages.run_stages(config, workdir, ['augment'])
+  aug = records.RecordSource.from_prefix(world_stages.AUGMENTED.format(workdir=workdir))
+  labelled = load_split(world_dir, 'labelled')[:5]
+  made = json.loads(open(os.path.join(workdir, 'augment', 'metrics.json')).read())
+  assert made['labelled'] == 5 and made['examples'] == len(aug) and 6 <= len(aug) <= 10
+  for i in range(len(aug)):
+    ex = aug[i]
+    text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+    src = Scene.from_json(json.loads(text(ex['src_scene'])))
+    tgt = Scene.from_json(json.loads(text(ex['tgt_scene'])))
+    assert text(ex['example_id']).split('-aug')[0] in {r['id'] for r in labelled}
+    assert A.score_action_text(src, text(ex['action']), tgt, TINY)['effect_match']
+    frames = np.stack([render(src, TINY), render(tgt, TINY)])
+    codes, _ = model.apply({'params': params}, frames_to_pixels(frames), method=VQGAN.encode)
+    np.testing.assert_array_equal(ex['src_codes'], np.asarray(codes[0]).reshape(-1))
+    np.testing.assert_array_equal(ex['tgt_codes'], np.asarray(codes[1]).reshape(-1))
+  config.data.update(augment_copies=0, train_examples=0)
+  with pytest.raises(UserError, match='augment_copies=0'):
+    world_stages.augment_stage(config, os.path.join(workdir, 'augment_none'))
 
   # Pretraining with a second phase: from the first phase's params, on its own documents.
   # Eight scenes of this tiny world seldom hold a strip whose three cells all differ from another

@@ -44,6 +44,12 @@ train_idp_round2 as the IDP and the verifier, and the table gives both rounds' l
 finished workdir the FDP variants that read synthetic data and evaluate ran with other settings:
 start a new workdir, or rerun them (`--rerun_stages=train_fdm,train_fdm_no_weight,evaluate`).
 
+Augmenting the labelled data: `--config.data.augment_copies=N` (N > 0) adds the augment stage
+before train_dynamics (N mirrored / shifted / recoloured copies of each labelled triplet,
+data/action_world/augment.py) and its records to train_dynamics' (and train_idp_round2's)
+data.extra_train; the FDP variants still fine-tune on the labelled split (and FDM on the synthetic
+triplets) alone, from train_dynamics.
+
 Settings: `config.reproduce` (REPRODUCE_DEFAULTS; a config may leave it out) sets the training steps
 of the dynamics and FDP stages and how FDP variants start; they become stage_overrides, and a
 config's own stage_overrides win over them.
@@ -74,7 +80,9 @@ from jax_vlm.input import datasets
 from jax_vlm.input.datasets import resolve_paths
 from jax_vlm.pipeline import stages, tables
 from jax_vlm.pipeline.fdp_variants import FDP_VARIANTS, SELF_TRAINING, SYNTHETIC, SYNTHETIC_ROUND2
+from jax_vlm.pipeline.world_stages import AUGMENTED
 from jax_vlm.pipeline.tables import (
+  AUGMENT_STAGES,
   CONTROL_STAGES,
   SELF_TRAINING_STAGES,
   STAGES,
@@ -187,7 +195,9 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
           'reproduce.idp_self_training cannot run together (the control replaces the first '
           "round's labels); turn one of them off.")
   variants = pipeline_variants(control)
-  out.stages = pipeline_stages(control, self_training)
+  augment = int(out.data.get('augment_copies', 0) or 0)
+  require(augment >= 0, f'data.augment_copies={augment} must be >= 0; set 0 for no augmentation.')
+  out.stages = pipeline_stages(control, self_training, augment > 0)
   # Labels longer than the data's actions cannot be right, and would not fit a cache sized for
   # the data (sampler.cache_len 0 = data.max_seq_len).
   if int(out.sampler.max_action_tokens) > int(out.data.action_max_tokens):
@@ -208,14 +218,20 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
         'train.learning_rate': float(r.fdp_learning_rate) or float(t.learning_rate),
         'train.warmup_steps': (int(r.fdp_warmup_steps) if int(r.fdp_warmup_steps) >= 0
                                else int(t.warmup_steps))}
+  if augment:  # train_dynamics reads the augmented labelled triplets besides the labelled split
+    overrides['train_dynamics']['data.extra_train'] = (
+        AUGMENTED, *tuple(out.data.get('extra_train', ())))
   given = out.get('stage_overrides', None)
   given = given.to_dict() if given else {}
   for name, values in given.items():
     overrides.setdefault(name, {}).update(dict(values))
   if self_training:  # the second round trains as train_dynamics does; the config's own win
     steps = int(r.idp_self_training_steps) or 2 * dyn_steps
+    extra = (*overrides['train_dynamics'].get('data.extra_train', ()),  # e.g. the augmented
+             *SELF_TRAINING['train_idp_round2']['data.extra_train'])
     overrides['train_idp_round2'] = {
         **overrides['train_dynamics'], **SELF_TRAINING['train_idp_round2'],
+        'data.extra_train': extra,
         'train.num_steps': steps, 'train.checkpoint_every': max(steps // points, 1),
         **overrides.get('train_idp_round2', {})}
     overrides['bootstrap_round2'] = {**SELF_TRAINING['bootstrap_round2'],
@@ -252,7 +268,7 @@ def _stage_times(workdir: str) -> dict[str, dict[str, float]]:
   keys = {'stage_seconds': 'seconds', 'stage_cpu_seconds': 'cpu_seconds',
           'stage_compiles': 'compiles', 'stage_compile_seconds': 'compile_seconds'}
   out = {name: {} for name in keys}
-  for stage in STAGES + CONTROL_STAGES + SELF_TRAINING_STAGES:
+  for stage in STAGES + AUGMENT_STAGES + CONTROL_STAGES + SELF_TRAINING_STAGES:
     path = os.path.join(workdir, stage, 'DONE')
     if not os.path.isfile(path):
       continue

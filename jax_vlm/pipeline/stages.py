@@ -93,7 +93,8 @@ NOT_FINGERPRINTED_KEYS = (('train', 'peak_flops'), ('train', 'progress_bar'),
 OMITTED_AT_DEFAULT = ((('data', 'train_examples'), 0), (('pretrain', 'text_loss_weight'), 1.0),
                       (('pretrain', 'continue_steps'), 0), (('pretrain', 'continue_documents'), []),
                       (('pretrain', 'region_changed_cells'), 1),
-                      (('pretrain', 'continue_cycles'), 1))
+                      (('pretrain', 'continue_cycles'), 1), (('data', 'augment_copies'), 0),
+                      (('data', 'augment_transforms'), ['mirror', 'shift', 'colors']))
 # Sections only these stages read; other stages' fingerprints leave them out.
 READ_BY = {'world_eval': ('evaluate',), 'eval': ('evaluate',)}
 _WORLD_DATA = ('build_data', 'train_tokenizer', 'tokenize')
@@ -110,7 +111,8 @@ NOT_READ_BY = {
                                   'train.global_batch_size', 'train.checkpoint_every',
                                   'train.init_from', 'objectives.idp_loss_weight',
                                   'objectives.fdp_loss_weight', 'data.max_seq_len',
-                                  'data.length_buckets')},
+                                  'data.length_buckets', 'data.augment_copies',
+                                  'data.augment_transforms')},
 }
 
 

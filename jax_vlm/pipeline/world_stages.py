@@ -21,6 +21,11 @@ pretrain the stand-in for a pretrained unified VLM.
                    episode and step; written with UNLABELLED_SCHEMA (the triplet schema without
                    the non-empty action rule). Also tokenize/metrics.json: codebook usage and the
                    round-trip parse accuracy of every split's frames.
+  augment          (data.augment_copies > 0) writes WORKDIR/augment/labelled: that many augmented
+                   copies of each labelled triplet (data.action_world.augment: mirrored,
+                   shifted, recoloured; the first data.train_examples when set), tokenized as
+                   `tokenize` does; train_dynamics reads them through data.extra_train
+                   (AUGMENTED), and metrics.json says how many were made
   pretrain         trains the unified model from random init on action-free documents over fresh
                    scenes (captions, text-to-image, multi-image captions, repeated images,
                    differences between two photos of a place; no action, no split's scene),
@@ -44,6 +49,7 @@ import numpy as np
 from data import records
 from data.action_world import (
   SPLITS,
+  augment,
   Scene,
   WorldConfig,
   load_split,
@@ -271,6 +277,50 @@ def tokenize(config: ml_collections.ConfigDict, stage_dir: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# augment
+
+AUGMENTED = '{workdir}/augment/labelled'  # the augment stage's record set (data.extra_train)
+
+
+@registry.register('stage', 'augment')
+def augment_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
+  """Writes `stage_dir/labelled`: data.augment_copies augmented copies of each labelled triplet
+  (of the first data.train_examples, when set), encoded like the tokenize stage's."""
+  config = resolve_paths(config, _workdir(stage_dir))
+  copies = int(config.data.get('augment_copies', 0))
+  require(copies > 0, f'data.augment_copies={copies}: the augment stage needs a positive number '
+          'of copies per labelled triplet; set e.g. --config.data.augment_copies=10.')
+  transforms = tuple(config.data.get('augment_transforms', augment.TRANSFORMS))
+  unknown = sorted(set(transforms) - set(augment.TRANSFORMS))
+  require(transforms and not unknown, f'data.augment_transforms={transforms} must name some of '
+          f'{augment.TRANSFORMS}; pick from those.')
+  world_dir = _world_dir(config)
+  world = load_world_config(world_dir)
+  labelled = load_split(world_dir, 'labelled')
+  limit = int(config.data.get('train_examples', 0) or 0)
+  if limit:
+    labelled = labelled[:limit]
+  start = time.perf_counter()
+  made = augment.augment_triplets(labelled, copies, world, seed=int(config.seed),
+                                  transforms=transforms)
+  vq_config, params = vqgan_files.load_vqgan(config.checkpoint.vqgan_dir)
+  frames = np.stack([render(Scene.from_json(ex[k]), world) for ex in made for k in ('src', 'tgt')])
+  codes, features, _ = encode_frames(params, vq_config, frames, int(config.tokenize.batch_size))
+  examples = _examples_for_split('labelled_augmented', made, codes, features)
+  report = records.write_records(os.path.join(stage_dir, 'labelled'), examples,
+                                 num_shards=int(config.tokenize.num_shards))
+  require(not report.skipped, f'augment skipped examples ({dict(report.skipped)}); rebuild the '
+          'world with build_data.')
+  types = {t: sum(ex['action_type'] == t for ex in made) for t in sorted({ex['action_type']
+                                                                          for ex in made})}
+  write_json(os.path.join(stage_dir, 'metrics.json'), dict(
+      labelled=len(labelled), copies=copies, transforms=list(transforms), examples=len(made),
+      action_types=types, seconds=round(time.perf_counter() - start, 1)))
+  print(f'augment: {len(made)} augmented triplets from {len(labelled)} labelled '
+        f'({"/".join(transforms)}) -> {stage_dir}', flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
 # pretrain
 
 
@@ -298,6 +348,8 @@ def pretraining_config(config: ml_collections.ConfigDict, num_steps: int = 0,
   out.train.init_from = init_from
   out.data.max_seq_len = int(p.max_seq_len)
   out.data.length_buckets = ()  # documents are padded to pretrain.max_seq_len (DocumentSource)
+  out.data.augment_copies = 0  # documents are drawn fresh; labelled triplets are not read
+  out.data.augment_transforms = augment.TRANSFORMS
   return out
 
 
