@@ -22,7 +22,7 @@ from ml_collections import config_flags
 from jax_vlm.core import cli
 from jax_vlm.core.errors import UserError
 from jax_vlm.input.datasets import resolve_paths
-from jax_vlm.pipeline import stages
+from jax_vlm.pipeline import stages, world_stages
 from jax_vlm.pipeline.fdp_variants import TRAINING_STAGES
 from jax_vlm.training import sharding, trainer
 
@@ -43,6 +43,10 @@ def main(argv):
     raise cli.ConfigError('No config given; pass --config configs/NAME.py.')
   if not _WORKDIR.value:
     raise cli.ConfigError('No workdir given; pass --workdir DIR for the outputs.')
+  try:  # data.augment_copies > 0: the augment stage, and train_dynamics reads its records
+    config = world_stages.with_augmentation(config)
+  except UserError as e:
+    raise cli.ConfigError(str(e)) from None
   config = resolve_paths(config, _WORKDIR.value)  # '{workdir}' templates in the config's paths
   names = _STAGES.value or list(config.get('stages', ('train_dynamics',)))
   if any(n in TRAINING_STAGES for n in names):

@@ -174,6 +174,17 @@ def test_train_py_runs_stages_logs_objectives_and_skips_done(tmp_path):
   assert 'is done' in r.stderr
 
 
+def test_train_py_refuses_a_negative_augmentation_with_one_sentence(tmp_path):
+  r = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'),
+                      f'--config={REPO}/configs/action_world.py:smoke',
+                      f'--workdir={tmp_path / "run"}', '--config.data.augment_copies=-1'],
+                     env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2 and 'Traceback' not in r.stderr
+  last = r.stderr.strip().splitlines()[-1]
+  assert last == ('error: data.augment_copies=-1 must be >= 0; set 0 for no augmentation.'), last
+  assert not (tmp_path / 'run').exists()
+
+
 def test_train_py_rejects_unknown_key_with_one_sentence(tmp_path):
   r = subprocess.run(train_cmd(tmp_path / 'run', '--config.train.lerning_rate=0.1'),
                      env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=120)

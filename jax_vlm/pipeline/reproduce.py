@@ -80,7 +80,6 @@ from jax_vlm.input import datasets
 from jax_vlm.input.datasets import resolve_paths
 from jax_vlm.pipeline import stages, tables
 from jax_vlm.pipeline.fdp_variants import FDP_VARIANTS, SELF_TRAINING, SYNTHETIC, SYNTHETIC_ROUND2
-from jax_vlm.pipeline.world_stages import AUGMENTED
 from jax_vlm.pipeline.tables import (
   AUGMENT_STAGES,
   CONTROL_STAGES,
@@ -90,6 +89,7 @@ from jax_vlm.pipeline.tables import (
   pipeline_stages,
   pipeline_variants,
 )
+from jax_vlm.pipeline.world_stages import with_augmentation
 from jax_vlm.training.trainer import validate_config
 
 SHARED_STAGES = ('build_data', 'train_tokenizer', 'tokenize', 'pretrain')
@@ -195,9 +195,8 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
           'reproduce.idp_self_training cannot run together (the control replaces the first '
           "round's labels); turn one of them off.")
   variants = pipeline_variants(control)
-  augment = int(out.data.get('augment_copies', 0) or 0)
-  require(augment >= 0, f'data.augment_copies={augment} must be >= 0; set 0 for no augmentation.')
-  out.stages = pipeline_stages(control, self_training, augment > 0)
+  out = with_augmentation(out)  # train_dynamics' overrides read the augmented triplets
+  out.stages = pipeline_stages(control, self_training, int(out.data.get('augment_copies', 0)) > 0)
   # Labels longer than the data's actions cannot be right, and would not fit a cache sized for
   # the data (sampler.cache_len 0 = data.max_seq_len).
   if int(out.sampler.max_action_tokens) > int(out.data.action_max_tokens):
@@ -218,9 +217,6 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
         'train.learning_rate': float(r.fdp_learning_rate) or float(t.learning_rate),
         'train.warmup_steps': (int(r.fdp_warmup_steps) if int(r.fdp_warmup_steps) >= 0
                                else int(t.warmup_steps))}
-  if augment:  # train_dynamics reads the augmented labelled triplets besides the labelled split
-    overrides['train_dynamics']['data.extra_train'] = (
-        AUGMENTED, *tuple(out.data.get('extra_train', ())))
   given = out.get('stage_overrides', None)
   given = given.to_dict() if given else {}
   for name, values in given.items():

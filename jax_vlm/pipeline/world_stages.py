@@ -49,9 +49,9 @@ import numpy as np
 from data import records
 from data.action_world import (
   SPLITS,
-  augment,
   Scene,
   WorldConfig,
+  augment,
   load_split,
   load_world_config,
   parse_frame,
@@ -280,6 +280,29 @@ def tokenize(config: ml_collections.ConfigDict, stage_dir: str) -> None:
 # augment
 
 AUGMENTED = '{workdir}/augment/labelled'  # the augment stage's record set (data.extra_train)
+
+
+def with_augmentation(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """With data.augment_copies > 0: the config with the augment stage right before
+  train_dynamics in config.stages (where that is listed) and its records added to train_dynamics'
+  data.extra_train (its stage_overrides; a value the config's own overrides give wins). The
+  config as it is otherwise. train.py and the reproduction both build their stages through it."""
+  copies = int(config.get('data', {}).get('augment_copies', 0) or 0)
+  require(copies >= 0, f'data.augment_copies={copies} must be >= 0; set 0 for no augmentation.')
+  if not copies:
+    return config
+  out = ml_collections.ConfigDict(config.to_dict())
+  names = list(out.get('stages', ()))
+  if 'train_dynamics' in names and 'augment' not in names:
+    names.insert(names.index('train_dynamics'), 'augment')
+    out.stages = tuple(names)
+  given = out.get('stage_overrides', None)
+  given = given.to_dict() if given else {}
+  dyn = dict(given.get('train_dynamics', ()))
+  dyn.setdefault('data.extra_train', (AUGMENTED, *tuple(out.data.get('extra_train', ()))))
+  given['train_dynamics'] = tuple(sorted(dyn.items()))
+  out.stage_overrides = ml_collections.ConfigDict(given)
+  return out
 
 
 @registry.register('stage', 'augment')
