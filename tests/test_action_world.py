@@ -465,6 +465,16 @@ def test_mirror_is_the_pixel_mirror_and_flips_the_words():
     flipped = np.roll(render(scene, CFG)[:, ::-1], 1, axis=1)
     mirrored, _, _ = transform_triplet(scene, 'remove(red circle)', scene, CFG, mirror=True)
     assert np.array_equal(flipped, render(mirrored, CFG))
+  # A shift is the photo moved by whole cells, a colour map the photo's palette swapped.
+  shifted, _, _ = transform_triplet(src, 'remove(red circle)', src, CFG, shift=(-1, 0))
+  assert np.array_equal(np.roll(render(src, CFG), -CFG.cell_size, axis=0), render(shifted, CFG))
+  swap = {'red': 'yellow', 'yellow': 'red', 'blue': 'purple', 'purple': 'blue'}
+  recoloured, _, _ = transform_triplet(src, 'remove(red circle)', src, CFG, colors=swap)
+  frame, want = render(src, CFG), render(recoloured, CFG)
+  got = frame.copy()
+  for a, b in swap.items():
+    got[(frame == PALETTE[a]).all(-1)] = PALETTE[b]
+  assert np.array_equal(got, want)
   _, a3, _ = transform_triplet(src, 'add(cyan square, 0, 1)', tgt, CFG, mirror=True,
                                shift=(1, 0), colors={'cyan': 'yellow', 'yellow': 'cyan'})
   assert a3.canonical == 'add(yellow square, 1, 3)'

@@ -6,13 +6,18 @@ objects wear (and name the new colours). Each transform maps a (source, action, 
 another triplet of the same world that the action still explains:
 
   mirror   column c -> cols - 1 - c in both scenes; move left <-> right, left_of <-> right_of, an
-           added cell's column mirrored. Every default shape is left-right symmetric, so this is
-           the pixel mirror of both frames (up to the cells' one-pixel grid gap, which the world
-           draws at the left of each cell).
+           added cell's column mirrored. Every default shape is left-right symmetric, so the
+           frame is the photo's pixel mirror, rolled by the one-pixel grid gap the world draws at
+           the left of each cell.
   shift    every object of both scenes moved by one (d_row, d_col) that keeps them all on the
-           grid; an added cell moves with them. Directions and relations are unchanged.
+           grid; an added cell moves with them; the frame is the photo moved by whole cells.
+           Directions and relations are unchanged.
   colours  one permutation of the world's colours applied to both scenes and to the action's
-           colour words.
+           colour words; the frame is the photo with its palette colours swapped.
+
+So each is an operation on the photos' pixels (tests/test_action_world.py checks it), which an
+editing data set of real photos allows too (a mirror most of all; a shift as a crop; a colour swap
+only approximately), with the words of the action changed to match.
 
 The action text is drawn afresh from the world's phrasings (`actions.describe`) for the
 transformed canonical action, and every augmented triplet is checked by the world's own IDP
