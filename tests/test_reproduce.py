@@ -148,6 +148,7 @@ def test_true_label_control_adds_its_stages_variant_and_claims(tmp_path):
 def test_idp_self_training_adds_its_round_and_feeds_it_on(tmp_path):
   from jax_vlm.input.datasets import resolve_paths
   from jax_vlm.pipeline.fdp_variants import SYNTHETIC, SYNTHETIC_ROUND2
+  from jax_vlm.pipeline.world_stages import AUGMENTED
   config = preset.get_config('smoke')
   assert not config.reproduce.idp_self_training  # an option, not in the default budget
   plain = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
@@ -155,14 +156,16 @@ def test_idp_self_training_adds_its_round_and_feeds_it_on(tmp_path):
   config.stage_overrides.train_idp_round2 = (('train.learning_rate', 2e-3),)  # the user's own wins
   rc = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
   order = list(rc.stages)
-  assert order == [*R.STAGES[:6], 'train_idp_round2', 'bootstrap_round2', *R.STAGES[6:]]
+  i = R.STAGES.index('bootstrap') + 1
+  assert order == [*R.STAGES[:i], 'train_idp_round2', 'bootstrap_round2', *R.STAGES[i:]]
   for name in order:
     stages.get(name)
   # The second round trains as train_dynamics does (start, objectives, loss) plus the first
   # round's pairs, for its own number of steps.
   dyn, rnd = (stages.stage_config(rc, n) for n in ('train_dynamics', 'train_idp_round2'))
-  assert tuple(dyn.data.extra_train) == ()
-  assert tuple(rnd.data.extra_train) == (SYNTHETIC.format(workdir=tmp_path),)
+  augmented = AUGMENTED.format(workdir=tmp_path)
+  assert tuple(dyn.data.extra_train) == (augmented,)
+  assert tuple(rnd.data.extra_train) == (augmented, SYNTHETIC.format(workdir=tmp_path))
   assert rnd.train.num_steps == config.reproduce.idp_self_training_steps != dyn.train.num_steps
   assert rnd.train.learning_rate == 2e-3
   for key in ('init_from', 'keep_checkpoints'):
@@ -191,13 +194,15 @@ def test_augmentation_adds_its_stage_and_feeds_train_dynamics_only(tmp_path):
   from jax_vlm.pipeline.fdp_variants import SYNTHETIC
   from jax_vlm.pipeline.world_stages import AUGMENTED
   config = preset.get_config('smoke')
-  config.data.augment_copies = 0
+  assert config.data.augment_copies > 0 and preset.get_config().data.augment_copies == 10
+  config.data.augment_copies = 0  # off: the pipeline as it was before session 18
   plain = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
   assert 'augment' not in plain.stages
   config.data.augment_copies = 3
   rc = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
   order = list(rc.stages)
-  assert order == [*R.STAGES[:4], 'augment', *R.STAGES[4:]]
+  assert order == list(R.STAGES)
+  assert list(plain.stages) == [n for n in R.STAGES if n != 'augment']
   augmented = AUGMENTED.format(workdir=tmp_path)
   assert tuple(stages.stage_config(rc, 'train_dynamics').data.extra_train) == (augmented,)
   assert stages.stage_config(rc, 'augment').data.augment_copies == 3

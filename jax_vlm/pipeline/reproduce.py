@@ -81,7 +81,6 @@ from jax_vlm.input.datasets import resolve_paths
 from jax_vlm.pipeline import stages, tables
 from jax_vlm.pipeline.fdp_variants import FDP_VARIANTS, SELF_TRAINING, SYNTHETIC, SYNTHETIC_ROUND2
 from jax_vlm.pipeline.tables import (
-  AUGMENT_STAGES,
   CONTROL_STAGES,
   SELF_TRAINING_STAGES,
   STAGES,
@@ -264,7 +263,7 @@ def _stage_times(workdir: str) -> dict[str, dict[str, float]]:
   keys = {'stage_seconds': 'seconds', 'stage_cpu_seconds': 'cpu_seconds',
           'stage_compiles': 'compiles', 'stage_compile_seconds': 'compile_seconds'}
   out = {name: {} for name in keys}
-  for stage in STAGES + AUGMENT_STAGES + CONTROL_STAGES + SELF_TRAINING_STAGES:
+  for stage in STAGES + CONTROL_STAGES + SELF_TRAINING_STAGES:
     path = os.path.join(workdir, stage, 'DONE')
     if not os.path.isfile(path):
       continue

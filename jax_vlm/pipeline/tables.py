@@ -13,7 +13,8 @@ import numpy as np
 from jax_vlm.pipeline.claims import paired_verdict
 
 # The reproduction's stages, in the order they run.
-STAGES = ('build_data', 'train_tokenizer', 'tokenize', 'pretrain', 'train_dynamics', 'bootstrap',
+STAGES = ('build_data', 'train_tokenizer', 'tokenize', 'pretrain', 'augment', 'train_dynamics',
+          'bootstrap',
           'train_ft', 'train_fdm', 'train_fdm_no_synth', 'train_fdm_no_weight', 'evaluate')
 VARIANTS = {'train_ft': 'FT', 'train_fdm': 'FDM', 'train_fdm_no_synth': 'FDM w/o synthetic',
             'train_fdm_no_weight': 'FDM w/o weighting'}
@@ -23,23 +24,20 @@ CONTROL_STAGES = ('bootstrap_true_labels', 'train_fdm_true_labels')
 CONTROL_VARIANTS = {'train_fdm_true_labels': 'FDM, true labels (control)'}
 # The IDP's second round (reproduce.idp_self_training; not the paper's recipe): run after bootstrap.
 SELF_TRAINING_STAGES = ('train_idp_round2', 'bootstrap_round2')
-# Augmented copies of the labelled triplets (data.augment_copies > 0), read by train_dynamics.
-AUGMENT_STAGES = ('augment',)
 SUBSETS = ('test', 'test_compositional')
 
 
 def pipeline_stages(true_label_control: bool = False, self_training: bool = False,
-                    augment: bool = False) -> tuple[str, ...]:
-  """The reproduction's stages in order: the labelled data's augmentation right before
-  train_dynamics, the IDP's second round right after bootstrap, the true-label control's after
-  the (last) bootstrap and after the last FDP variant."""
-  d, i, j = (STAGES.index(n) for n in ('train_dynamics', 'bootstrap', 'evaluate'))
-  i += 1
+                    augment: bool = True) -> tuple[str, ...]:
+  """The reproduction's stages in order: `augment` (the labelled triplets' augmented copies,
+  data.augment_copies > 0) only with `augment`, the IDP's second round right after bootstrap, the
+  true-label control's after the (last) bootstrap and after the last FDP variant."""
+  i, j = STAGES.index('bootstrap') + 1, STAGES.index('evaluate')
   after_bootstrap = (SELF_TRAINING_STAGES if self_training else ()) + (
       CONTROL_STAGES[:1] if true_label_control else ())
   last = CONTROL_STAGES[1:] if true_label_control else ()
-  return (STAGES[:d] + (AUGMENT_STAGES if augment else ()) + STAGES[d:i] + after_bootstrap
-          + STAGES[i:j] + last + STAGES[j:])
+  out = STAGES[:i] + after_bootstrap + STAGES[i:j] + last + STAGES[j:]
+  return out if augment else tuple(s for s in out if s != 'augment')
 
 
 def pipeline_variants(true_label_control: bool = False) -> dict[str, str]:
@@ -366,7 +364,7 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
         f'{float(f):.0%} {_fmt([_get(r, "bootstrap", "selection_curve", f) for r in runs])}'
         for f in shares) + '.', '']
   ran = lambda names: any(s in r.get('stage_seconds', {}) for r in runs for s in names)  # noqa: E731
-  stages = pipeline_stages(ran(CONTROL_STAGES), ran(SELF_TRAINING_STAGES), ran(AUGMENT_STAGES))
+  stages = pipeline_stages(ran(CONTROL_STAGES), ran(SELF_TRAINING_STAGES), ran(('augment',)))
   md += ['| seed | wall s (this command) | CPU s | ' + ' | '.join(stages) + ' |',
          '|' + '---|' * (3 + len(stages))]
   for r in runs:
