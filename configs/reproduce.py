@@ -4,12 +4,13 @@ plus the experiment's settings, so every knob can be overridden from the command
   python -m jax_vlm.reproduce --config configs/reproduce.py[:default|smoke] --workdir DIR \
       [--seeds 0,1,2] [--config.reproduce.fdp_steps=400 ...]
 
-config.reproduce: training steps of train_dynamics (IDP + FDP on the labelled data, also the IDP
-verifier and bootstrap labeller) and of each FDP variant (FT, FDM and its two ablations), which
-start from `fdp_init`'s params; config.world_eval: what the evaluate stage measures
-(jax_vlm/evaluation/world.py). 'default': a seed's own stages take about 1,500 CPU seconds threaded
-over 2 CPU cores (14 minutes alone) and about 1,200 on one core, as the worker processes of a
-several-seed run use them (session 16, README "Time"); the shared stages about 5,000-7,000 once
+config.reproduce: training steps of train_dynamics (IDP + FDP on the labelled data and its
+augmented copies, data.augment_copies; also the IDP verifier and bootstrap labeller) and of each
+FDP variant (FT, FDM and its two ablations), which start from `fdp_init`'s params;
+config.world_eval: what the evaluate stage measures (jax_vlm/evaluation/world.py). 'default': a
+seed's own stages take about 1,560 CPU seconds threaded over 2 CPU cores (15 minutes alone) and
+about 1,270 on one core, as the worker processes of a several-seed run use them (session 18,
+README "Time"); the shared stages about 5,000-7,000 once
 (pretraining's two phases); 'smoke' is the same pipeline in a few minutes.
 """
 

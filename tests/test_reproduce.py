@@ -406,6 +406,15 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   seed_dir = os.path.join(workdir, 'seed_0')
   for name in R.STAGES:
     assert os.path.isfile(os.path.join(seed_dir, name, 'DONE')), name
+  # The labelled triplets' augmented copies (smoke: two each), read by train_dynamics only.
+  with open(os.path.join(seed_dir, 'augment', 'metrics.json')) as f:
+    aug = json.load(f)
+  assert aug['copies'] == 2 and 0 < aug['examples'] <= 2 * aug['labelled']
+  for name in ('train_dynamics', 'train_ft', 'train_fdm'):
+    with open(os.path.join(seed_dir, name, 'config.json')) as f:
+      extra = json.load(f)['data']['extra_train']
+    assert ('{workdir}/augment/labelled' in extra) == (name == 'train_dynamics'), name
+  assert '| pretrain | augment | train_dynamics |' in md  # its time column
   with open(os.path.join(seed_dir, 'pretrain', 'metrics.json')) as f:
     pre = json.load(f)  # the default base has its second phase, read on its own kinds too
   assert pre['continue_steps'] > 0 and 'difference' in pre['held_out_reading']
@@ -481,7 +490,8 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   # shares seed 0's stages up to bootstrap and the variants without synthetic data.
   st = str(tmp_path / 'self_training')
   os.makedirs(os.path.join(st, 'seed_0'))
-  reused = (*R.SHARED_STAGES, 'train_dynamics', 'bootstrap', 'train_ft', 'train_fdm_no_synth')
+  reused = (*R.SHARED_STAGES, 'augment', 'train_dynamics', 'bootstrap', 'train_ft',
+            'train_fdm_no_synth')
   for name in reused:
     os.symlink(os.path.join(seed_dir, name), os.path.join(st, 'seed_0', name))
   config = preset.get_config('smoke')
@@ -492,7 +502,9 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
     assert run4['stage_cpu_seconds'][name] == run['stage_cpu_seconds'][name], name
   with open(os.path.join(st0, 'train_idp_round2', 'config.json')) as f:
     rnd = json.load(f)
-  assert rnd['data']['extra_train'] == ['{workdir}/bootstrap/synthetic']
+  # It trains as train_dynamics does: on the augmented copies too, plus the first round's pairs.
+  assert rnd['data']['extra_train'] == ['{workdir}/augment/labelled',
+                                        '{workdir}/bootstrap/synthetic']
   assert rnd['train']['num_steps'] == config.reproduce.idp_self_training_steps
   with open(os.path.join(st0, 'train_fdm', 'config.json')) as f:
     assert json.load(f)['data']['extra_train'] == ['{workdir}/bootstrap_round2/synthetic']
