@@ -220,6 +220,9 @@ def test_augmentation_adds_its_stage_and_feeds_train_dynamics_only(tmp_path):
   rc = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
   assert tuple(stages.stage_config(rc, 'train_idp_round2').data.extra_train) == (
       augmented, SYNTHETIC.format(workdir=tmp_path))
+  config.data.augment_transforms = ('mirror', 'rotate')  # refused before any stage runs
+  with pytest.raises(UserError, match=r"augment_transforms=\('mirror', 'rotate'\) must name"):
+    R.reproduction_config(config, seed=0)
   config.data.augment_copies = -1
   with pytest.raises(UserError, match='augment_copies=-1'):
     R.reproduction_config(config, seed=0)

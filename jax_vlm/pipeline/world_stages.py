@@ -282,13 +282,25 @@ def tokenize(config: ml_collections.ConfigDict, stage_dir: str) -> None:
 AUGMENTED = '{workdir}/augment/labelled'  # the augment stage's record set (data.extra_train)
 
 
+def augment_settings(config: ml_collections.ConfigDict) -> tuple[int, tuple[str, ...]]:
+  """(data.augment_copies, data.augment_transforms), checked: UserError on a negative count or
+  an unknown transform."""
+  data = config.get('data', None) or {}
+  copies = int(data.get('augment_copies', 0) or 0)
+  require(copies >= 0, f'data.augment_copies={copies} must be >= 0; set 0 for no augmentation.')
+  transforms = tuple(data.get('augment_transforms', augment.TRANSFORMS))
+  unknown = sorted(set(transforms) - set(augment.TRANSFORMS))
+  require(transforms and not unknown, f'data.augment_transforms={transforms} must name some of '
+          f'{augment.TRANSFORMS}; pick from those.')
+  return copies, transforms
+
+
 def with_augmentation(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """With data.augment_copies > 0: the config with the augment stage right before
   train_dynamics in config.stages (where that is listed) and its records added to train_dynamics'
   data.extra_train (its stage_overrides; a value the config's own overrides give wins). The
   config as it is otherwise. train.py and the reproduction both build their stages through it."""
-  copies = int(config.get('data', {}).get('augment_copies', 0) or 0)
-  require(copies >= 0, f'data.augment_copies={copies} must be >= 0; set 0 for no augmentation.')
+  copies, _ = augment_settings(config)
   if not copies:
     return config
   out = ml_collections.ConfigDict(config.to_dict())
@@ -310,13 +322,9 @@ def augment_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   """Writes `stage_dir/labelled`: data.augment_copies augmented copies of each labelled triplet
   (of the first data.train_examples, when set), encoded like the tokenize stage's."""
   config = resolve_paths(config, _workdir(stage_dir))
-  copies = int(config.data.get('augment_copies', 0))
+  copies, transforms = augment_settings(config)
   require(copies > 0, f'data.augment_copies={copies}: the augment stage needs a positive number '
           'of copies per labelled triplet; set e.g. --config.data.augment_copies=10.')
-  transforms = tuple(config.data.get('augment_transforms', augment.TRANSFORMS))
-  unknown = sorted(set(transforms) - set(augment.TRANSFORMS))
-  require(transforms and not unknown, f'data.augment_transforms={transforms} must name some of '
-          f'{augment.TRANSFORMS}; pick from those.')
   world_dir = _world_dir(config)
   world = load_world_config(world_dir)
   labelled = load_split(world_dir, 'labelled')
