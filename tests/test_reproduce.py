@@ -12,14 +12,16 @@ from jax_vlm.core.errors import UserError
 from jax_vlm.pipeline import reproduce as R
 from jax_vlm.pipeline import stages, tables
 
+# The default pipeline: the IDP's second round is on (reproduce.idp_self_training, session 19).
+DEFAULT_STAGES = tables.pipeline_stages(self_training=True)
 
 def test_variant_settings_reach_each_stage(tmp_path):
   from jax_vlm.input.datasets import resolve_paths
   config = preset.get_config('smoke')
   config.stage_overrides.train_fdm = (('train.learning_rate', 1e-5),)  # the user's own wins
   rc = resolve_paths(R.reproduction_config(config, seed=3), str(tmp_path))
-  assert rc.seed == 3 and tuple(rc.stages) == R.STAGES
-  for name in R.STAGES:
+  assert rc.seed == 3 and tuple(rc.stages) == DEFAULT_STAGES
+  for name in DEFAULT_STAGES:
     stages.get(name)  # every stage is registered
   dyn = stages.stage_config(rc, 'train_dynamics')
   assert dyn.train.num_steps == config.reproduce.dynamics_steps
@@ -111,6 +113,9 @@ def test_true_label_control_adds_its_stages_variant_and_claims(tmp_path):
   config = preset.get_config('smoke')
   assert not config.reproduce.true_label_control  # a control, not in the default budget
   config.reproduce.true_label_control = True
+  with pytest.raises(UserError, match='add --config.reproduce.idp_self_training=false'):
+    R.reproduction_config(config, seed=0)  # it replaces the first round's labels
+  config.reproduce.idp_self_training = False
   rc = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
   order = list(rc.stages)
   assert order.index('bootstrap') < order.index('bootstrap_true_labels') < order.index(
@@ -150,14 +155,18 @@ def test_idp_self_training_adds_its_round_and_feeds_it_on(tmp_path):
   from jax_vlm.pipeline.fdp_variants import SYNTHETIC, SYNTHETIC_ROUND2
   from jax_vlm.pipeline.world_stages import AUGMENTED
   config = preset.get_config('smoke')
-  assert not config.reproduce.idp_self_training  # an option, not in the default budget
+  assert config.reproduce.idp_self_training  # on by default since session 19
+  assert preset.get_config().reproduce.idp_self_training
+  config.reproduce.idp_self_training = False  # the paper's single round
   plain = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
+  assert tuple(plain.stages) == R.STAGES
   config.reproduce.idp_self_training = True
   config.stage_overrides.train_idp_round2 = (('train.learning_rate', 2e-3),)  # the user's own wins
   rc = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
   order = list(rc.stages)
   i = R.STAGES.index('bootstrap') + 1
   assert order == [*R.STAGES[:i], 'train_idp_round2', 'bootstrap_round2', *R.STAGES[i:]]
+  assert tuple(order) == DEFAULT_STAGES
   for name in order:
     stages.get(name)
   # The second round trains as train_dynamics does (start, objectives, loss) plus the first
@@ -201,8 +210,8 @@ def test_augmentation_adds_its_stage_and_feeds_train_dynamics_only(tmp_path):
   config.data.augment_copies = 3
   rc = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
   order = list(rc.stages)
-  assert order == list(R.STAGES)
-  assert list(plain.stages) == [n for n in R.STAGES if n != 'augment']
+  assert order == list(DEFAULT_STAGES)
+  assert list(plain.stages) == [n for n in DEFAULT_STAGES if n != 'augment']
   augmented = AUGMENTED.format(workdir=tmp_path)
   assert tuple(stages.stage_config(rc, 'train_dynamics').data.extra_train) == (augmented,)
   assert stages.stage_config(rc, 'augment').data.augment_copies == 3
@@ -233,7 +242,7 @@ def test_labelled_size_settings_reach_only_the_seed_stages(tmp_path):
   config = preset.get_config('smoke')
   full = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
   small = resolve_paths(R.reproduction_config(config, seed=0, train_examples=50), str(tmp_path))
-  for name in R.STAGES:
+  for name in DEFAULT_STAGES:
     got = stages.stage_config(small, name).data.train_examples
     assert got == (0 if name in R.SHARED_STAGES else 50), name
     same = (stages.fingerprint_config(stages.stage_config(small, name), name, str(tmp_path))
@@ -407,16 +416,29 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   assert proc.returncode == 0, proc.stderr[-3000:]
   md = proc.stdout
   seed_dir = os.path.join(workdir, 'seed_0')
-  for name in R.STAGES:
+  for name in DEFAULT_STAGES:
     assert os.path.isfile(os.path.join(seed_dir, name, 'DONE')), name
   # The labelled triplets' augmented copies (smoke: two each), read by train_dynamics only.
   with open(os.path.join(seed_dir, 'augment', 'metrics.json')) as f:
     aug = json.load(f)
   assert aug['copies'] == 2 and 0 < aug['examples'] <= 2 * aug['labelled']
-  for name in ('train_dynamics', 'train_ft', 'train_fdm'):
+  for name in ('train_dynamics', 'train_idp_round2', 'train_ft', 'train_fdm'):
     with open(os.path.join(seed_dir, name, 'config.json')) as f:
       extra = json.load(f)['data']['extra_train']
-    assert ('{workdir}/augment/labelled' in extra) == (name == 'train_dynamics'), name
+    assert ('{workdir}/augment/labelled' in extra) == (name != 'train_ft' and
+                                                       name != 'train_fdm'), name
+  # The IDP's second round (default): it trains as train_dynamics does, on the augmented copies
+  # too, plus the first round's pairs; FDM reads its labels and evaluate uses it as the IDP.
+  with open(os.path.join(seed_dir, 'train_idp_round2', 'config.json')) as f:
+    rnd = json.load(f)
+  assert rnd['data']['extra_train'] == ['{workdir}/augment/labelled',
+                                        '{workdir}/bootstrap/synthetic']
+  assert rnd['train']['num_steps'] == preset.get_config('smoke').reproduce.idp_self_training_steps
+  with open(os.path.join(seed_dir, 'train_fdm', 'config.json')) as f:
+    assert json.load(f)['data']['extra_train'] == ['{workdir}/bootstrap_round2/synthetic']
+  assert '## IDP (greedy action text, `train_idp_round2` model)' in md
+  assert "The first round's (`bootstrap`, by `train_dynamics`)" in md
+  assert '| train_idp_round2 | bootstrap_round2 |' in md  # their time columns
   assert '| pretrain | augment | train_dynamics |' in md  # its time column
   with open(os.path.join(seed_dir, 'pretrain', 'metrics.json')) as f:
     pre = json.load(f)  # the default base has its second phase, read on its own kinds too
@@ -439,10 +461,10 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   run = js['runs'][0]
   assert len(run['learning_curve']) == 2 and run['probe']['items'] == 8
   # Every stage's cost: wall and CPU seconds and the XLA programs it compiled.
-  assert set(run['stage_cpu_seconds']) == set(R.STAGES) == set(run['stage_compiles'])
+  assert set(run['stage_cpu_seconds']) == set(DEFAULT_STAGES) == set(run['stage_compiles'])
   assert run['stage_compiles']['train_dynamics'] >= 1 and run['stage_compiles']['build_data'] == 0
   # ... and the seconds those compiles took (none without a compile).
-  assert set(run['stage_compile_seconds']) == set(R.STAGES)
+  assert set(run['stage_compile_seconds']) == set(DEFAULT_STAGES)
   assert run['stage_compile_seconds']['train_dynamics'] > 0
   assert run['stage_compile_seconds']['build_data'] == 0
   with open(os.path.join(seed_dir, 'pretrain', 'metrics.json')) as f:
@@ -479,7 +501,7 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   with pytest.raises(UserError, match=r'1 of 3 seed runs failed \(seed 2: Stage train_dynamics '
                      r'.* is done but ran with a different config'):
     R.reproduce(config, workdir, [0, 1, 2], 'workers')
-  for name in R.STAGES:
+  for name in DEFAULT_STAGES:
     assert os.path.isfile(os.path.join(workdir, 'seed_1', name, 'DONE')), name
   with open(os.path.join(workdir, 'seed_1', R.LOG_FILE)) as f:
     assert 'Stage train_dynamics: running' in f.read()  # the worker's own log
@@ -489,35 +511,33 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   assert js3['runs'][1]['stage_cpu_seconds']['train_dynamics'] > 0
   assert js3['cpu_seconds'] > 0  # the workers' CPU time is counted
 
-  # The IDP's second round (reproduce.idp_self_training) on seed 0's first: a new workdir that
-  # shares seed 0's stages up to bootstrap and the variants without synthetic data.
-  st = str(tmp_path / 'self_training')
+  with open(os.path.join(seed_dir, 'bootstrap_round2', 'stats.json')) as f:
+    assert run['bootstrap'] == json.load(f)  # FDM's labels: the second round's
+  with open(os.path.join(seed_dir, 'bootstrap', 'stats.json')) as f:
+    assert run['bootstrap_round1'] == json.load(f)
+  assert run['settings']['idp_stage'] == 'train_idp_round2'
+
+  # The paper's single round (reproduce.idp_self_training=false) on seed 0's stages: a new
+  # workdir that shares them up to bootstrap and the variants without synthetic data.
+  st = str(tmp_path / 'single_round')
   os.makedirs(os.path.join(st, 'seed_0'))
   reused = (*R.SHARED_STAGES, 'augment', 'train_dynamics', 'bootstrap', 'train_ft',
             'train_fdm_no_synth')
   for name in reused:
     os.symlink(os.path.join(seed_dir, name), os.path.join(st, 'seed_0', name))
   config = preset.get_config('smoke')
-  config.reproduce.idp_self_training = True
-  md4, js4 = R.reproduce(config, st, [0], 'self-training')
+  config.reproduce.idp_self_training = False
+  md4, js4 = R.reproduce(config, st, [0], 'single round')
   run4, st0 = js4['runs'][0], os.path.join(st, 'seed_0')
   for name in reused:  # skipped: their markers are seed 0's
     assert run4['stage_cpu_seconds'][name] == run['stage_cpu_seconds'][name], name
-  with open(os.path.join(st0, 'train_idp_round2', 'config.json')) as f:
-    rnd = json.load(f)
-  # It trains as train_dynamics does: on the augmented copies too, plus the first round's pairs.
-  assert rnd['data']['extra_train'] == ['{workdir}/augment/labelled',
-                                        '{workdir}/bootstrap/synthetic']
-  assert rnd['train']['num_steps'] == config.reproduce.idp_self_training_steps
+  assert set(run4['stage_cpu_seconds']) == set(R.STAGES)
   with open(os.path.join(st0, 'train_fdm', 'config.json')) as f:
-    assert json.load(f)['data']['extra_train'] == ['{workdir}/bootstrap_round2/synthetic']
-  with open(os.path.join(st0, 'bootstrap_round2', 'stats.json')) as f:
-    assert run4['bootstrap'] == json.load(f)  # FDM's labels: the second round's
-  assert run4['bootstrap_round1'] == run['bootstrap']
-  assert run4['settings']['idp_stage'] == 'train_idp_round2'
-  assert '## IDP (greedy action text, `train_idp_round2` model)' in md4
-  assert "The first round's (`bootstrap`, by `train_dynamics`)" in md4
-  assert '| train_idp_round2 | bootstrap_round2 |' in md4  # their time columns
+    assert json.load(f)['data']['extra_train'] == ['{workdir}/bootstrap/synthetic']
+  assert run4['bootstrap'] == run['bootstrap_round1'] and 'bootstrap_round1' not in run4
+  assert run4['settings']['idp_stage'] == 'train_dynamics'
+  assert '## IDP (greedy action text, `train_dynamics` model)' in md4
+  assert 'train_idp_round2' not in md4
 
 
 def test_compare_runs_pairs_two_reproductions_by_seed(tmp_path, capsys):

@@ -4,9 +4,10 @@ these.
 
 A new variant is one more entry in FDP_VARIANTS (and in reproduce.VARIANTS to appear in the table).
 
-Also the IDP's second round (reproduce.idp_self_training; not the paper's recipe, an option):
-  train_idp_round2   train_dynamics' training (same start, objectives and loss) on the labelled
-                     data plus the first bootstrap's selected pairs with their IDP labels
+Also the IDP's second round (reproduce.idp_self_training, on by default since session 19; not the
+paper's recipe):
+  train_idp_round2   train_dynamics' training (same start, objectives and loss) on its data plus
+                     the first bootstrap's selected pairs with their IDP labels
   bootstrap_round2   bootstrap with train_idp_round2 as the labeller; the FDP variants that read
                      synthetic data then read its pairs (SYNTHETIC_ROUND2)
 """

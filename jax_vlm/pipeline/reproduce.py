@@ -35,14 +35,17 @@ label errors cost FDM, and whether FDM with true labels beats FT. On a finished 
 the others' scores, which were computed from the same params and settings (the evaluate stage
 computes a part again only when its stage's params or the settings changed).
 
-The IDP's second round, an option (not the paper's recipe, not in the default budget):
-`--config.reproduce.idp_self_training=true` adds, after bootstrap, train_idp_round2 (train_dynamics'
-training, from the same base, on the labelled data plus bootstrap's selected pairs with their IDP
-labels, for reproduce.idp_self_training_steps) and bootstrap_round2 (the unlabelled pairs labelled
-again by it). FDM and FDM w/o weighting then train on the second round's labels, evaluate uses
-train_idp_round2 as the IDP and the verifier, and the table gives both rounds' label accuracy. On a
-finished workdir the FDP variants that read synthetic data and evaluate ran with other settings:
-start a new workdir, or rerun them (`--rerun_stages=train_fdm,train_fdm_no_weight,evaluate`).
+The IDP's second round (default on since session 19; not the paper's recipe, which trains FDP, not
+IDP, on the IDP's labels; `--config.reproduce.idp_self_training=false` runs the paper's one round):
+after bootstrap, train_idp_round2 (train_dynamics' training, from the same base, on the labelled
+data, its augmented copies and bootstrap's selected pairs with their IDP labels, for
+reproduce.idp_self_training_steps) and bootstrap_round2 (the unlabelled pairs labelled again by
+it). FDM and FDM w/o weighting then train on the second round's labels, evaluate uses
+train_idp_round2 as the IDP and the verifier, and the table gives both rounds' label accuracy. It
+stands in for what the paper's IDP starts with and this world's lacks: a model that already reads
+the change well enough to label most pairs right (docs/reproduction.md, session 19). A workdir
+finished with the other setting: start a new one, or rerun the variants that read synthetic data
+and evaluate (`--rerun_stages=train_fdm,train_fdm_no_weight,evaluate`).
 
 Augmenting the labelled data: `--config.data.augment_copies=N` (N > 0) adds the augment stage
 before train_dynamics (N mirrored / shifted / recoloured copies of each labelled triplet,
@@ -104,7 +107,7 @@ REPRODUCE_DEFAULTS = dict(
     eval_items=0,  # test items per subset (0 = all)
     labelled_sizes=(),  # labelled-set sizes of the FT-vs-FDM curve (each reruns the seeds' stages)
     true_label_control=False,  # also FDM on the selected pairs with their true actions (a control)
-    idp_self_training=False,  # the IDP's second round (train_idp_round2, bootstrap_round2)
+    idp_self_training=True,  # the IDP's second round (train_idp_round2, bootstrap_round2)
     idp_self_training_steps=0,  # train_idp_round2 steps (0 = twice the train_dynamics steps)
     jobs=0,  # seed runs at once, each in its own process on its own cores (0 = one per CPU core
     # when there are several runs; 1 = one after another in this process): see _run_in_workers
@@ -131,12 +134,13 @@ def reproduce_section(size: str) -> ml_collections.ConfigDict:
   # trained on the pairs bootstrap selected with their withheld true actions instead of the IDP's
   # labels, which tells what the labels' errors cost FDM and whether the pairs help when right.
   r.true_label_control = False
-  # An option, not the paper's recipe and not in the default budget (~1,500 CPU s more a seed): the
-  # IDP's second round. train_idp_round2 trains like train_dynamics, from the same base, on the
-  # labelled data plus the first bootstrap's selected pairs with their IDP labels, for
-  # idp_self_training_steps; bootstrap_round2 labels the unlabelled pairs with it, FDM and FDM w/o
-  # weighting train on those labels, and evaluate uses it as the IDP and the verifier.
-  r.idp_self_training = False
+  # The IDP's second round, on by default since session 19 (not the paper's recipe; about 1,100 s
+  # wall alone, ~1,550 CPU s on one core, more a seed). train_idp_round2 trains like
+  # train_dynamics, from the same base, on the labelled data (and its augmented copies) plus the
+  # first bootstrap's selected pairs with their IDP labels, for idp_self_training_steps;
+  # bootstrap_round2 labels the unlabelled pairs with it, FDM and FDM w/o weighting train on those
+  # labels, and evaluate uses it as the IDP and the verifier. False: the paper's single round.
+  r.idp_self_training = True
   r.idp_self_training_steps = 40 if smoke else 4000
   # Seed runs at once, each in its own process pinned to its share of the CPU cores; 0 = one per
   # core when there are several runs, 1 = one after another in this process. On 2 cores two
@@ -192,7 +196,7 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
   control, self_training = bool(r.true_label_control), bool(r.idp_self_training)
   require(not (control and self_training), 'reproduce.true_label_control and '
           'reproduce.idp_self_training cannot run together (the control replaces the first '
-          "round's labels); turn one of them off.")
+          "round's labels); add --config.reproduce.idp_self_training=false to run the control.")
   variants = pipeline_variants(control)
   out = with_augmentation(out)  # train_dynamics' overrides read the augmented triplets
   out.stages = pipeline_stages(control, self_training, int(out.data.get('augment_copies', 0)) > 0)
