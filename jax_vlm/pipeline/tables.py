@@ -22,8 +22,8 @@ VARIANTS = {'train_ft': 'FT', 'train_fdm': 'FDM', 'train_fdm_no_synth': 'FDM w/o
 # where the runs have them.
 CONTROL_STAGES = ('bootstrap_true_labels', 'train_fdm_true_labels')
 CONTROL_VARIANTS = {'train_fdm_true_labels': 'FDM, true labels (control)'}
-# The IDP's second round (reproduce.idp_self_training, default on; not the paper's recipe): run after
-# bootstrap.
+# The IDP's second round (reproduce.idp_self_training, on by default; not the paper's recipe): run
+# after bootstrap.
 SELF_TRAINING_STAGES = ('train_idp_round2', 'bootstrap_round2')
 SUBSETS = ('test', 'test_compositional')
 
