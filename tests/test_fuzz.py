@@ -68,6 +68,8 @@ def _reproduce(monkeypatch, capsys, *args) -> tuple[int, str]:
     ('--config.train.grad_accum_steps=0', ['train.grad_accum_steps=0', 'positive']),
     ('--config.reproduce.curve_points=0', ['reproduce.curve_points=0', 'positive']),
     ('--config.reproduce.fdp_steps=-1', ['reproduce.fdp_steps=-1', '>= 0']),
+    ('--config.reproduce.idp_self_training_from=scratch',
+     ["reproduce.idp_self_training_from='scratch'", "'base' or 'train_dynamics'"]),
     ('--config.world_eval.k_list=0,2', ['world_eval.k_list', 'integers >= 1']),
     ('--seedz=1', ['--seedz', 'seeds']),
 ])

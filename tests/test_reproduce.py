@@ -193,6 +193,20 @@ def test_idp_self_training_adds_its_round_and_feeds_it_on(tmp_path):
         stages.fingerprint_config(stages.stage_config(plain, name), name, str(tmp_path)))
   assert rc.world_eval.idp_stage == 'train_idp_round2' and plain.world_eval.idp_stage == (
       'train_dynamics')
+  # Continued from train_dynamics' params instead: fine-tuned as the FDP variants are.
+  config.reproduce.idp_self_training_from = 'train_dynamics'
+  config.stage_overrides.train_idp_round2 = ()
+  warm = stages.stage_config(resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path)),
+                             'train_idp_round2')
+  assert warm.train.init_from == 'train_dynamics' != dyn.train.init_from
+  assert warm.train.learning_rate == config.reproduce.fdp_learning_rate
+  assert warm.train.warmup_steps == config.reproduce.fdp_warmup_steps
+  assert tuple(warm.data.extra_train) == tuple(rnd.data.extra_train)
+  assert warm.objectives.to_dict() == dyn.objectives.to_dict()
+  config.reproduce.idp_self_training_from = 'scratch'
+  with pytest.raises(UserError, match="idp_self_training_from='scratch' must be 'base' or"):
+    R.reproduction_config(config, seed=0)
+  config.reproduce.idp_self_training_from = 'base'
   config.reproduce.true_label_control = True
   with pytest.raises(UserError, match='cannot run together'):
     R.reproduction_config(config, seed=0)

@@ -4,10 +4,14 @@
 
 Per seed (config.seed; the world, its tokenizer and the tokenized data are built once, by the first
 seed, and shared) the stages run under DIR/seed_<s>/:
-  build_data, train_tokenizer, tokenize   the world, its VQGAN, the token ids (shared)
+  build_data, train_tokenizer, tokenize, pretrain   the world, its VQGAN, the token ids, the
+                    pretrained base (shared)
+  augment           augmented copies of the labelled triplets (data.augment_copies)
   train_dynamics    IDP + FDP jointly on the labelled data; checkpoints for the learning curves;
-                    the IDP model (bootstrap labeller and verifier)
+                    the first round's IDP (bootstrap's labeller)
   bootstrap         IDP labels the unlabelled pairs; stratified top-K -> synthetic triplets
+  train_idp_round2, bootstrap_round2   the IDP's second round (below; default on): the IDP the
+                    FDP variants' labels and the verifier come from
   train_ft          FT: FDP on labelled only, standard loss
   train_fdm         FDM: labelled + synthetic, recognition-weighted loss
   train_fdm_no_synth, train_fdm_no_weight   the two ablations of FDM
@@ -109,6 +113,9 @@ REPRODUCE_DEFAULTS = dict(
     true_label_control=False,  # also FDM on the selected pairs with their true actions (a control)
     idp_self_training=True,  # the IDP's second round (train_idp_round2, bootstrap_round2)
     idp_self_training_steps=0,  # train_idp_round2 steps (0 = twice the train_dynamics steps)
+    # Where train_idp_round2 starts: 'base' (train_dynamics' own start and schedule) or
+    # 'train_dynamics' (its params, with the FDP variants' fine-tuning learning rate and warm-up)
+    idp_self_training_from='base',
     jobs=0,  # seed runs at once, each in its own process on its own cores (0 = one per CPU core
     # when there are several runs; 1 = one after another in this process): see _run_in_workers
 )
@@ -142,6 +149,7 @@ def reproduce_section(size: str) -> ml_collections.ConfigDict:
   # labels, and evaluate uses it as the IDP and the verifier. False: the paper's single round.
   r.idp_self_training = True
   r.idp_self_training_steps = 40 if smoke else 4000
+  r.idp_self_training_from = 'base'  # or 'train_dynamics': continue from its params
   # Seed runs at once, each in its own process pinned to its share of the CPU cores; 0 = one per
   # core when there are several runs, 1 = one after another in this process. On 2 cores two
   # one-core runs get through 1.35x the training steps of one two-thread run (docs/benchmarks.md).
@@ -213,26 +221,33 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
                          'train.checkpoint_every': max(dyn_steps // points, 1),
                          'train.keep_checkpoints': 0},  # 0 keeps them all (the curves read them)
   }
+  fine_tune_lr = float(r.fdp_learning_rate) or float(t.learning_rate)
+  fine_tune_warmup = (int(r.fdp_warmup_steps) if int(r.fdp_warmup_steps) >= 0
+                      else int(t.warmup_steps))
   for name in variants:
     overrides[name] = {
         'train.num_steps': fdp_steps, 'train.checkpoint_every': fdp_steps,
         'train.init_from': str(r.fdp_init),
-        'train.learning_rate': float(r.fdp_learning_rate) or float(t.learning_rate),
-        'train.warmup_steps': (int(r.fdp_warmup_steps) if int(r.fdp_warmup_steps) >= 0
-                               else int(t.warmup_steps))}
+        'train.learning_rate': fine_tune_lr, 'train.warmup_steps': fine_tune_warmup}
   given = out.get('stage_overrides', None)
   given = given.to_dict() if given else {}
   for name, values in given.items():
     overrides.setdefault(name, {}).update(dict(values))
   if self_training:  # the second round trains as train_dynamics does; the config's own win
+    start = str(r.idp_self_training_from)
+    require(start in ('base', 'train_dynamics'), f'reproduce.idp_self_training_from={start!r} '
+            "must be 'base' or 'train_dynamics'.")
     steps = int(r.idp_self_training_steps) or 2 * dyn_steps
     extra = (*overrides['train_dynamics'].get('data.extra_train', ()),  # e.g. the augmented
              *SELF_TRAINING['train_idp_round2']['data.extra_train'])
+    # From train_dynamics' params: fine-tuned as the FDP variants are (learning rate, warm-up).
+    warm = ({'train.init_from': 'train_dynamics', 'train.learning_rate': fine_tune_lr,
+             'train.warmup_steps': fine_tune_warmup} if start == 'train_dynamics' else {})
     overrides['train_idp_round2'] = {
         **overrides['train_dynamics'], **SELF_TRAINING['train_idp_round2'],
         'data.extra_train': extra,
         'train.num_steps': steps, 'train.checkpoint_every': max(steps // points, 1),
-        **overrides.get('train_idp_round2', {})}
+        **warm, **overrides.get('train_idp_round2', {})}
     overrides['bootstrap_round2'] = {**SELF_TRAINING['bootstrap_round2'],
                                      **overrides.get('bootstrap_round2', {})}
     for name in variants:  # the variants that read the first round's pairs read the second's
