@@ -546,8 +546,8 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   for name in reused:  # skipped: their markers are seed 0's
     assert run4['stage_cpu_seconds'][name] == run['stage_cpu_seconds'][name], name
   assert set(run4['stage_cpu_seconds']) == set(R.STAGES)
-  with open(os.path.join(st0, 'train_fdm', 'config.json')) as f:
-    assert json.load(f)['data']['extra_train'] == ['{workdir}/bootstrap/synthetic']
+  with open(os.path.join(st0, 'train_fdm', 'config.json')) as f:  # FDP_VARIANTS' own pairs
+    assert json.load(f)['data']['extra_train'] == []  # (the stage adds bootstrap/synthetic)
   assert run4['bootstrap'] == run['bootstrap_round1'] and 'bootstrap_round1' not in run4
   assert run4['settings']['idp_stage'] == 'train_dynamics'
   assert '## IDP (greedy action text, `train_dynamics` model)' in md4
