@@ -157,6 +157,8 @@ def test_idp_self_training_adds_its_round_and_feeds_it_on(tmp_path):
   config = preset.get_config('smoke')
   assert config.reproduce.idp_self_training  # on by default since session 19
   assert preset.get_config().reproduce.idp_self_training
+  assert config.reproduce.idp_self_training_from == 'train_dynamics'  # continued, by default
+  config.reproduce.idp_self_training_from = 'base'  # first: session 17's round, from the base
   config.reproduce.idp_self_training = False  # the paper's single round
   plain = resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path))
   assert tuple(plain.stages) == R.STAGES
@@ -193,7 +195,7 @@ def test_idp_self_training_adds_its_round_and_feeds_it_on(tmp_path):
         stages.fingerprint_config(stages.stage_config(plain, name), name, str(tmp_path)))
   assert rc.world_eval.idp_stage == 'train_idp_round2' and plain.world_eval.idp_stage == (
       'train_dynamics')
-  # Continued from train_dynamics' params instead: fine-tuned as the FDP variants are.
+  # Continued from train_dynamics' params (the default): fine-tuned as the FDP variants are.
   config.reproduce.idp_self_training_from = 'train_dynamics'
   config.stage_overrides.train_idp_round2 = ()
   warm = stages.stage_config(resolve_paths(R.reproduction_config(config, seed=0), str(tmp_path)),

@@ -41,9 +41,10 @@ computes a part again only when its stage's params or the settings changed).
 
 The IDP's second round (default on since session 19; not the paper's recipe, which trains FDP, not
 IDP, on the IDP's labels; `--config.reproduce.idp_self_training=false` runs the paper's one round):
-after bootstrap, train_idp_round2 (train_dynamics' training, from the same base, on the labelled
-data, its augmented copies and bootstrap's selected pairs with their IDP labels, for
-reproduce.idp_self_training_steps) and bootstrap_round2 (the unlabelled pairs labelled again by
+after bootstrap, train_idp_round2 (train_dynamics' training continued from its params, fine-tuned
+as the FDP variants are, on the labelled data, its augmented copies and bootstrap's selected pairs
+with their IDP labels, for reproduce.idp_self_training_steps; reproduce.idp_self_training_from=
+'base' trains it from the base instead) and bootstrap_round2 (the unlabelled pairs labelled again by
 it). FDM and FDM w/o weighting then train on the second round's labels, evaluate uses
 train_idp_round2 as the IDP and the verifier, and the table gives both rounds' label accuracy. It
 stands in for what the paper's IDP starts with and this world's lacks: a model that already reads
@@ -112,10 +113,12 @@ REPRODUCE_DEFAULTS = dict(
     labelled_sizes=(),  # labelled-set sizes of the FT-vs-FDM curve (each reruns the seeds' stages)
     true_label_control=False,  # also FDM on the selected pairs with their true actions (a control)
     idp_self_training=True,  # the IDP's second round (train_idp_round2, bootstrap_round2)
-    idp_self_training_steps=0,  # train_idp_round2 steps (0 = twice the train_dynamics steps)
-    # Where train_idp_round2 starts: 'base' (train_dynamics' own start and schedule) or
-    # 'train_dynamics' (its params, with the FDP variants' fine-tuning learning rate and warm-up)
-    idp_self_training_from='base',
+    # train_idp_round2 steps (0 = half the train_dynamics steps from train_dynamics, twice from
+    # the base)
+    idp_self_training_steps=0,
+    # Where train_idp_round2 starts: 'train_dynamics' (its params, with the FDP variants'
+    # fine-tuning learning rate and warm-up) or 'base' (train_dynamics' own start and schedule)
+    idp_self_training_from='train_dynamics',
     jobs=0,  # seed runs at once, each in its own process on its own cores (0 = one per CPU core
     # when there are several runs; 1 = one after another in this process): see _run_in_workers
 )
@@ -141,15 +144,17 @@ def reproduce_section(size: str) -> ml_collections.ConfigDict:
   # trained on the pairs bootstrap selected with their withheld true actions instead of the IDP's
   # labels, which tells what the labels' errors cost FDM and whether the pairs help when right.
   r.true_label_control = False
-  # The IDP's second round, on by default since session 19 (not the paper's recipe; about 1,100 s
-  # wall alone, ~1,550 CPU s on one core, more a seed). train_idp_round2 trains like
-  # train_dynamics, from the same base, on the labelled data (and its augmented copies) plus the
-  # first bootstrap's selected pairs with their IDP labels, for idp_self_training_steps;
+  # The IDP's second round, on by default since session 19 (not the paper's recipe; about 430 CPU s
+  # more a seed on one core). train_idp_round2 continues from train_dynamics' params on its data
+  # (the labelled triplets and their augmented copies) plus the first bootstrap's selected pairs
+  # with their IDP labels, for idp_self_training_steps, fine-tuned as the FDP variants are;
   # bootstrap_round2 labels the unlabelled pairs with it, FDM and FDM w/o weighting train on those
   # labels, and evaluate uses it as the IDP and the verifier. False: the paper's single round.
+  # idp_self_training_from='base' trains it from the base as train_dynamics (session 17's round;
+  # 4,000 steps there: as good on five seeds, about 1,500 CPU s more a seed).
   r.idp_self_training = True
-  r.idp_self_training_steps = 40 if smoke else 4000
-  r.idp_self_training_from = 'base'  # or 'train_dynamics': continue from its params
+  r.idp_self_training_steps = 10 if smoke else 1000
+  r.idp_self_training_from = 'train_dynamics'
   # Seed runs at once, each in its own process pinned to its share of the CPU cores; 0 = one per
   # core when there are several runs, 1 = one after another in this process. On 2 cores two
   # one-core runs get through 1.35x the training steps of one two-thread run (docs/benchmarks.md).
@@ -237,7 +242,8 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
     start = str(r.idp_self_training_from)
     require(start in ('base', 'train_dynamics'), f'reproduce.idp_self_training_from={start!r} '
             "must be 'base' or 'train_dynamics'.")
-    steps = int(r.idp_self_training_steps) or 2 * dyn_steps
+    steps = int(r.idp_self_training_steps) or (
+        max(dyn_steps // 2, 1) if start == 'train_dynamics' else 2 * dyn_steps)
     extra = (*overrides['train_dynamics'].get('data.extra_train', ()),  # e.g. the augmented
              *SELF_TRAINING['train_idp_round2']['data.extra_train'])
     # From train_dynamics' params: fine-tuned as the FDP variants are (learning rate, warm-up).
