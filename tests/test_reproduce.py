@@ -450,6 +450,7 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   assert rnd['data']['extra_train'] == ['{workdir}/augment/labelled',
                                         '{workdir}/bootstrap/synthetic']
   assert rnd['train']['num_steps'] == preset.get_config('smoke').reproduce.idp_self_training_steps
+  assert rnd['train']['init_from'] == 'train_dynamics'  # continued from the first round
   with open(os.path.join(seed_dir, 'train_fdm', 'config.json')) as f:
     assert json.load(f)['data']['extra_train'] == ['{workdir}/bootstrap_round2/synthetic']
   assert '## IDP (greedy action text, `train_idp_round2` model)' in md
