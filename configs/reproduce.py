@@ -8,8 +8,8 @@ config.reproduce: training steps of train_dynamics (IDP + FDP on the labelled da
 augmented copies, data.augment_copies; also the IDP verifier and bootstrap labeller) and of each
 FDP variant (FT, FDM and its two ablations), which start from `fdp_init`'s params;
 config.world_eval: what the evaluate stage measures (jax_vlm/evaluation/world.py). 'default': a
-seed's own stages take about 1,560 CPU seconds threaded over 2 CPU cores (15 minutes alone) and
-about 1,270 on one core, as the worker processes of a several-seed run use them (session 18,
+seed's own stages take about 2,090 CPU seconds threaded over 2 CPU cores (20 minutes alone) and
+about 1,700 on one core, as the worker processes of a several-seed run use them (session 19,
 README "Time"); the shared stages about 5,000-7,000 once
 (pretraining's two phases); 'smoke' is the same pipeline in a few minutes.
 """
