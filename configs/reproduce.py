@@ -5,8 +5,9 @@ plus the experiment's settings, so every knob can be overridden from the command
       [--seeds 0,1,2] [--config.reproduce.fdp_steps=400 ...]
 
 config.reproduce: training steps of train_dynamics (IDP + FDP on the labelled data and its
-augmented copies, data.augment_copies; also the IDP verifier and bootstrap labeller) and of each
-FDP variant (FT, FDM and its two ablations), which start from `fdp_init`'s params;
+augmented copies, data.augment_copies; the first round's bootstrap labeller), of the IDP's second
+round (idp_self_training*: its IDP relabels the pairs and verifies) and of each FDP variant (FT,
+FDM and its two ablations), which start from `fdp_init`'s params;
 config.world_eval: what the evaluate stage measures (jax_vlm/evaluation/world.py). 'default': a
 seed's own stages take about 2,090 CPU seconds threaded over 2 CPU cores (20 minutes alone) and
 about 1,700 on one core, as the worker processes of a several-seed run use them (session 19,
