@@ -476,7 +476,15 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   with open(os.path.join(workdir, 'reproduction.json')) as f:
     js = json.load(f)
   run = js['runs'][0]
-  assert len(run['learning_curve']) == 2 and run['probe']['items'] == 8
+  assert run['probe']['items'] == 8
+  # The curves run on through the continued second round: train_dynamics' 2 checkpoints, then
+  # train_idp_round2's, their steps counted on from train_dynamics' last.
+  smoke_r = preset.get_config('smoke').reproduce
+  per_round = smoke_r.idp_self_training_steps // smoke_r.curve_points
+  assert [(p['stage'], p['step'], p['stage_step']) for p in run['learning_curve']] == [
+      ('train_dynamics', 10, 10), ('train_dynamics', 20, 20),
+      ('train_idp_round2', 20 + per_round, per_round), ('train_idp_round2', 30, 10)]
+  assert f'| {20 + per_round} (train_idp_round2) |' in md
   # Every stage's cost: wall and CPU seconds and the XLA programs it compiled.
   assert set(run['stage_cpu_seconds']) == set(DEFAULT_STAGES) == set(run['stage_compiles'])
   assert run['stage_compiles']['train_dynamics'] >= 1 and run['stage_compiles']['build_data'] == 0
@@ -553,6 +561,7 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
     assert json.load(f)['data']['extra_train'] == []  # (the stage adds bootstrap/synthetic)
   assert run4['bootstrap'] == run['bootstrap_round1'] and 'bootstrap_round1' not in run4
   assert run4['settings']['idp_stage'] == 'train_dynamics'
+  assert [p['stage'] for p in run4['learning_curve']] == ['train_dynamics'] * 2
   assert '## IDP (greedy action text, `train_dynamics` model)' in md4
   assert 'train_idp_round2' not in md4
 
@@ -720,6 +729,32 @@ def test_learning_curves_line_up_by_step():
   faster = next(c for c in js['claims'] if c['claim'].startswith('IDP is learned faster'))
   assert faster['per_seed_a'] == pytest.approx([0.6, 0.7])  # seed 0: steps 10 and 20 only
   assert faster['per_seed_b'] == pytest.approx([0.2, 0.2])
+
+
+def test_a_continued_round_extends_the_curves_but_not_the_learning_speed_claim(tmp_path):
+  """Rows of a stage that continues the curve (the IDP's second round) are drawn and tabled,
+  marked with their stage; "IDP is learned faster than FDP" compares the first stage's only."""
+  runs = [_run(0, 0.4, 0.3, 0.1), _run(1, 0.6, 0.5, 0.1)]
+  point = lambda stage, step, idp, fdp: dict(  # noqa: E731
+      stage=stage, step=step, idp_canonical_match=idp, idp_effect_match=idp,
+      fdp_exact_match=fdp, fdp_item_score=fdp)
+  for r, late in zip(runs, (0.9, 0.7)):
+    r['learning_curve'] = [point('train_dynamics', 10, 0.5, 0.1),
+                           point('train_dynamics', 20, 0.7, 0.3),
+                           point('train_idp_round2', 25, late, 0.0)]
+  md, js = tables.build_table(runs)
+  assert tables.continued_steps(runs) == {25: 'train_idp_round2'}
+  assert '| 25 (train_idp_round2) | 0.800 ± 0.141 |' in md
+  assert '| 20 | 0.700 ± 0.000 |' in md
+  assert 'Steps marked `train_idp_round2` continue from the last checkpoint' in md
+  faster = next(c for c in js['claims'] if c['claim'].startswith('IDP is learned faster'))
+  assert faster['per_seed_a'] == pytest.approx([0.6, 0.6])
+  assert faster['per_seed_b'] == pytest.approx([0.2, 0.2])
+  steps, idp, _ = tables.curve_rows(runs)
+  assert steps == [10, 20, 25] and idp['idp_effect_match'][0] == [0.5, 0.7, 0.9]
+  page = R.write_reproduction_report(str(tmp_path / 'r.html'), runs, js)
+  with open(page) as f:
+    assert 'IDP vs FDP on held-out test while the model trains' in f.read()
 
 
 def test_world_rows_fit_the_training_length_buckets(tmp_path):

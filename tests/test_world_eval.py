@@ -183,6 +183,45 @@ def test_evaluation_parts_are_redone_only_when_their_params_or_settings_change(t
     f.write('ft-2')
   W.run_evaluations(config, work, out)
   assert calls == []
+  # A stage that continues the curve (the IDP's second round): its checkpoints are part of what
+  # the curve was computed from, so a new one of them computes the curve again.
+  config.world_eval.curve_next_stage = 'train_idp_round2'
+  for step in ('5', '10'):
+    os.makedirs(os.path.join(work, 'train_idp_round2', 'checkpoints', step))
+    with open(os.path.join(work, 'train_idp_round2', 'checkpoints', step, 'w'), 'w') as f:
+      f.write(step)
+    W.run_evaluations(config, work, out)
+    assert calls == ['curve']
+    calls.clear()
+  W.run_evaluations(config, work, out)
+  assert calls == []
+
+
+def test_eval_py_verifies_with_the_idp_the_workdir_ended_with(tmp_path, monkeypatch):
+  """eval.py on a world workdir: the FDP is the newest variant and the verifier the IDP's second
+  round when it ran, unless the config names them."""
+  from configs import reproduce as preset
+  seen = []
+
+  def fake_eval(config, workdir, fdp_params, idp_params, splits, k_list, out_dir, *a, **k):
+    seen.append((fdp_params, idp_params))
+    fdp = {f'k={k}': {'all': {'item_score': 0.5, 'exact_match': 0.25}} for k in k_list}
+    return {'splits': {s: {'fdp': fdp} for s in splits}}
+
+  monkeypatch.setattr(W, 'evaluate_world', fake_eval)
+  monkeypatch.setattr(W, '_stage_params', lambda workdir, stage: stage)
+  work = str(tmp_path)
+  config = preset.get_config('smoke')
+  for stage in ('train_dynamics', 'train_fdm'):
+    os.makedirs(os.path.join(work, stage, 'params'))
+  assert W.run(config, work)['all']['idp_stage'] == 'train_dynamics'  # the paper's one round
+  os.makedirs(os.path.join(work, 'train_idp_round2', 'params'))
+  out = W.run(config, work)['all']
+  assert (out['fdp_stage'], out['idp_stage']) == ('train_fdm', 'train_idp_round2')
+  assert seen[-1] == ('train_fdm', 'train_idp_round2')
+  config.world_eval.idp_stage = 'train_dynamics'  # named: used as it is
+  assert W.run(config, work)['all']['idp_stage'] == 'train_dynamics'
+  assert seen[-1] == ('train_fdm', 'train_dynamics')
 
 
 def test_idp_errors_sorts_each_miss_by_what_went_wrong():

@@ -20,8 +20,9 @@ Outputs of `evaluate_world` (in `out_dir`):
 
 The `evaluate` stage evaluates every stage in `world_eval.fdp_stages` (verifier:
 `world_eval.idp_stage`), the IDP model, learning curves over the checkpoints of
-`world_eval.curve_stage` and the trajectory preference probe (random init vs trained). Settings are
-tuned with `world_eval.splits=('validation',)` (built like `test`), never on `test`.
+`world_eval.curve_stage` (continued by those of `world_eval.curve_next_stage`, a stage trained on
+from its last params, when set) and the trajectory preference probe (random init vs trained).
+Settings are tuned with `world_eval.splits=('validation',)` (built like `test`), never on `test`.
 `run(config, workdir)` is eval.py's entry ('action_world').
 """
 
@@ -89,6 +90,9 @@ DEFAULTS = dict(
     score_batch_size=128,  # sequences per verifier forward pass
     report_items=12,  # items per split shown in the HTML report
     curve_stage='train_dynamics',  # learning curves over this stage's checkpoints ('' = none)
+    # A stage that trained on from curve_stage's last params (train.init_from): its checkpoints
+    # continue the curves, their steps counted on from curve_stage's last ('' = none)
+    curve_next_stage='',
     curve_items=200,  # test items per checkpoint for the learning curves
     probe_items=200,  # test triplets for the preference probe (0 = no probe)
 )
@@ -461,23 +465,29 @@ def checkpoint_steps(stage_dir: str) -> list[int]:
                 and os.path.isdir(os.path.join(d, n, 'state')))
 
 
-def learning_curve(models: WorldModels, config, workdir: str, stage: str, items: Sequence[dict],
-                   key, batch_size: int = 64) -> list[dict]:
-  """Held-out IDP canonical accuracy and FDP (one sample, no verifier) scores per checkpoint."""
+def learning_curve(models: WorldModels, config, workdir: str, stage: str | Sequence[str],
+                   items: Sequence[dict], key, batch_size: int = 64) -> list[dict]:
+  """Held-out IDP canonical accuracy and FDP (one sample, no verifier) scores per checkpoint of
+  `stage`, or of several stages each trained on from the one before's last params: a later
+  stage's `step` counts on from the earlier one's last checkpoint (`stage_step` is its own)."""
   model_config = TransformerConfig.from_config(config.model)
-  rows = []
-  for step in checkpoint_steps(os.path.join(workdir, stage)):
-    params = checkpoint_params(os.path.join(workdir, stage), step, model_config)
-    idp, _ = idp_evaluation(models, params, items, batch_size)
-    fdp, _, _ = fdp_evaluation(models, params, None, items, (1,), key, _sampling(config),
-                               batch_size=batch_size)
-    rows.append(dict(step=step, idp_canonical_match=idp['all']['canonical_match'],
-                     idp_effect_match=idp['all']['effect_match'],
-                     fdp_item_score=fdp['k=1']['all']['item_score'],
-                     fdp_exact_match=fdp['k=1']['all']['exact_match'],
-                     fdp_edit_success=fdp['k=1']['all']['edit_success'],
-                     fdp_minimal_editing=fdp['k=1']['all']['minimal_editing']))
-    logging.info('learning curve %s step %d: %s', stage, step, rows[-1])
+  rows, offset = [], 0
+  for name in ([stage] if isinstance(stage, str) else list(stage)):
+    steps = checkpoint_steps(os.path.join(workdir, name))
+    for step in steps:
+      params = checkpoint_params(os.path.join(workdir, name), step, model_config)
+      idp, _ = idp_evaluation(models, params, items, batch_size)
+      fdp, _, _ = fdp_evaluation(models, params, None, items, (1,), key, _sampling(config),
+                                 batch_size=batch_size)
+      rows.append(dict(step=offset + step, stage=name, stage_step=step,
+                       idp_canonical_match=idp['all']['canonical_match'],
+                       idp_effect_match=idp['all']['effect_match'],
+                       fdp_item_score=fdp['k=1']['all']['item_score'],
+                       fdp_exact_match=fdp['k=1']['all']['exact_match'],
+                       fdp_edit_success=fdp['k=1']['all']['edit_success'],
+                       fdp_minimal_editing=fdp['k=1']['all']['minimal_editing']))
+      logging.info('learning curve %s step %d: %s', name, step, rows[-1])
+    offset += steps[-1] if steps else 0
   return rows
 
 
@@ -575,11 +585,14 @@ def run_evaluations(config: ml_collections.ConfigDict, workdir: str, out_dir: st
   test_items = None
   if s.curve_stage and int(s.curve_items) > 0:
     path = os.path.join(out_dir, 'learning_curve.json')
+    curve_stages = [s.curve_stage] + ([s.curve_next_stage] if s.curve_next_stage else [])
     source = dict(common, checkpoints=_params_stamp(workdir, s.curve_stage, 'checkpoints'),
                   items=int(s.curve_items))
+    if s.curve_next_stage:
+      source['next_checkpoints'] = _params_stamp(workdir, s.curve_next_stage, 'checkpoints')
     if not _fresh(path, source):
       test_items = load_items(config, workdir, 'test', int(s.curve_items))
-      write_json(path, learning_curve(models, config, workdir, s.curve_stage, test_items,
+      write_json(path, learning_curve(models, config, workdir, curve_stages, test_items,
                                        jax.random.PRNGKey(int(config.seed) + 1),
                                        int(s.batch_size)))
       _record_source(path, source)
@@ -617,16 +630,29 @@ def _latest_fdp_stage(workdir: str) -> str:
   return 'train_dynamics'
 
 
+def _latest_idp_stage(workdir: str) -> str:
+  """The IDP a pipeline's workdir ended with: the second round's when it ran, else
+  train_dynamics'."""
+  for stage in ('train_idp_round2', 'train_dynamics'):
+    if os.path.isdir(os.path.join(workdir, stage, 'params')):
+      return stage
+  return 'train_dynamics'
+
+
 @registry.register('benchmark', 'action_world')
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """eval.py's entry: evaluates the pipeline in `workdir` (FDP stage: world_eval.fdp_stages[0] if
-  set in the config, else the newest of train_fdm / train_fdp / train_dynamics) into
-  WORKDIR/eval_<stage>/; returns the metrics with an 'all' summary of the test split."""
+  set in the config, else the newest of train_fdm / train_fdp / train_dynamics; the IDP, which
+  verifies: world_eval.idp_stage if set, else train_idp_round2 when it ran, else train_dynamics)
+  into WORKDIR/eval_<stage>/; returns the metrics with an 'all' summary of the test split."""
   s = settings(config)
   given = config.get('world_eval', None)
   stage = (tuple(given.fdp_stages)[0] if given and 'fdp_stages' in given
            else _latest_fdp_stage(os.path.abspath(workdir)))
   workdir = os.path.abspath(workdir)
+  if not (given and 'idp_stage' in given):
+    s.idp_stage = _latest_idp_stage(workdir)
+  logging.info('action_world: FDP %s, verified by the IDP of %s', stage, s.idp_stage)
   rconfig = _resolved(config, workdir)
   idp = _stage_params(workdir, s.idp_stage) if s.idp_stage else None
   out_dir = os.path.join(workdir, f'eval_{stage}')
@@ -634,7 +660,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            s.k_list, out_dir, int(s.max_items), title=stage)
   split = tuple(s.splits)[0]
   m = metrics['splits'][split]
-  overall = {'fdp_stage': stage, 'split': split}
+  overall = {'fdp_stage': stage, 'idp_stage': s.idp_stage, 'split': split}
   for k in s.k_list:
     overall[f'item_score@{k}'] = m['fdp'][f'k={k}']['all']['item_score']
     overall[f'exact@{k}'] = m['fdp'][f'k={k}']['all']['exact_match']

@@ -272,6 +272,11 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
   out.world_eval.fdp_stages = tuple(variants)
   out.world_eval.idp_stage = 'train_idp_round2' if self_training else 'train_dynamics'
   out.world_eval.curve_stage = 'train_dynamics'
+  # The continued second round is the IDP's training carried on: its checkpoints extend the curves
+  # (a round from the base starts over and is left off them).
+  out.world_eval.curve_next_stage = (
+      'train_idp_round2' if self_training and str(r.idp_self_training_from) == 'train_dynamics'
+      else '')
   if int(r.eval_items):
     out.world_eval.max_items = int(r.eval_items)
   return out
@@ -575,14 +580,18 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[i
 def write_reproduction_report(path: str, runs: Sequence[dict], js: dict) -> str:
   """reproduction.html: the learning curves drawn beside the claims and time tables."""
   steps, idp, fdp = tables.curve_rows(runs)
+  later = tables.continued_steps(runs)
   figures = {}
   if steps:
-    figures['IDP vs FDP on held-out test while train_dynamics trains (mean, range over seeds)'] = (
+    axis = 'train_dynamics step' if not later else (
+        f'train_dynamics step, then {", ".join(sorted(set(later.values())))} after step '
+        f'{max(s for s in steps if s not in later)}')
+    figures['IDP vs FDP on held-out test while the model trains (mean, range over seeds)'] = (
         plots.line_plot({'IDP effect match (greedy)': (steps, idp['idp_effect_match']),
                          'IDP canonical match': (steps, idp['idp_canonical_match']),
                          'FDP exact match (1 sample)': (steps, fdp['fdp_exact_match']),
                          'FDP item score (1 sample)': (steps, fdp['fdp_item_score'])},
-                        'Learning curves', 'train_dynamics step', 'score on test'))
+                        'Learning curves', axis, 'score on test'))
   claims = [{'claim': c['claim'], 'subset': c['subset'], 'this': c['mean_a'], 'vs': c['mean_b'],
              'difference': c['diff'], 'CI low': c['ci_low'], 'CI high': c['ci_high'],
              'seeds': c['n'], 'verdict': c['verdict']} for c in js['claims']]

@@ -171,15 +171,35 @@ def curve_rows(runs: Sequence[dict]) -> tuple[list[int], dict, dict]:
           {k: rows(k) for k in ('fdp_exact_match', 'fdp_item_score')})
 
 
+def _first_stage_rows(run: dict) -> list[dict]:
+  """The run's learning-curve rows of its first stage (`train_dynamics`): a stage that continues
+  the curve (the IDP's second round, `stage` on its rows) is left out of what compares IDP with
+  FDP over the same joint training."""
+  rows = run.get('learning_curve') or []
+  first = rows[0].get('stage') if rows else None
+  return [row for row in rows if row.get('stage') == first]
+
+
+def continued_steps(runs: Sequence[dict]) -> dict[int, str]:
+  """{step: stage} of the learning-curve steps a continuing stage made (see _first_stage_rows)."""
+  out = {}
+  for r in runs:
+    rows = r.get('learning_curve') or []
+    first = rows[0].get('stage') if rows else None
+    out.update({row['step']: row['stage'] for row in rows if row.get('stage') != first})
+  return out
+
+
 def _common_steps(runs: Sequence[dict]) -> set[int]:
-  """The learning-curve steps every run has (the scheduled checkpoints)."""
-  sets = [{row['step'] for row in r.get('learning_curve') or []} for r in runs]
+  """The first-stage learning-curve steps every run has (the scheduled checkpoints)."""
+  sets = [{row['step'] for row in _first_stage_rows(r)} for r in runs]
   return set.intersection(*sets) if sets else set()
 
 
 def _curve_auc(run: dict, key: str, steps: set[int] | None = None) -> float | None:
-  """The mean of `key` over the run's checkpoints (only those at `steps` when given)."""
-  rows = [r for r in run.get('learning_curve') or [] if steps is None or r['step'] in steps]
+  """The mean of `key` over the run's first-stage checkpoints (only those at `steps` when
+  given)."""
+  rows = [r for r in _first_stage_rows(run) if steps is None or r['step'] in steps]
   return float(np.mean([r[key] for r in rows])) if rows else None
 
 
@@ -316,8 +336,14 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
   md.append('')
 
   # Learning curves.
-  md += ['## IDP vs FDP learning speed (joint training on the labelled data, held-out `test`)', '',
-         '| step | IDP canonical match | IDP effect match | FDP exact (1 sample) '
+  md += ['## IDP vs FDP learning speed (joint training on the labelled data, held-out `test`)', '']
+  later = continued_steps(runs)
+  if later:
+    md += [f'Steps marked `{", ".join(sorted(set(later.values())))}` continue from the last '
+           'checkpoint before them: the IDP\'s second round, trained on the labelled triplets, '
+           'their augmented copies and the first round\'s selected pairs with its IDP labels. The '
+           'claim "IDP is learned faster than FDP" compares the first stage\'s steps only.', '']
+  md += ['| step | IDP canonical match | IDP effect match | FDP exact (1 sample) '
          '| FDP item score |',
          '|---|---|---|---|---|']
   steps, idp_rows, fdp_rows = curve_rows(runs)
@@ -325,7 +351,9 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
   for i, step in enumerate(steps):
     col = lambda key, i=i: [row[i] for row in by_key[key]]  # noqa: E731
     seeds_here = sum(v is not None for v in col('idp_effect_match'))
-    label = f'{step}' if seeds_here == len(runs) else f'{step} ({seeds_here} of {len(runs)} seeds)'
+    label = f'{step}' + (f' ({later[step]})' if step in later else '')
+    if seeds_here != len(runs):
+      label += f' ({seeds_here} of {len(runs)} seeds)'
     md.append(f'| {label} | {_fmt(col("idp_canonical_match"))} | {_fmt(col("idp_effect_match"))} '
               f'| {_fmt(col("fdp_exact_match"))} | {_fmt(col("fdp_item_score"))} |')
   md.append('')
