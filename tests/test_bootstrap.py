@@ -66,6 +66,30 @@ def test_classes_and_label_accuracy():
   # true action): round(0.1 * 3) = 0 selects nothing, the top 1-2 are right, all 3 half right.
   assert stats['selection_curve'] == {'0.1': None, '0.25': 1.0, '0.5': 1.0, '0.75': 1.0,
                                       '1.0': 0.5}
+  assert stats['label_effect_match'] is None  # no scenes: nothing to apply the labels to
+
+
+def test_label_effect_match_counts_another_action_with_the_same_effect():
+  """A label that names the change another way ("next to" for "right of") is a right FDP triplet
+  (its action applied to the source gives the target) but not the withheld action."""
+  from data.action_world.actions import apply_action
+  src = W.Scene((W.WorldObject(0, 0, 'square', 'red'), W.WorldObject(2, 2, 'circle', 'blue'),
+                 W.WorldObject(4, 4, 'cross', 'green')))
+  truth = 'move_rel(green cross, next_to, blue circle)'
+  tgt = apply_action(src, truth)
+  same = next(f'move_rel(green cross, {rel}, blue circle)' for rel in ('above', 'below',
+              'left_of', 'right_of') if apply_action(src, f'move_rel(green cross, {rel}, '
+                                                                   'blue circle)') == tgt)
+  record = dict(hidden_action=W.all_phrasings(truth)[0],
+                src_scene=json.dumps(src.to_json()), tgt_scene=json.dumps(tgt.to_json()).encode())
+  labels = [B.Label(i, W.all_phrasings(text)[0], 'move_rel', -1.0, -0.1, -0.1, True)
+            for i, text in enumerate((truth, same, 'remove(red square)'))]
+  stats = B.bootstrap_stats([record] * 3, labels, labels[1:2])
+  assert stats['label_accuracy'] == pytest.approx(1 / 3)  # the withheld action's canonical form
+  assert stats['label_effect_match'] == pytest.approx(2 / 3)  # its effect
+  assert stats['selected_label_accuracy'] == 0.0 and stats['selected_label_effect_match'] == 1.0
+  assert B.bootstrap_stats([record], labels[:1], labels[:1], class_key='first_word'
+                           )['label_effect_match'] is None  # free text: no world to apply it in
 
 
 def test_stratified_selection_of_labels():

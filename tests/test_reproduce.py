@@ -742,7 +742,11 @@ def test_a_continued_round_extends_the_curves_but_not_the_learning_speed_claim(t
     r['learning_curve'] = [point('train_dynamics', 10, 0.5, 0.1),
                            point('train_dynamics', 20, 0.7, 0.3),
                            point('train_idp_round2', 25, late, 0.0)]
+  for r, eff in zip(runs, (0.75, 0.85)):
+    r['bootstrap'] = dict(r.get('bootstrap', {}), label_effect_match=eff,
+                          selected_label_effect_match=0.9)
   md, js = tables.build_table(runs)
+  assert ('the withheld action): 0.800 ± 0.071 on all, 0.900 ± 0.000 selected.') in md
   assert tables.continued_steps(runs) == {25: 'train_idp_round2'}
   assert '| 25 (train_idp_round2) | 0.800 ± 0.141 |' in md
   assert '| 20 | 0.700 ± 0.000 |' in md

@@ -44,7 +44,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from data.action_world import DEFAULT_CONFIG, action_type, load_world_config, parse_action
+from data.action_world import (
+  DEFAULT_CONFIG,
+  Scene,
+  action_type,
+  load_world_config,
+  parse_action,
+  score_action_text,
+)
 from data.records import RecordSource, write_records
 from jax_vlm.core import registry
 from jax_vlm.core.batching import pad_rows
@@ -193,6 +200,18 @@ def _true_action(example: Mapping[str, Any], field: str) -> str | None:
   return value if isinstance(value, str) and value.strip() else None
 
 
+def _effect_match(example: Mapping[str, Any], text: str, class_key: str,
+                  world_config=None) -> bool | None:
+  """Whether the label applied to the world pair's source scene gives its target scene; None
+  without the scenes (real video) or outside the world's classes."""
+  src, tgt = example.get('src_scene'), example.get('tgt_scene')
+  if class_key != 'world' or src is None or tgt is None:
+    return None
+  scene = lambda v: Scene.from_json(json.loads(v.decode() if isinstance(v, bytes) else v))  # noqa: E731
+  return bool(score_action_text(scene(src), text, scene(tgt),
+                                world_config or DEFAULT_CONFIG)['effect_match'])
+
+
 # Shares of the candidates whose stratified top-K label accuracy bootstrap_stats reports: how
 # precision trades against the number of synthetic pairs.
 SELECTION_CURVE = (0.1, 0.25, 0.5, 0.75, 1.0)
@@ -206,12 +225,16 @@ def bootstrap_stats(unlabelled: Sequence[Mapping[str, Any]], labels: Sequence[La
   them, per-class counts before/after selection, and the selected accuracy had K been each share
   of SELECTION_CURVE (`selection_curve`)."""
   hit_of: dict[int, bool] = {}
+  effect_of: dict[int, bool] = {}
   for lab in labels:
     if (t := _true_action(unlabelled[lab.index], true_action_field)) is not None:
       hit_of[lab.index] = same_action(lab.text, t, class_key, world_config)
+    if (effect := _effect_match(unlabelled[lab.index], lab.text, class_key, world_config)
+        ) is not None:
+      effect_of[lab.index] = effect
 
-  def accuracy(group):
-    hits = [hit_of[lab.index] for lab in group if lab.index in hit_of]
+  def accuracy(group, of=hit_of):
+    hits = [of[lab.index] for lab in group if lab.index in of]
     return (float(np.mean(hits)) if hits else None), len(hits)
 
   acc_all, n_all = accuracy(labels)
@@ -227,6 +250,11 @@ def bootstrap_stats(unlabelled: Sequence[Mapping[str, Any]], labels: Sequence[La
       'label_accuracy': acc_all, 'label_accuracy_pairs': n_all,
       'selected_label_accuracy': acc_sel, 'selected_label_accuracy_pairs': n_sel,
       'label_accuracy_per_class': per_class_acc,
+      # A label whose action applied to the pair's source gives its target (world pairs with
+      # their scenes): a right triplet for FDP even where it names the change another way than
+      # the withheld action ("next to" for "right of"); label_accuracy counts those as wrong.
+      'label_effect_match': accuracy(labels, effect_of)[0],
+      'selected_label_effect_match': accuracy(selected, effect_of)[0],
       'class_counts_before': dict(sorted(collections.Counter(
           lab.action_class for lab in labels).items())),
       'class_counts_after': dict(sorted(collections.Counter(

@@ -379,6 +379,13 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
   nall = _fmt([_get(r, 'bootstrap', 'num_labelled') for r in runs], 0)
   md += [f'IDP labels of the unlabelled pairs: accuracy {acc} on all {nall}; the {nsel} selected '
          f'(stratified top-K) are {sel} correct.', '']
+  effect = [_get(r, 'bootstrap', 'label_effect_match') for r in runs]
+  if any(v is not None for v in effect):
+    md[-2] += (' By effect (the label\'s action applied to the source gives the target, so the '
+               'triplet is a right one for FDP even where it names the change another way than '
+               f'the withheld action): {_fmt(effect)} on all, '
+               f'{_fmt([_get(r, "bootstrap", "selected_label_effect_match") for r in runs])} '
+               'selected.')
   if any(_get(r, 'bootstrap_round1') for r in runs):  # reproduce.idp_self_training
     md += ['These are the second round\'s labels (`bootstrap_round2`, by `train_idp_round2`), '
            'which FDM trained on. The first round\'s (`bootstrap`, by `train_dynamics`): '
