@@ -16,7 +16,8 @@ seed, and shared) the stages run under DIR/seed_<s>/:
   train_fdm         FDM: labelled + synthetic, recognition-weighted loss
   train_fdm_no_synth, train_fdm_no_weight   the two ablations of FDM
   evaluate          best-of-K (K = 1, 2, 4, 8) of every variant with the IDP verifier on test and
-                    test_compositional, IDP, learning curves, the preference probe
+                    test_compositional, IDP, learning curves (train_dynamics' checkpoints, then the
+                    continued second round's), the preference probe
 With several runs (seeds, labelled-set sizes) and several CPU cores, the shared stages run first
 in this process and then each run in its own worker process pinned to its share of the cores
 (config.reproduce.jobs: 0 = one per core, 1 = one after another in this process), with its log in
