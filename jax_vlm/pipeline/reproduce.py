@@ -239,6 +239,7 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
   given = given.to_dict() if given else {}
   for name, values in given.items():
     overrides.setdefault(name, {}).update(dict(values))
+  curve_next = ''  # a stage whose checkpoints continue train_dynamics' learning curves
   if self_training:  # the second round trains as train_dynamics does; the config's own win
     start = str(r.idp_self_training_from)
     require(start in ('base', 'train_dynamics'), f'reproduce.idp_self_training_from={start!r} '
@@ -250,6 +251,9 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
     # From train_dynamics' params: fine-tuned as the FDP variants are (learning rate, warm-up).
     warm = ({'train.init_from': 'train_dynamics', 'train.learning_rate': fine_tune_lr,
              'train.warmup_steps': fine_tune_warmup} if start == 'train_dynamics' else {})
+    # Continued, the round is the IDP's training carried on, so its checkpoints extend the curves
+    # (a round from the base starts over and is left off them).
+    curve_next = 'train_idp_round2' if start == 'train_dynamics' else ''
     overrides['train_idp_round2'] = {
         **overrides['train_dynamics'], **SELF_TRAINING['train_idp_round2'],
         'data.extra_train': extra,
@@ -273,11 +277,7 @@ def reproduction_config(config: ml_collections.ConfigDict, seed: int | None = No
   out.world_eval.fdp_stages = tuple(variants)
   out.world_eval.idp_stage = 'train_idp_round2' if self_training else 'train_dynamics'
   out.world_eval.curve_stage = 'train_dynamics'
-  # The continued second round is the IDP's training carried on: its checkpoints extend the curves
-  # (a round from the base starts over and is left off them).
-  out.world_eval.curve_next_stage = (
-      'train_idp_round2' if self_training and str(r.idp_self_training_from) == 'train_dynamics'
-      else '')
+  out.world_eval.curve_next_stage = curve_next
   if int(r.eval_items):
     out.world_eval.max_items = int(r.eval_items)
   return out

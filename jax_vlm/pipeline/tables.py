@@ -184,9 +184,9 @@ def continued_steps(runs: Sequence[dict]) -> dict[int, str]:
   """{step: stage} of the learning-curve steps a continuing stage made (see _first_stage_rows)."""
   out = {}
   for r in runs:
-    rows = r.get('learning_curve') or []
-    first = rows[0].get('stage') if rows else None
-    out.update({row['step']: row['stage'] for row in rows if row.get('stage') != first})
+    first = _first_stage_rows(r)
+    out.update({row['step']: row['stage'] for row in r.get('learning_curve') or []
+                if row not in first})
   return out
 
 
