@@ -1,7 +1,7 @@
 """Training-step and image-generation throughput: jax_vlm against PyTorch transformers, same config.
 
   python bench/bench_train.py [--sizes world,mid] [--steps 3] [--family chameleon|gemma]
-      [--gen_tokens 1024] [--candidates 8] [--json out.json]
+      [--gen_tokens 1024] [--candidates 8] [--rounds 1] [--json out.json]
 
 For each size it builds the same architecture twice, randomly initialised: this project's model
 trained by the real trainer step (`trainer.Trainer`: forward + backward + AdamW with clipping,
@@ -265,6 +265,38 @@ def bench_torch_generate(size, family, candidates, gen_tokens, device='cpu', aut
   return {'tokens_per_s': candidates * gen_tokens / elapsed, 'seconds': elapsed}
 
 
+def paired_rounds(jax_first: dict, torch_first: dict, rounds: int, run_jax, run_torch) -> dict:
+  """The jax/torch comparison over `rounds` paired rounds: the given first pair, then rounds - 1
+  more, alternating which side runs first so a drifting machine speed does not favour one.
+  Returns {'jax', 'torch'} (each side's round with the median tokens/s), 'jax_over_torch' (the
+  median of the per-round ratios) and, for more than one round, 'rounds' [(jax, torch, ratio)]."""
+  pairs = [(jax_first, torch_first)]
+  for i in range(1, rounds):
+    if i % 2:
+      t = run_torch()
+      pairs.append((run_jax(), t))
+    else:
+      pairs.append((run_jax(), run_torch()))
+  ratios = [j['tokens_per_s'] / t['tokens_per_s'] for j, t in pairs]
+
+  def median_run(side):
+    runs = sorted((p[side] for p in pairs), key=lambda r: r['tokens_per_s'])
+    return runs[(len(runs) - 1) // 2]
+  out = {'jax': median_run(0), 'torch': median_run(1),
+         'jax_over_torch': sorted(ratios)[(len(ratios) - 1) // 2]}
+  if rounds > 1:
+    out['rounds'] = [(j['tokens_per_s'], t['tokens_per_s'], q) for (j, t), q in zip(pairs, ratios)]
+  return out
+
+
+def _spread(r: dict) -> str:
+  """' (median of N rounds: a-b)' for a multi-round comparison, else ''."""
+  if 'rounds' not in r:
+    return ''
+  ratios = [q for _, _, q in r['rounds']]
+  return f' (median of {len(ratios)} rounds: {min(ratios):.2f}-{max(ratios):.2f})'
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--sizes', default='world,mid')
@@ -274,6 +306,10 @@ def main(argv=None) -> None:
   parser.add_argument('--candidates', type=int, default=8)
   parser.add_argument('--gen_tokens', type=int, default=None,
                       help='image tokens to generate (default: the size preset: 25 / 1024)')
+  parser.add_argument('--rounds', type=int, default=1,
+                      help='measure each jax/torch pair this many times, alternating which goes '
+                           'first, and report the median of the per-round ratios (for a machine '
+                           'whose speed drifts)')
   parser.add_argument('--no_generate', action='store_true')
   parser.add_argument('--scan_layers', default='auto', choices=('auto', 'true', 'false'),
                       help="the main JAX row's model.scan_layers; auto = false on CPU (XLA:CPU "
@@ -300,26 +336,31 @@ def main(argv=None) -> None:
     if not args.no_scan_check:
       r['jax_other_scan'] = bench_jax_train(size, args.family, batch, args.steps, scan=not scan)
     r['torch'] = bench_torch_train(size, args.family, batch, args.steps)
-    r['jax_over_torch'] = r['jax']['tokens_per_s'] / r['torch']['tokens_per_s']
+    r.update(paired_rounds(
+        r['jax'], r['torch'], args.rounds,
+        lambda: bench_jax_train(size, args.family, batch, args.steps, scan=scan),
+        lambda: bench_torch_train(size, args.family, batch, args.steps)))
     r['mfu'] = r['jax']['tokens_per_s'] * r['jax']['flops_per_token'] / peak
     r['torch_mfu'] = r['torch']['tokens_per_s'] * r['jax']['flops_per_token'] / peak
     print(f'[{size}] train {batch}x{r["seq"]}: jax {r["jax"]["tokens_per_s"]:.0f} tok/s '
           f'(MFU {100 * r["mfu"]:.1f}%), torch {r["torch"]["tokens_per_s"]:.0f} tok/s '
-          f'(MFU {100 * r["torch_mfu"]:.1f}%), ratio {r["jax_over_torch"]:.2f}; params jax '
-          f'{r["jax"]["params"]:,} torch {r["torch"]["params"]:,}', flush=True)
+          f'(MFU {100 * r["torch_mfu"]:.1f}%), ratio {r["jax_over_torch"]:.2f}{_spread(r)}; '
+          f'params jax {r["jax"]["params"]:,} torch {r["torch"]["params"]:,}', flush=True)
     if 'jax_other_scan' in r:
       print(f'[{size}] jax with scan_layers={not scan}: '
             f'{r["jax_other_scan"]["tokens_per_s"]:.0f} tok/s', flush=True)
     if not args.no_generate:
       n = args.gen_tokens or SIZES[size]['image_tokens']
-      r['generate'] = {'tokens': n, 'candidates': args.candidates,
-                       'jax': bench_jax_generate(size, args.family, args.candidates, n, scan),
-                       'torch': bench_torch_generate(size, args.family, args.candidates, n)}
-      g = r['generate']
-      g['jax_over_torch'] = g['jax']['tokens_per_s'] / g['torch']['tokens_per_s']
+      def gen_jax():
+        return bench_jax_generate(size, args.family, args.candidates, n, scan)
+
+      def gen_torch():
+        return bench_torch_generate(size, args.family, args.candidates, n)
+      g = r['generate'] = {'tokens': n, 'candidates': args.candidates}
+      g.update(paired_rounds(gen_jax(), gen_torch(), args.rounds, gen_jax, gen_torch))
       print(f'[{size}] generate K={args.candidates} x {n} tokens: jax '
             f'{g["jax"]["tokens_per_s"]:.1f} tok/s, torch {g["torch"]["tokens_per_s"]:.1f} tok/s, '
-            f'ratio {g["jax_over_torch"]:.2f}', flush=True)
+            f'ratio {g["jax_over_torch"]:.2f}{_spread(g)}', flush=True)
     results['sizes'][size] = r
   if args.json:
     with open(args.json, 'w') as f:
