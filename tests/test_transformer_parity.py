@@ -6,6 +6,7 @@ import dataclasses
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -244,3 +245,18 @@ def test_config_flops_and_validation():
     _tiny(num_heads=4, num_kv_heads=3)
   with pytest.raises(UserError, match='remat_policy'):
     _tiny(remat_policy='sometimes')
+
+
+def test_projections_are_2d_matmuls_on_cpu_only():
+  """_contract lowers to one 2-D matmul for CPU (faster there) and keeps the N-D contraction for
+  TPU and GPU, decided per lowering platform; both give the same numbers."""
+  from jax_vlm.models import layers
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 8))
+  k = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 5))
+  grad = jax.jit(jax.grad(lambda x, k: jnp.sum(layers._contract(x, k, 2) ** 2), argnums=(0, 1)))
+  for platform, flat in (('cpu', True), ('tpu', False), ('cuda', False)):
+    text = grad.trace(x, k).lower(lowering_platforms=(platform,)).as_text()
+    dots = [line for line in text.splitlines() if 'stablehlo.dot_general' in line]
+    assert dots and any('tensor<6x32xf32>' in line for line in dots) == flat, platform
+  expected = jnp.einsum('bsij,ijo->bso', x, k)
+  np.testing.assert_allclose(layers._contract(x, k, 2), expected, rtol=1e-5, atol=1e-5)

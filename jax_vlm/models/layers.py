@@ -68,16 +68,26 @@ class LayerBuffers:
 def _contract(x: Array, kernel: Array, n_in: int, out_dtype=None) -> Array:
   """x [..., *in] . kernel [*in, *out] -> [..., *out], contracting the trailing n_in dims of x.
 
-  Computed as one 2-D matmul, [prod(...), prod(in)] . [prod(in), prod(out)], reshaped back: XLA:CPU
+  On CPU, as one 2-D matmul, [prod(...), prod(in)] . [prod(in), prod(out)], reshaped back: XLA:CPU
   ran the N-D contraction's backward through slow transposed copies, and the 2-D form made a world
-  size training step about 30% faster (docs/benchmarks.md). The merged dims are major-to-minor
-  neighbours, so the reshapes keep every sharding of `batch`, `heads` and `mlp`.
+  size training step about 30% faster. Elsewhere the N-D contraction stays: for a TPU v5e the
+  compiler estimated the 2-D form's step 8% slower (docs/benchmarks.md has both). The choice is
+  made where the program is lowered (`lax.platform_dependent`), so an ahead-of-time TPU compile
+  on a CPU host gets the TPU form.
   """
   lead, in_shape, out_shape = x.shape[:x.ndim - n_in], kernel.shape[:n_in], kernel.shape[n_in:]
-  y = lax.dot_general(x.reshape(math.prod(lead), math.prod(in_shape)),
-                      kernel.reshape(math.prod(in_shape), math.prod(out_shape)),
-                      (((1,), (0,)), ((), ())), preferred_element_type=out_dtype)
-  return y.reshape(lead + out_shape)
+
+  def as_2d(x, kernel):
+    y = lax.dot_general(x.reshape(math.prod(lead), math.prod(in_shape)),
+                        kernel.reshape(math.prod(in_shape), math.prod(out_shape)),
+                        (((1,), (0,)), ((), ())), preferred_element_type=out_dtype)
+    return y.reshape(lead + out_shape)
+
+  def as_nd(x, kernel):
+    x_axes = tuple(range(x.ndim - n_in, x.ndim))
+    return lax.dot_general(x, kernel, ((x_axes, tuple(range(n_in))), ((), ())),
+                           preferred_element_type=out_dtype)
+  return lax.platform_dependent(x, kernel, cpu=as_2d, default=as_nd)
 
 
 def _lora_a_init(n_in: int):
