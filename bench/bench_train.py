@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -274,16 +275,18 @@ def paired_rounds(jax_first: dict, torch_first: dict, rounds: int, run_jax, run_
   for i in range(1, rounds):
     if i % 2:
       t = run_torch()
-      pairs.append((run_jax(), t))
+      j = run_jax()
     else:
-      pairs.append((run_jax(), run_torch()))
+      j = run_jax()
+      t = run_torch()
+    pairs.append((j, t))
   ratios = [j['tokens_per_s'] / t['tokens_per_s'] for j, t in pairs]
 
   def median_run(side):
     runs = sorted((p[side] for p in pairs), key=lambda r: r['tokens_per_s'])
-    return runs[(len(runs) - 1) // 2]
+    return runs[(len(runs) - 1) // 2]  # the lower median, as statistics.median_low
   out = {'jax': median_run(0), 'torch': median_run(1),
-         'jax_over_torch': sorted(ratios)[(len(ratios) - 1) // 2]}
+         'jax_over_torch': statistics.median_low(ratios)}
   if rounds > 1:
     out['rounds'] = [(j['tokens_per_s'], t['tokens_per_s'], q) for (j, t), q in zip(pairs, ratios)]
   return out
