@@ -45,6 +45,7 @@ tiny model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import flax
@@ -52,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_vlm.core.compile_options import compiler_options
 from jax_vlm.core.errors import UserError, require
 from jax_vlm.models.config import to_dtype
 from jax_vlm.models.transformer import DecoderLM, KVCache, init_cache, repeat_cache
@@ -104,8 +106,10 @@ class Guidance:
 # Pure pieces.
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def candidate_keys(key: Array, batch: int, num_candidates: int) -> Array:
-  """[batch * num_candidates] keys; row i*K+j = fold_in(fold_in(key, i), j)."""
+  """[batch * num_candidates] keys; row i*K+j = fold_in(fold_in(key, i), j). Jitted: run op by op,
+  the nested vmaps cost ~10 ms a call on CPU, a tenth of a whole K = 8 world-size frame."""
   prompt_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
   keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
       jnp.arange(num_candidates)))(prompt_keys)
@@ -238,10 +242,15 @@ def sample_loop(params: Any, prompt_ids: Array, prompt_segments: Array, row_keys
   return {'tokens': state.tokens, 'lengths': state.lengths, 'logprob': state.logprob}
 
 
-# One jitted function for every Sampler: equal modules hash equal, so compiled programs are shared.
-_sample_loop_jit = jax.jit(sample_loop, static_argnames=(
-    'module', 'cache_len', 'num_candidates', 'num_conditions', 'max_new_tokens', 'sampling',
-    'guidance', 'stop_at_eos', 'param_dtype', 'cache_dtype'))
+@functools.lru_cache(maxsize=None)
+def compiled_loop(platform: str):
+  """`sample_loop` jitted for `platform` with the project's compiler options (core.compile_options:
+  on CPU, no YNNPACK fusions, ~27% faster decoding). One per platform for every Sampler: equal
+  modules hash equal, so compiled programs are shared."""
+  return jax.jit(sample_loop, static_argnames=(
+      'module', 'cache_len', 'num_candidates', 'num_conditions', 'max_new_tokens', 'sampling',
+      'guidance', 'stop_at_eos', 'param_dtype', 'cache_dtype'),
+      compiler_options=compiler_options(platform))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,7 +326,7 @@ class Sampler:
     mask = np.zeros((model_vocab,), bool)
     mask[:vocab.vocab_size] = vocab.image_token_mask()
     self.image_mask = mask
-    self._loop = _sample_loop_jit
+    self._loop = compiled_loop(jax.default_backend())
 
   @classmethod
   def from_config(cls, module: DecoderLM, vocab, config) -> 'Sampler':

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jax_vlm.core.compile_options import compiler_options
 from jax_vlm.models.config import TransformerConfig
 from jax_vlm.models.transformer import DecoderLM
 from jax_vlm.training import optim, sharding
@@ -75,6 +76,7 @@ def build_train_step(config: ml_collections.ConfigDict, devices: Sequence | None
   batch_sharding = sharding.batch_sharding(mesh)
   step_fn = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
                     out_shardings=(state_shardings, sharding.replicated(mesh)),
-                    donate_argnums=(0,))
+                    donate_argnums=(0,),
+                    compiler_options=compiler_options(mesh.devices.flat[0].platform))
   return TrainStep(mesh, rules, model_config, model, tx, schedule, mask, abstract_state,
                    state_shardings, batch_sharding, init_fn, step_fn)
