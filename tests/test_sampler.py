@@ -116,6 +116,47 @@ def test_image_mode_emits_exactly_n_image_tokens(setup):
     np.testing.assert_array_equal(vocab.codes_to_ids(out.codes), out.tokens)
 
 
+@pytest.mark.parametrize('tied', [False, True])
+def test_image_mode_reads_only_image_columns_of_the_head(setup, tied):
+  """Image mode computes only the image tokens' logits (DecoderLM.head_kernel): greedy frames are
+  the teacher-forced argmax over image tokens and their logprob the log-softmax over image tokens
+  of the whole head's logits, for an untied head and for Gemma's tied embedding."""
+  vocab, module, params = setup
+  if tied:
+    module = DecoderLM(module.config.replace(tie_embeddings=True))
+    params = nn.unbox(module.init(jax.random.PRNGKey(1), jnp.zeros((1, 8), jnp.int32))['params'])
+    assert 'lm_head' not in params
+  rng = np.random.default_rng(4)
+  src = [rng.integers(0, NUM_CODES, 7) for _ in range(2)]
+  actions = [np.asarray(vocab.encode_text('move the red circle up')),
+             np.asarray(vocab.encode_text('move down'))]
+  sampler = S.Sampler(module, vocab, cache_len=40, prompt_buckets=(24,))
+  k = 3
+  out = sampler.sample_frames(params, src, actions, jax.random.PRNGKey(5), num_candidates=k,
+                              sampling=S.SamplingParams(greedy=True))
+  image_ids = vocab.image_token_ids()
+  # No whole-vocabulary logits of the 2 x 3 rows are left in the compiled program.
+  prompts = [S.fdp_prompts(s, a, vocab)[0] for s, a in zip(src, actions)]
+  ids, seg = S.left_pad(prompts, 24, vocab.pad_id)
+  hlo = sampler._loop.lower(
+      params, ids, seg, S.candidate_keys(jax.random.PRNGKey(5), 2, k),
+      jnp.asarray(sampler.image_ids), jnp.int32(-1), jnp.int32(vocab.pad_id), module=module,
+      cache_len=40, num_candidates=k, num_conditions=1, max_new_tokens=7,
+      sampling=S.SamplingParams(greedy=True), guidance=None, stop_at_eos=False).compile().as_text()
+  assert f'f32[{2 * k},{module.config.vocab_size}]' not in hlo
+  assert f'f32[{2 * k},{image_ids.size}]' in hlo
+  for i in range(2):
+    prompt = S.fdp_prompts(src[i], actions[i], vocab)[0]
+    gen = out.tokens[i, 0]
+    logp = jax.nn.log_softmax(
+        jax.jit(module.apply)({'params': params}, jnp.asarray(np.concatenate([prompt, gen]))[None])
+        [0][prompt.size - 1:-1][:, image_ids], axis=-1)
+    np.testing.assert_array_equal(image_ids[np.asarray(jnp.argmax(logp, -1))], gen)
+    teacher = float(sum(logp[t, int(np.flatnonzero(image_ids == g)[0])]
+                        for t, g in enumerate(gen)))
+    np.testing.assert_allclose(out.logprob[i], teacher, rtol=1e-4, atol=1e-4)
+
+
 def test_k_candidates_equal_single_runs(setup):
   vocab, module, params = setup
   rng = np.random.default_rng(2)

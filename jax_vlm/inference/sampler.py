@@ -8,9 +8,9 @@ no Python runs per token.
 Modes
   text   (IDP labels)  greedy or sampled tokens until <eos> or `max_new_tokens`; after <eos> a
                        row emits <pad> and stops counting.
-  image  (FDP frames)  exactly `num_image_tokens` tokens after the prompt's closing <boi>; every
-                       non-image token is masked out (the vocabulary's image token mask), so each
-                       one is an image code; the caller closes the frame with <eoi>.
+  image  (FDP frames)  exactly `num_image_tokens` tokens after the prompt's closing <boi>; the LM
+                       head computes only the image tokens' logits (the vocabulary's image token
+                       mask), so each one is an image code; the caller closes the frame with <eoi>.
 
 Sampling: logits / temperature, then top-k, then top-p (nucleus), then a categorical draw. The
 paper samples frames at temperature 1: low temperatures tend to copy the source frame.
@@ -60,7 +60,7 @@ from jax_vlm.models.transformer import DecoderLM, KVCache, init_cache, repeat_ca
 from jax_vlm.tokens import sequences
 
 Array = jax.Array
-NEG_INF = -1e30  # finite, so masked logits stay finite under CFG's differences
+NEG_INF = -1e30  # finite, so a filtered-out logit never turns a softmax into NaN
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,28 +172,32 @@ def cast_params(params: Any, dtype) -> Any:
 
 
 def prefill(module: DecoderLM, params: Any, prompt_ids: Array, prompt_segments: Array,
-            cache_len: int, cache_dtype=None) -> tuple[Array, KVCache]:
+            cache_len: int, cache_dtype=None, head: Array | None = None) -> tuple[Array, KVCache]:
   """Writes left-padded prompts [rows, L] into a fresh cache (of `cache_dtype`, default the model's
   compute dtype); returns (last logits [rows, vocab], cache). Only the last position goes through
-  the LM head."""
+  the LM head (`head`: an [embed, n] kernel from `DecoderLM.head_kernel`, giving [rows, n])."""
   rows = prompt_ids.shape[0]
   cache = init_cache(module.config, rows, cache_len, dtype=cache_dtype)
   _, hidden, cache = module.apply({'params': params}, prompt_ids, segment_ids=prompt_segments,
                                   cache=cache, return_hidden=True)
-  logits = module.apply({'params': params}, hidden[:, -1:], method=DecoderLM.logits_from_hidden)
+  logits = module.apply({'params': params}, hidden[:, -1:], head,
+                        method=DecoderLM.logits_from_hidden)
   return logits[:, 0].astype(jnp.float32), cache
 
 
 def sample_loop(params: Any, prompt_ids: Array, prompt_segments: Array, row_keys: Array,
-                allowed: Array | None, eos_id: Array, pad_id: Array, *, module: DecoderLM,
+                emit_ids: Array | None, eos_id: Array, pad_id: Array, *, module: DecoderLM,
                 cache_len: int, num_candidates: int, num_conditions: int, max_new_tokens: int,
                 sampling: SamplingParams, guidance: Guidance | None,
                 stop_at_eos: bool, param_dtype=None, cache_dtype=None) -> dict[str, Array]:
   """Prefill once, repeat the cache K times, decode all rows together (pure; jit it).
 
   prompt_ids, prompt_segments: [batch * num_conditions, L] left-padded, rows ordered
-  (prompt, condition). row_keys: [batch * K] (see `candidate_keys`). allowed: bool [vocab] tokens
-  that may be emitted (None = all). eos_id, pad_id: [] int32 (traced: one program per model).
+  (prompt, condition). row_keys: [batch * K] (see `candidate_keys`). emit_ids: int32 [n], the only
+  tokens that may be emitted (image mode: the image tokens), or None for all; the LM head then
+  computes just their columns (`DecoderLM.head_kernel`, gathered once before the loop) and the
+  draws run over those n, which at Chameleon's size skips 7/8 of the head's weights.
+  eos_id, pad_id: [] int32 (traced: one program per model).
   Returns tokens [batch * K, max_new_tokens] int32, lengths
   [batch * K] int32 and logprob [batch * K] float32: the summed log-probabilities of the emitted
   tokens under the (guided, masked) model distribution at temperature 1, before top-k/top-p, so in
@@ -203,7 +207,11 @@ def sample_loop(params: Any, prompt_ids: Array, prompt_segments: Array, row_keys
   batch = prompt_ids.shape[0] // c
   out = batch * k
   params = cast_params(params, param_dtype)
-  logits, cache = prefill(module, params, prompt_ids, prompt_segments, cache_len, cache_dtype)
+  head = None
+  if emit_ids is not None:
+    head = module.apply({'params': params}, emit_ids, method=DecoderLM.head_kernel)
+  logits, cache = prefill(module, params, prompt_ids, prompt_segments, cache_len, cache_dtype,
+                          head)
   # Row (prompt i, condition m) -> rows ((i * c + m) * k + j) for candidates j.
   cache = repeat_cache(cache, k)
   logits = jnp.repeat(logits, k, axis=0)
@@ -220,18 +228,23 @@ def sample_loop(params: Any, prompt_ids: Array, prompt_segments: Array, row_keys
   def body(s: SamplerState) -> SamplerState:
     vocab = s.logits.shape[-1]
     guided = guide(s.logits.reshape(batch, c, k, vocab), guidance).reshape(out, vocab)
-    if allowed is not None:
-      guided = jnp.where(allowed[None, :], guided, NEG_INF)
     keys = jax.vmap(lambda key: jax.random.fold_in(key, s.step))(row_keys)
-    tokens = choose_tokens(guided, keys, sampling)
+    tokens = choose_tokens(guided, keys, sampling)  # column indices: ids unless emit_ids
     token_logprob = jnp.take_along_axis(jax.nn.log_softmax(guided, axis=-1), tokens[:, None],
                                         axis=-1)[:, 0]
+    if emit_ids is not None:
+      tokens = emit_ids[tokens]
     active = ~s.done
     tokens = jnp.where(active, tokens, pad_id)
     done = s.done | (active & (tokens == eos_id)) if stop_at_eos else s.done
     # Every condition row of a prompt is fed the token sampled for it.
     feed = jnp.broadcast_to(tokens.reshape(batch, 1, k), (batch, c, k)).reshape(-1, 1)
-    next_logits, cache = module.apply({'params': params}, feed, cache=s.cache)
+    if head is None:
+      next_logits, cache = module.apply({'params': params}, feed, cache=s.cache)
+    else:  # the whole head's logits are not used, so XLA drops them
+      _, hidden, cache = module.apply({'params': params}, feed, cache=s.cache, return_hidden=True)
+      next_logits = module.apply({'params': params}, hidden, head,
+                                 method=DecoderLM.logits_from_hidden)
     return SamplerState(
         step=s.step + 1, logits=next_logits[:, -1].astype(jnp.float32), cache=cache,
         tokens=jax.lax.dynamic_update_slice(s.tokens, tokens[:, None], (0, s.step)),
@@ -323,9 +336,7 @@ class Sampler:
     require(vocab.vocab_size <= model_vocab,
             f'the vocabulary has {vocab.vocab_size} tokens but model.vocab_size is {model_vocab}; '
             'set model.vocab_size to at least the vocabulary size.')
-    mask = np.zeros((model_vocab,), bool)
-    mask[:vocab.vocab_size] = vocab.image_token_mask()
-    self.image_mask = mask
+    self.image_ids = np.flatnonzero(vocab.image_token_mask()).astype(np.int32)
     self._loop = compiled_loop(jax.default_backend())
 
   @classmethod
@@ -429,7 +440,7 @@ class Sampler:
       c = 3
     ids, seg = self._batch(rows, num_image_tokens)
     keys = self._keys(key, row_keys, b, k)
-    out = self._loop(params, ids, seg, keys, jnp.asarray(self.image_mask), self._id(-1),
+    out = self._loop(params, ids, seg, keys, jnp.asarray(self.image_ids), self._id(-1),
                      self._id(self.vocab.pad_id), module=self.module, cache_len=self.cache_len,
                      num_candidates=k, num_conditions=c, max_new_tokens=int(num_image_tokens),
                      sampling=sampling, guidance=guidance, stop_at_eos=False,

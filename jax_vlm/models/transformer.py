@@ -54,6 +54,7 @@ from jax_vlm.models.layers import (
   LayerBuffers,
   Projection,
   RMSNorm,
+  _contract,
   attention_mask,
   rope_sin_cos,
 )
@@ -235,10 +236,22 @@ class DecoderLM(nn.Module):
                           index=index + seq),)
     return outputs[0] if len(outputs) == 1 else outputs
 
-  def logits_from_hidden(self, hidden):
-    """hidden [batch, seq, embed] (after the final norm) -> float32 logits [batch, seq, vocab];
-    `module.apply(v, hidden, method=DecoderLM.logits_from_hidden)` for chunked losses."""
+  def head_kernel(self, vocab_ids):
+    """The LM head's columns for `vocab_ids` [n] as an [embed, n] kernel (the tied embedding's
+    rows, transposed, when tied), for `logits_from_hidden(hidden, kernel)`. Image decoding reads
+    only the image tokens' columns (inference.sampler): 8,192 of Chameleon's 65,536."""
     if self.config.tie_embeddings:
+      return jnp.take(self.embed_tokens.embedding, vocab_ids, axis=0).T
+    return jnp.take(self.lm_head.variables['params']['kernel'], vocab_ids, axis=1)
+
+  def logits_from_hidden(self, hidden, kernel=None):
+    """hidden [batch, seq, embed] (after the final norm) -> float32 logits [batch, seq, vocab];
+    `module.apply(v, hidden, method=DecoderLM.logits_from_hidden)` for chunked losses. kernel: an
+    [embed, n] head from `head_kernel` instead of the whole one (logits [batch, seq, n])."""
+    if kernel is not None:
+      c = self.config
+      logits = _contract(hidden.astype(c.dtype), kernel.astype(c.dtype), 1, jnp.float32)
+    elif self.config.tie_embeddings:
       logits = self.embed_tokens.attend(hidden)
     else:
       logits = self.lm_head(hidden)
