@@ -61,15 +61,18 @@ def copy_bandwidth(nbytes: int | None = None, repeats: int = 5) -> float:
 
 
 def decode_step_bytes(config: TransformerConfig, rows: int, cache_len: int, param_bytes: int,
-                      cache_bytes: int) -> dict:
-  """Bytes one decode step must move: every matmul weight (all layers + the LM head; the
-  embedding lookup reads `rows` rows only), both K and V of all `cache_len` slots of every row and
-  layer (the attention reads the fixed-shape cache whole), and the float32 logits written once."""
-  weights = (config.param_count(include_embedding=False) + config.vocab_size * config.d_model
+                      cache_bytes: int, head_columns: int | None = None) -> dict:
+  """Bytes one decode step must move: every matmul weight (all layers + the LM head's
+  `head_columns` columns, default the whole vocabulary; image mode reads only the image tokens'
+  columns; the embedding lookup reads `rows` rows only), both K and V of all `cache_len` slots of
+  every row and layer (the attention reads the fixed-shape cache whole), and the float32 logits
+  written once."""
+  columns = config.vocab_size if head_columns is None else int(head_columns)
+  weights = (config.param_count(include_embedding=False) + columns * config.d_model
              + rows * config.d_model) * param_bytes
   cache = (2 * config.num_layers * rows * config.num_kv_heads * cache_len * config.head_dim
            * cache_bytes)
-  logits = rows * config.vocab_size * 4
+  logits = rows * columns * 4
   return {'weights': weights, 'kv_cache': cache, 'logits': logits,
           'total': weights + cache + logits}
 
@@ -165,7 +168,8 @@ def bench(name, model_config, vocab, frame_codes, action_len, gen, ks, repeats, 
     print(f'  K={k}: {best:8.3f} s  {k * gen / best:10.1f} decoded tokens/s  '
           f'(first call incl. compile {compile_s:.1f} s)')
     if bandwidth:
-      step_bytes = decode_step_bytes(model_config, k, sampler.cache_len, param_bytes, cache_bytes)
+      step_bytes = decode_step_bytes(model_config, k, sampler.cache_len, param_bytes, cache_bytes,
+                                     vocab.num_image_codes)
       r = roofline(best, gen, step_bytes['total'], bandwidth)
       print(f'        {r["step_s"] * 1e3:.2f} ms/step, {step_bytes["total"] / 1e6:.1f} MB/step '
             f'(weights {step_bytes["weights"] / 1e6:.1f}, KV cache '

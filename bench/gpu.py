@@ -170,7 +170,7 @@ def run_jax_part(args, out: str) -> None:
                                        dtype='bfloat16', sampler_kwargs=kwargs,
                                        attention_impl='xla')
     step_bytes = bench_sampler.decode_step_bytes(config, k, r['cache_len'],
-                                                 2 if bf16_weights else 4, 2)
+                                                 2 if bf16_weights else 4, 2, spec['image_codes'])
     r['bytes_per_step'] = step_bytes
     if bandwidth:
       r['roofline'] = bench_sampler.roofline(r['seconds'], spec['image_tokens'],
