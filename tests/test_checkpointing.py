@@ -43,7 +43,10 @@ def _start_and_signal(workdir, env, at_step: int, sig) -> subprocess.CompletedPr
   while ((max(_saved_steps(workdir), default=0) <= before or _logged_step(workdir) < at_step)
          and proc.poll() is None and time.time() < deadline):
     time.sleep(0.005)
-  assert proc.poll() is None, 'train.py ended before it could be interrupted'
+  if proc.poll() is not None:
+    _, err = proc.communicate()
+    raise AssertionError(f'train.py ended (exit {proc.returncode}) before it could be interrupted; '
+                         f'its stderr ends:\n{err[-3000:]}')
   proc.send_signal(sig)
   out, err = proc.communicate(timeout=120)
   return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
