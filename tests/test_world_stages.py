@@ -130,7 +130,7 @@ def test_train_tokenizer_fails_loudly_below_threshold(tmp_path, monkeypatch):
   assert os.path.exists(os.path.join(stage_dir, 'params_below_bar', 'params.msgpack'))
 
 
-def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch):
+def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch, capsys):
   # build_data with a tiny world instead of the preset sizes.
   monkeypatch.setattr(WorldConfig, 'preset', classmethod(lambda cls, size='default', **kw: TINY))
   config = _config()
@@ -262,6 +262,31 @@ def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch):
   moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), cycle1,
                        again)
   assert max(jax.tree.leaves(moved)) > 0
+  # A first phase that reads held-out scenes poorly is trained again from another initialisation
+  # (pretrain.restarts); a 2-step base gets no document entirely right, so a bar of 1.0 restarts it.
+  config.pretrain.update(continue_steps=0, continue_cycles=1, restarts=1, restart_below=1.0)
+  checked = os.path.join(workdir, 'pretrain_checked')
+  world_stages.pretrain_stage(stages.stage_config(config, 'pretrain'), checked)
+  assert 'pretrain.restart_below=1.0: it stalled on a plateau' in capsys.readouterr().out
+  m = json.loads(open(os.path.join(checked, 'metrics.json')).read())
+  assert m['first_phase_restarts'] == 1 and len(m['first_phase_readings']) == 2
+  assert all(list(r) == list(config.pretrain.documents) for r in m['first_phase_readings'])
+  assert m['held_out_reading'] == m['first_phase_readings'][-1]  # no second phase: the same base
+  first, again = (json.loads(open(os.path.join(d, 'metrics.jsonl')).readline())
+                  for d in (checked, os.path.join(checked, 'restart_1')))
+  assert first['loss'] != again['loss']  # another initialisation and document order
+  restarted = open(os.path.join(checked, 'restart_1', 'metrics.jsonl')).read()
+  # A base that passes the bar is not retrained; a rerun restores both finished attempts.
+  config.pretrain.restart_below = 0.0
+  world_stages.pretrain_stage(stages.stage_config(config, 'pretrain'), checked)
+  m = json.loads(open(os.path.join(checked, 'metrics.json')).read())
+  assert m['first_phase_restarts'] == 0 and len(m['first_phase_readings']) == 1
+  assert open(os.path.join(checked, 'restart_1', 'metrics.jsonl')).read() == restarted
+  assert not os.path.exists(os.path.join(checked, 'restart_2'))
+  config.pretrain.restarts = -1
+  with pytest.raises(UserError, match=r'pretrain.restarts=-1 must be a whole number'):
+    world_stages.pretrain_stage(stages.stage_config(config, 'pretrain'), checked)
+  config.pretrain.update(restarts=0, continue_steps=2, continue_cycles=2)
   # The base's greedy text after the IDP prompt, at an action's length and longer (a difference
   # document: experiments/idp_errors.py --difference): one longer-cache sampler, made once.
   from jax_vlm.evaluation import world as world_eval

@@ -404,7 +404,14 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   params become `stage_dir/params`. pretrain.continue_cycles > 1 runs that phase again from its
   own params (a warm restart of its schedule, fresh documents), in `stage_dir/continued_<cycle>`,
   each cycle's params kept in `stage_dir/cycle<cycle>_params` for the next. A finished phase or
-  cycle is restored from its checkpoint, not trained again."""
+  cycle is restored from its checkpoint, not trained again.
+
+  pretrain.restarts > 0: the first phase is a stand-in for a VLM that reads objects in images, so
+  its held-out reading is checked (`weak_reading`); a first phase that left some document kind
+  below pretrain.restart_below of held-out documents entirely right is trained again from another
+  initialisation and document order (seed + RESTART_SEED_STRIDE x n), in `stage_dir/restart_<n>`,
+  up to that many times. Which side of the plateau a build lands on can turn on float rounding
+  alone (docs/reproduction.md, session 24). Every attempt's reading goes into metrics.json."""
   config = resolve_paths(config, _workdir(stage_dir))
   world = world_config_of(config)
   p = config.pretrain
@@ -417,6 +424,12 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   cycles = p.get('continue_cycles', 1)
   require(isinstance(cycles, int) and cycles >= 1, f'pretrain.continue_cycles={cycles!r} must be a '
           'whole number of at least 1 (how many times the second phase runs, each from the last).')
+  restarts, restart_below = p.get('restarts', 0), p.get('restart_below', 0.0)
+  require(isinstance(restarts, int) and restarts >= 0, f'pretrain.restarts={restarts!r} must be a '
+          'whole number of at least 0 (how often a first phase that reads poorly is retrained).')
+  require(isinstance(restart_below, (int, float)) and 0 <= restart_below <= 1,
+          f'pretrain.restart_below={restart_below!r} must be a share from 0 to 1 (of held-out '
+          'documents entirely right).')
   region_changed = p.get('region_changed_cells', 1)
   require(isinstance(region_changed, int) and 1 <= region_changed <= pretrain.REGION_WIDTH,
           f'pretrain.region_changed_cells={region_changed!r} must be a whole number from 1 to '
@@ -445,7 +458,7 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
     scenes, codes, captions = pool('difference' in phase_kinds)
     source = DocumentSource(
         scenes, codes, captions, vocab, kinds=phase_kinds, seq_len=int(p.max_seq_len),
-        seed=int(config.seed), process_index=jax.process_index(),
+        seed=int(train_config.seed), process_index=jax.process_index(),
         local_batch_size=int(p.batch_size) // jax.process_count(), stream=stream, world=world,
         region_changed=region_changed)
     trainer = Trainer(train_config, workdir, batch_source=source)
@@ -454,7 +467,42 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
       raise StageInterrupted(f'pretraining stopped at step {result["step"]} in {workdir}')
     return trainer, result
 
+  held_out = pretrain.pretraining_scenes(int(p.eval_scenes), int(config.seed), world,
+                                         stream=pretrain.HELD_OUT_STREAM,
+                                         paired='difference' in kinds + later)
+
+  held_out_codes = []  # encoded once, on first use
+
+  def reading_of(trainer, measured):
+    if not held_out_codes:
+      held_out_codes.append(encode(held_out))
+    return document_accuracy(trainer.model, trainer.final_params, held_out, held_out_codes[0],
+                             vocab, measured, seq_len=int(p.max_seq_len),
+                             batch_size=int(p.batch_size), seed=int(config.seed), world=world,
+                             region_changed=region_changed)
+
   trainer, result = train(kinds, pretraining_config(config), stage_dir, 0)
+  first_phase = []  # each attempt's held-out reading, when the first phase is checked
+  for attempt in range(1, restarts + 1):
+    first_phase.append(reading_of(trainer, tuple(dict.fromkeys(kinds))))
+    weak = weak_reading(first_phase[-1], restart_below)
+    if not weak:
+      break
+    workdir = os.path.join(stage_dir, f'restart_{attempt}')
+    print(f'pretrain: the first phase got {weak} of held-out documents entirely right, below '
+          f'pretrain.restart_below={restart_below}: it stalled on a plateau, so it is trained '
+          f'again from another initialisation ({attempt} of {restarts}) in {workdir}', flush=True)
+    again = pretraining_config(config)
+    again.seed = int(config.seed) + RESTART_SEED_STRIDE * attempt
+    trainer, result = train(kinds, again, workdir, 0)
+  else:
+    if restarts:
+      first_phase.append(reading_of(trainer, tuple(dict.fromkeys(kinds))))
+      weak = weak_reading(first_phase[-1], restart_below)
+      if weak:
+        print(f'pretrain: WARNING the first phase still gets {weak} of held-out documents '
+              f'entirely right after {restarts} restarts; the base goes on from the last one, and '
+              'what is trained from it will read scenes poorly', flush=True)
   if continue_steps:
     previous = os.path.join(stage_dir, 'phase1_params')
     checkpointing.save_params(previous, trainer.final_params, trainer.model_config)
@@ -470,13 +518,7 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   # How well the base reads and writes scenes it never saw: a pretrained VLM that cannot caption
   # one frame cannot learn to describe a change between two (docs/reproduction.md).
   measured = tuple(dict.fromkeys(kinds + later))  # each kind once, in order
-  held_out = pretrain.pretraining_scenes(int(p.eval_scenes), int(config.seed), world,
-                                         stream=pretrain.HELD_OUT_STREAM,
-                                         paired='difference' in measured)
-  reading = document_accuracy(trainer.model, trainer.final_params, held_out, encode(held_out),
-                              vocab, measured, seq_len=int(p.max_seq_len),
-                              batch_size=int(p.batch_size), seed=int(config.seed), world=world,
-                              region_changed=region_changed)
+  reading = reading_of(trainer, measured)
   scenes = pool('difference' in kinds)[0]
   write_json(os.path.join(stage_dir, 'metrics.json'), dict(
       scenes=len(scenes), documents=list(kinds), steps=int(p.num_steps),
@@ -485,6 +527,7 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
       region_changed_cells=region_changed,
       encode_seconds=round(encode_s[0], 1), seconds=round(time.perf_counter() - start, 1),
       held_out_reading=reading,
+      first_phase_restarts=max(len(first_phase) - 1, 0), first_phase_readings=first_phase,
       final_metrics={k: float(v) for k, v in (result.get('metrics') or {}).items()}))
   read = ', '.join(f'{k} {v["token_accuracy"]:.3f}/{v["document_accuracy"]:.3f}'
                    for k, v in reading.items())
@@ -493,6 +536,18 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   print(f'pretrain: {p.num_steps} steps on {len(scenes)} fresh scenes ({", ".join(kinds)}){more} '
         f'in {time.perf_counter() - start:.0f} s -> {stage_dir}/params; held-out teacher-forced '
         f'token/document accuracy: {read}', flush=True)
+
+
+# How far apart a retrained first phase's seed is from the run's (pretrain.restarts): far from the
+# seeds a user lists, so a restarted base of seed 0 does not repeat seed 1's.
+RESTART_SEED_STRIDE = 100_003
+
+
+def weak_reading(reading: dict[str, dict[str, float]], below: float) -> str:
+  """The document kinds of a held-out `reading` (document_accuracy) with fewer than `below` of
+  their documents entirely right, as 'caption 0.000, text_to_image 0.000'; '' if none."""
+  return ', '.join(f'{k} {v["document_accuracy"]:.3f}' for k, v in reading.items()
+                   if v['document_accuracy'] < below)
 
 
 def document_accuracy(module, params, scenes, scene_codes: np.ndarray, vocab, kinds, *,
