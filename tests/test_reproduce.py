@@ -694,6 +694,13 @@ def test_table_names_the_base_the_seeds_started_from():
   runs[1]['base']['continue_cycles'] = 2  # the second phase run twice (pretrain.continue_cycles)
   assert ('then 5 steps (2 cycles, each a warm restart from the last) on caption, difference x2'
           in tables.build_table(runs)[0])
+  assert 'The first phase was trained' not in md  # no restart: no line
+  weak, good = ({'caption': dict(token_accuracy=0.83, document_accuracy=0.0)},
+                {'caption': dict(token_accuracy=0.99, document_accuracy=0.68)})
+  runs[1]['base'].update(first_phase_restarts=1, first_phase_readings=[weak, good])
+  assert ('The first phase was trained 2 times (`pretrain.restarts`): its held-out documents '
+          'entirely right were caption 0.000; then caption 0.680. The base goes on from the last.'
+          in tables.build_table(runs)[0])
 
 
 def test_base_summary_reads_the_rule_a_base_ran_with(tmp_path):
@@ -702,7 +709,7 @@ def test_base_summary_reads_the_rule_a_base_ran_with(tmp_path):
   pre.mkdir()
   metrics = dict(documents=['caption'], steps=10, continue_steps=5, seconds=3.0,
                  continue_documents=['caption', 'region'], continue_cycles=2,
-                 held_out_reading={})
+                 held_out_reading={}, first_phase_restarts=0, first_phase_readings=[{}])
   (pre / 'metrics.json').write_text(json.dumps(metrics))
   assert R.base_summary(str(tmp_path)) == {k: v for k, v in metrics.items() if k != 'seconds'}
   # Metrics written before the key existed: the config the stage ran with says which rule it used.
