@@ -209,8 +209,10 @@ def test_items_are_batched_and_match_single_calls(tmp_path, monkeypatch):
     one = predictor(items[i])
     np.testing.assert_allclose(many[i].verifier_scores, one.verifier_scores, atol=1e-4)
     assert many[i].chosen == one.chosen
+    # The same codes decoded in a batch of 4 and of 1: XLA:CPU may round a pixel's float value
+    # the other way at another batch size (one pixel of 768 by 1 on an AMD Zen 4 host).
     for a, b in zip(many[i].candidates, one.candidates):
-      np.testing.assert_array_equal(a, b)
+      np.testing.assert_allclose(np.asarray(a, np.int32), np.asarray(b, np.int32), atol=1, rtol=0)
 
   calls = []
   sample = predictor.sampler.sample_frames
