@@ -286,6 +286,12 @@ def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch, capsys):
   config.pretrain.restarts = -1
   with pytest.raises(UserError, match=r'pretrain.restarts=-1 must be a whole number'):
     world_stages.pretrain_stage(stages.stage_config(config, 'pretrain'), checked)
+  # A second phase starts from the restarted first phase, in that attempt's own folder.
+  config.pretrain.update(restarts=1, restart_below=1.0, continue_steps=2)
+  world_stages.pretrain_stage(stages.stage_config(config, 'pretrain'), checked)
+  assert os.path.isfile(os.path.join(checked, 'restart_1', 'continued', 'metrics.jsonl'))
+  assert not os.path.exists(os.path.join(checked, 'continued'))
+  assert open(os.path.join(checked, 'restart_1', 'metrics.jsonl')).read() == restarted
   config.pretrain.update(restarts=0, continue_steps=2, continue_cycles=2)
   # The base's greedy text after the IDP prompt, at an action's length and longer (a difference
   # document: experiments/idp_errors.py --difference): one longer-cache sampler, made once.

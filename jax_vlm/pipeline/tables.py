@@ -261,11 +261,10 @@ def _base_section(runs: Sequence[dict]) -> list[str]:
         'Pretraining (`pretrain` stage): ' + '; '.join(phases) + '.', '']
   readings = base.get('first_phase_readings') or []
   if base.get('first_phase_restarts'):
-    tries = ['; then '.join(', '.join(f'{k} {_num(v.get("document_accuracy"))}'
-                                      for k, v in r.items()) for r in readings)]
+    tries = '; then '.join(', '.join(f'{k} {_num(v.get("document_accuracy"))}'
+                                     for k, v in r.items()) for r in readings)
     md += [f'The first phase was trained {len(readings)} times (`pretrain.restarts`): its '
-           f'held-out documents entirely right were {tries[0]}. The base goes on from the last.',
-           '']
+           f'held-out documents entirely right were {tries}. The base goes on from the last.', '']
   reading = base.get('held_out_reading') or {}
   if reading:
     md += ['| held-out document kind | token accuracy | whole documents right |', '|---|---|---|']

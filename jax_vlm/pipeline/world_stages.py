@@ -410,8 +410,9 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   its held-out reading is checked (`weak_reading`); a first phase that left some document kind
   below pretrain.restart_below of held-out documents entirely right is trained again from another
   initialisation and document order (seed + RESTART_SEED_STRIDE x n), in `stage_dir/restart_<n>`,
-  up to that many times. Which side of the plateau a build lands on can turn on float rounding
-  alone (docs/reproduction.md, session 24). Every attempt's reading goes into metrics.json."""
+  up to that many times; the later phases then go under that folder. Which side of the plateau
+  a build lands on can turn on float rounding alone (docs/reproduction.md, session 24). Every
+  attempt's reading goes into metrics.json."""
   config = resolve_paths(config, _workdir(stage_dir))
   world = world_config_of(config)
   p = config.pretrain
@@ -482,6 +483,9 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
                              region_changed=region_changed)
 
   trainer, result = train(kinds, pretraining_config(config), stage_dir, 0)
+  # The later phases live beside the first phase they start from: a restarted first phase gets
+  # its own, and never resumes the ones trained from the phase it replaced.
+  phase_root = stage_dir
   first_phase = []  # each attempt's held-out reading, when the first phase is checked
   for attempt in range(1, restarts + 1):
     first_phase.append(reading_of(trainer, tuple(dict.fromkeys(kinds))))
@@ -495,6 +499,7 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
     again = pretraining_config(config)
     again.seed = int(config.seed) + RESTART_SEED_STRIDE * attempt
     trainer, result = train(kinds, again, workdir, 0)
+    phase_root = workdir
   else:
     if restarts:
       first_phase.append(reading_of(trainer, tuple(dict.fromkeys(kinds))))
@@ -504,13 +509,13 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
               f'entirely right after {restarts} restarts; the base goes on from the last one, and '
               'what is trained from it will read scenes poorly', flush=True)
   if continue_steps:
-    previous = os.path.join(stage_dir, 'phase1_params')
+    previous = os.path.join(phase_root, 'phase1_params')
     checkpointing.save_params(previous, trainer.final_params, trainer.model_config)
     for cycle in range(1, cycles + 1):
       if cycle > 1:  # a warm restart from the last cycle's params, on other documents
-        previous = os.path.join(stage_dir, f'cycle{cycle - 1}_params')
+        previous = os.path.join(phase_root, f'cycle{cycle - 1}_params')
         checkpointing.save_params(previous, trainer.final_params, trainer.model_config)
-      workdir = os.path.join(stage_dir, 'continued' if cycle == 1 else f'continued_{cycle}')
+      workdir = os.path.join(phase_root, 'continued' if cycle == 1 else f'continued_{cycle}')
       trainer, result = train(later, pretraining_config(config, continue_steps, init_from=previous),
                               workdir, cycle)
   checkpointing.save_params(os.path.join(stage_dir, 'params'), trainer.final_params,
