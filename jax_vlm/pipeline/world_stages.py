@@ -485,29 +485,26 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   trainer, result = train(kinds, pretraining_config(config), stage_dir, 0)
   # The later phases live beside the first phase they start from: a restarted first phase gets
   # its own, and never resumes the ones trained from the phase it replaced.
-  phase_root = stage_dir
-  first_phase = []  # each attempt's held-out reading, when the first phase is checked
-  for attempt in range(1, restarts + 1):
-    first_phase.append(reading_of(trainer, tuple(dict.fromkeys(kinds))))
+  phase_root, first_phase = stage_dir, []  # each attempt's held-out reading, when checked
+  first_kinds = tuple(dict.fromkeys(kinds))
+  for attempt in range(1, restarts + 2 if restarts else 1):
+    first_phase.append(reading_of(trainer, first_kinds))
     weak = weak_reading(first_phase[-1], restart_below)
     if not weak:
       break
-    workdir = os.path.join(stage_dir, f'restart_{attempt}')
+    if attempt > restarts:
+      print(f'pretrain: WARNING the first phase still gets {weak} of held-out documents '
+            f'entirely right after {restarts} restarts; the base goes on from the last one, and '
+            'what is trained from it will read scenes poorly', flush=True)
+      break
+    phase_root = os.path.join(stage_dir, f'restart_{attempt}')
     print(f'pretrain: the first phase got {weak} of held-out documents entirely right, below '
           f'pretrain.restart_below={restart_below}: it stalled on a plateau, so it is trained '
-          f'again from another initialisation ({attempt} of {restarts}) in {workdir}', flush=True)
+          f'again from another initialisation ({attempt} of {restarts}) in {phase_root}',
+          flush=True)
     again = pretraining_config(config)
     again.seed = int(config.seed) + RESTART_SEED_STRIDE * attempt
-    trainer, result = train(kinds, again, workdir, 0)
-    phase_root = workdir
-  else:
-    if restarts:
-      first_phase.append(reading_of(trainer, tuple(dict.fromkeys(kinds))))
-      weak = weak_reading(first_phase[-1], restart_below)
-      if weak:
-        print(f'pretrain: WARNING the first phase still gets {weak} of held-out documents '
-              f'entirely right after {restarts} restarts; the base goes on from the last one, and '
-              'what is trained from it will read scenes poorly', flush=True)
+    trainer, result = train(kinds, again, phase_root, 0)
   if continue_steps:
     previous = os.path.join(phase_root, 'phase1_params')
     checkpointing.save_params(previous, trainer.final_params, trainer.model_config)
