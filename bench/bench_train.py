@@ -326,7 +326,8 @@ def main(argv=None) -> None:
   torch.set_num_threads(os.cpu_count() or 1)
   peak = matmul_peak()
   machine = (f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, '
-             f'jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}')
+             f'jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, '
+             f'GLIBC_TUNABLES={os.environ.get("GLIBC_TUNABLES", "")!r}')
   print(f'machine: {machine}; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s')
   results = {'machine': machine, 'matmul_peak_flops': peak, 'family': args.family, 'sizes': {}}
   scan = (args.scan_layers == 'true' if args.scan_layers != 'auto'
@@ -371,4 +372,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
+  from jax_vlm.core.cli import restart_with_huge_pages
+  restart_with_huge_pages()  # as the entry points run: malloc on huge pages (core/cli.py)
   main()

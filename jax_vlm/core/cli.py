@@ -13,6 +13,10 @@ Behaviour, the same everywhere:
   SIGTERM                    at any moment: a code path that saves (the trainer) finishes its step
                              and saves; anywhere else the program stops at once; exit 0 either way,
                              and rerunning the same command continues (EXIT_TERMINATED).
+  host memory                on Linux with glibc >= 2.35 a program restarts itself once, at start,
+                             with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 so that malloc backs
+                             XLA:CPU's buffers with transparent huge pages (see
+                             `restart_with_huge_pages`; JAX_VLM_HUGE_PAGES=0 turns it off).
 Flag names use underscores; `--some-flag` is read as `--some_flag`.
 """
 
@@ -77,6 +81,63 @@ def install_sigterm() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
   except ValueError:  # not the main thread
     pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Host memory: transparent huge pages for glibc's malloc.
+
+# XLA:CPU allocates a program's large buffers (activations, gradients, the logits) with malloc on
+# every run, and glibc serves those from fresh mmap regions that it returns on free: every train
+# step faults its working set in again, 4 KiB at a time. On the 2-core VM a default reproduction
+# spent 1,431 of its 5,046 CPU s in the kernel on 712 million such faults (docs/benchmarks.md,
+# "Session 25"). glibc >= 2.35 backs them with transparent huge pages when this tunable is set, and
+# reads it only at start-up, so an entry point restarts itself once with it.
+HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb=1'
+HUGE_PAGES_OPT_OUT = 'JAX_VLM_HUGE_PAGES'  # =0: leave malloc as it is
+_THP_SETTING = '/sys/kernel/mm/transparent_hugepage/enabled'
+
+
+def huge_pages_environment(environ: Mapping[str, str], libc: str, thp: str
+                           ) -> dict[str, str] | None:
+  """The environment to restart with so that malloc uses transparent huge pages, or None where
+  nothing would change: opted out (JAX_VLM_HUGE_PAGES=0), not glibc >= 2.35 (`libc`, as
+  os.confstr('CS_GNU_LIBC_VERSION') says, e.g. 'glibc 2.36'), the kernel's THP `never` (`thp`,
+  the text of /sys/kernel/mm/transparent_hugepage/enabled), or a hugetlb tunable already set (by
+  an earlier restart, or by the user, whose choice stands)."""
+  if environ.get(HUGE_PAGES_OPT_OUT, '1').strip() == '0':
+    return None
+  name, _, version = (libc or '').partition(' ')
+  try:
+    major, minor = (int(x) for x in version.split('.')[:2])
+  except ValueError:
+    return None
+  if name != 'glibc' or (major, minor) < (2, 35) or not thp or '[never]' in thp:
+    return None
+  tunables = environ.get('GLIBC_TUNABLES', '')
+  if 'glibc.malloc.hugetlb' in tunables:
+    return None
+  env = dict(environ)
+  env['GLIBC_TUNABLES'] = f'{tunables}:{HUGE_PAGES_TUNABLE}' if tunables else HUGE_PAGES_TUNABLE
+  return env
+
+
+def restart_with_huge_pages() -> None:
+  """Restarts this process (same interpreter, command line, pid and open files) with the huge-page
+  tunable where `huge_pages_environment` asks for it; returns where it does not. Only a program
+  started from a file (a script or `-m`) restarts: `-c` and standard-input programs cannot be
+  read again."""
+  try:
+    libc = os.confstr('CS_GNU_LIBC_VERSION')
+    with open(_THP_SETTING) as f:
+      thp = f.read()
+  except (AttributeError, OSError, ValueError):  # not Linux, or no THP
+    return
+  env = huge_pages_environment(os.environ, libc, thp)
+  if env is None or not os.path.isfile(sys.argv[0] if sys.argv else ''):
+    return
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 # ------------------------------------------------------------------------------------------------
