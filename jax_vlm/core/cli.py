@@ -87,8 +87,9 @@ def install_sigterm() -> None:
 # Host memory: transparent huge pages for glibc's malloc.
 
 # XLA:CPU allocates a program's large buffers (activations, gradients, the logits) with malloc on
-# every run, and glibc serves those from fresh mmap regions that it returns on free: every train
-# step faults its working set in again, 4 KiB at a time. On the 2-core VM a default reproduction
+# every run, and the pages behind them go back to the kernel between runs: every train step
+# faults its working set in again, 4 KiB at a time (38,488 faults a world-size step, measured with
+# getrusage; mallopt's mmap and trim thresholds did not change it). On the 2-core VM a reproduction
 # spent 1,431 of its 5,046 CPU s in the kernel on 712 million such faults (docs/benchmarks.md,
 # "Session 25"). glibc >= 2.35 backs them with transparent huge pages when this tunable is set, and
 # reads it only at start-up, so an entry point restarts itself once with it.
