@@ -35,15 +35,9 @@ def test_environment_changes_nothing(environ, libc, thp):
 
 
 def _host_restarts() -> bool:
-  try:
-    with open('/sys/kernel/mm/transparent_hugepage/enabled') as f:
-      thp = f.read()
-    libc = os.confstr('CS_GNU_LIBC_VERSION')
-  except (AttributeError, OSError, ValueError):
-    return False
-  environ = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
-  environ.pop('JAX_VLM_HUGE_PAGES', None)
-  return cli.huge_pages_environment(environ, libc, thp) is not None
+  environ = {k: v for k, v in os.environ.items()
+             if k not in ('GLIBC_TUNABLES', 'JAX_VLM_HUGE_PAGES')}
+  return cli.host_huge_pages_environment(environ) is not None
 
 
 def test_a_program_restarts_once_with_its_command_line(tmp_path):

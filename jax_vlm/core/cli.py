@@ -122,18 +122,24 @@ def huge_pages_environment(environ: Mapping[str, str], libc: str, thp: str
   return env
 
 
-def restart_with_huge_pages() -> None:
-  """Restarts this process (same interpreter, command line, pid and open files) with the huge-page
-  tunable where `huge_pages_environment` asks for it; returns where it does not. Only a program
-  started from a file (a script or `-m`) restarts: `-c` and standard-input programs cannot be
-  read again."""
+def host_huge_pages_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
+  """`huge_pages_environment` for `environ` on this host (its glibc and THP setting); None on a
+  host without them (not Linux, no THP)."""
   try:
     libc = os.confstr('CS_GNU_LIBC_VERSION')
     with open(_THP_SETTING) as f:
       thp = f.read()
-  except (AttributeError, OSError, ValueError):  # not Linux, or no THP
-    return
-  env = huge_pages_environment(os.environ, libc, thp)
+  except (AttributeError, OSError, ValueError):
+    return None
+  return huge_pages_environment(environ, libc, thp)
+
+
+def restart_with_huge_pages() -> None:
+  """Restarts this process (same interpreter, command line, pid and open files) with the huge-page
+  tunable where `host_huge_pages_environment` asks for it; returns where it does not. Only a
+  program started from a file (a script or `-m`) restarts: `-c` and standard-input programs cannot
+  be read again."""
+  env = host_huge_pages_environment(os.environ)
   if env is None or not os.path.isfile(sys.argv[0] if sys.argv else ''):
     return
   sys.stdout.flush()
