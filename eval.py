@@ -53,7 +53,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.restart_with_huge_pages()  # first: malloc on transparent huge pages (core/cli.py)
+  cli.prepare_host()  # first: threads for simulated devices, malloc on huge pages (core/cli.py)
   logging.set_verbosity(logging.INFO)
   # config_flags reads the overrides from sys.argv itself, so the aliases are rewritten there.
   sys.argv = rewrite_aliases(sys.argv)

@@ -210,6 +210,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  from jax_vlm.core.cli import restart_with_huge_pages
-  restart_with_huge_pages()  # as the entry points run: malloc on huge pages (core/cli.py)
+  from jax_vlm.core.cli import prepare_host
+  prepare_host()  # as the entry points start: threads for simulated devices, malloc on huge pages
   main()

@@ -59,29 +59,9 @@ def _final(workdir):
   return params, losses
 
 
-# XLA:CPU's in-process collectives among the 8 simulated devices can deadlock on a loaded 2-core
-# machine: one device thread never reaches an all-gather's rendezvous, and the process aborts after
-# 40 s ("Expected 8 threads to join the rendezvous, but only 7 ..."). Session 25 saw it in about one
-# run in six with two copies of this test at once, with and without the huge-page restart; a longer
-# terminate timeout (--xla_cpu_collective_call_terminate_timeout_seconds=300) only turned it into
-# hangs. So the whole run is tried once more, from scratch, on that abort and on nothing else.
-RENDEZVOUS_ABORT = 'to join the rendezvous'
-
-
 def test_resume_after_sigkill_and_sigterm_is_exact(tmp_path):
-  try:
-    _resume_is_exact(tmp_path / 'try_1')
-  except AssertionError as e:
-    if RENDEZVOUS_ABORT not in str(e):
-      raise
-    print("XLA:CPU's collective rendezvous aborted a train.py run; the test runs once more")
-    _resume_is_exact(tmp_path / 'try_2')
-
-
-def _resume_is_exact(root):
-  root.mkdir()
-  env = subprocess_env(root)
-  reference, interrupted = root / 'reference', root / 'interrupted'
+  env = subprocess_env(tmp_path)
+  reference, interrupted = tmp_path / 'reference', tmp_path / 'interrupted'
   r = subprocess.run(train_cmd(reference, *FLAGS), env=env, capture_output=True, text=True,
                      timeout=240)
   assert r.returncode == 0, r.stderr[-3000:]

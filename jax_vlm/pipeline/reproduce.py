@@ -660,6 +660,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  cli.restart_with_huge_pages()  # first: malloc on transparent huge pages (core/cli.py)
+  cli.prepare_host()  # first: threads for simulated devices, malloc on huge pages (core/cli.py)
   stages.project_logging()
   sys.exit(main())

@@ -152,5 +152,5 @@ def main(argv=None) -> int:
   return cli.run_argparse(parser, body, argv)
 
 if __name__ == '__main__':
-  cli.restart_with_huge_pages()  # first: malloc on transparent huge pages (core/cli.py)
+  cli.prepare_host()  # first: threads for simulated devices, malloc on huge pages (core/cli.py)
   sys.exit(main())

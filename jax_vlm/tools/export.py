@@ -143,5 +143,5 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
-  cli.restart_with_huge_pages()  # first: malloc on transparent huge pages (core/cli.py)
+  cli.prepare_host()  # first: threads for simulated devices, malloc on huge pages (core/cli.py)
   sys.exit(cli.run(main, flags.FLAGS, __doc__, config_flag=_CONFIG))
