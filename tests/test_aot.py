@@ -135,6 +135,7 @@ def test_sweep_table_keeps_failed_points(tmp_path):
 def _run_cli(args, env_extra=None, timeout=240):
   env = dict(os.environ, **(env_extra or {}))
   env.pop('XLA_FLAGS', None)
+  env.pop('PJRT_NPROC', None)  # conftest's threads are for its 8 devices
   return subprocess.run([sys.executable, '-m', 'jax_vlm.aot', *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
 

@@ -162,6 +162,7 @@ def test_entry_points_in_subprocesses(tmp_path):
   ]
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)
+  env.pop('PJRT_NPROC', None)  # conftest's threads are for its 8 devices
   procs = [subprocess.Popen([sys.executable, *a], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for a, _, _ in cases]
   for (args, code, names), p in zip(cases, procs):
@@ -624,6 +625,7 @@ def test_sigterm_during_first_compile_exits_cleanly(tmp_path):
   import time
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)
+  env.pop('PJRT_NPROC', None)  # conftest's threads are for its 8 devices
   work = tmp_path / 'w'
   proc = subprocess.Popen([sys.executable, 'train.py', '--config', SMOKE, '--workdir', str(work),
                            '--config.train.progress_bar=false'], cwd=ROOT, env=env,

@@ -424,6 +424,7 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   workdir = str(tmp_path / 'run')
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)  # the tests' 8 devices and unoptimised code slow the pipeline down
+  env.pop('PJRT_NPROC', None)  # and conftest's threads for them (measured: 475 s, 455 without)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run(
       [sys.executable, '-m', 'jax_vlm.reproduce', '--config', 'configs/reproduce.py:smoke',
@@ -523,6 +524,7 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   config = preset.get_config('smoke')
   config.reproduce.jobs = 2
   monkeypatch.delenv('XLA_FLAGS', raising=False)  # the workers run as the command's would
+  monkeypatch.delenv('PJRT_NPROC', raising=False)
   with pytest.raises(UserError, match=r'1 of 3 seed runs failed \(seed 2: Stage train_dynamics '
                      r'.* is done but ran with a different config'):
     R.reproduce(config, workdir, [0, 1, 2], 'workers')
