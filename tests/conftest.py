@@ -8,10 +8,10 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8 '
                       '--xla_backend_optimization_level=0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Threads enough for XLA:CPU's collectives among the 8 devices, as every entry point gives itself
-# (cli.collective_threads_environment); the child processes of tests inherit it.
+# (cli.use_collective_threads); the child processes of tests inherit it.
 from jax_vlm.core import cli  # noqa: E402
 
-os.environ.update(cli.collective_threads_environment(os.environ, os.cpu_count() or 1) or {})
+cli.use_collective_threads()
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')

@@ -181,18 +181,25 @@ def collective_threads_environment(environ: Mapping[str, str], cpu_count: int
   counts = _DEVICE_COUNT_FLAG.findall(environ.get('XLA_FLAGS', ''))
   if not counts or 'PJRT_NPROC' in environ or 'NPROC' in environ:
     return None
-  threads = COLLECTIVE_THREADS_PER_DEVICE * int(counts[-1])
-  if int(counts[-1]) < 2 or threads <= cpu_count:
+  devices = int(counts[-1])
+  threads = COLLECTIVE_THREADS_PER_DEVICE * devices
+  if devices < 2 or threads <= cpu_count:
     return None
   return {'PJRT_NPROC': str(threads)}
 
 
+def use_collective_threads() -> None:
+  """`collective_threads_environment` applied to this process's environment (before jax makes
+  its CPU client), which its children inherit; the tests' conftest calls it too."""
+  os.environ.update(collective_threads_environment(os.environ, os.cpu_count() or 1) or {})
+
+
 def prepare_host() -> None:
   """What every entry point does first, in its `__main__` block: enough threads for collectives
-  among simulated CPU devices (`collective_threads_environment`, in this process's environment,
-  which its children inherit), then malloc on transparent huge pages (`restart_with_huge_pages`).
-  Not part of `run`, which tests call in-process: a restart there would restart pytest."""
-  os.environ.update(collective_threads_environment(os.environ, os.cpu_count() or 1) or {})
+  among simulated CPU devices (`use_collective_threads`), then malloc on transparent huge pages
+  (`restart_with_huge_pages`). Not part of `run`, which tests call in-process: a restart there
+  would restart pytest."""
+  use_collective_threads()
   restart_with_huge_pages()
 
 
