@@ -176,10 +176,14 @@ class Trainer:
       return self._preempted or multihost_utils.reached_preemption_sync_point(step)
     return self._preempted
 
-  def run(self) -> dict[str, Any]:
-    """Trains to `num_steps`; returns {'status': 'done' | 'preempted', 'step', 'metrics'}."""
+  def run(self, until: int | None = None) -> dict[str, Any]:
+    """Trains to `num_steps`; returns {'status': 'done' | 'preempted' | 'paused', 'step',
+    'metrics'}. `until`: stop after that step (saved) with status 'paused', the schedule still
+    `num_steps` long; the next run() resumes from that checkpoint and ends with the params of an
+    unpaused run. A run restored at or past `until` trains no step before it pauses."""
     cfg = self.config.train
     num_steps = int(cfg.num_steps)
+    stop_at = num_steps if until is None else min(int(until), num_steps)
     os.makedirs(self.workdir, exist_ok=True)
     ckpts = checkpointing.TrainCheckpoints(os.path.join(self.workdir, 'checkpoints'),
                                            keep=int(cfg.keep_checkpoints))
@@ -210,7 +214,7 @@ class Trainer:
     status = 'done'
     step = start
     try:
-      while step < num_steps:
+      while step < stop_at:
         batch = sharding.global_batch(next(source), self.mesh)
         seq_len = batch['token_ids'].shape[1]
         with self._context():
@@ -221,7 +225,7 @@ class Trainer:
           jax.block_until_ready(metrics)  # keep compilation out of the throughput numbers
           timer = (time.perf_counter(), step)
         stop = self._should_stop(step)
-        save = step % int(cfg.checkpoint_every) == 0 or step == num_steps or stop
+        save = step % int(cfg.checkpoint_every) == 0 or step in (num_steps, stop_at) or stop
         if save or step % int(cfg.log_every) == 0:
           last_metrics = self._flush(pending, writer, timer, seq_len, last_saved, ckpts)
           if step % int(cfg.log_every) == 0:
@@ -236,6 +240,8 @@ class Trainer:
           writer.message(f'Preempted: saved step {step} in {ckpts.directory}; rerun to continue.')
           break
       ckpts.wait()
+      if status == 'done' and step < num_steps:
+        status = 'paused'
       if status == 'done':
         self.final_params = state.params
     finally:
