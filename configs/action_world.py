@@ -183,6 +183,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # against 0.000 (docs/reproduction.md, session 24); good builds on record read 0.34-0.97.
   pre.restarts = 0 if smoke else 2
   pre.restart_below = 0.2
+  # An attempt with restarts left is also read at check_step, half its steps, and restarted there
+  # when no document kind has check_below of its documents entirely right: a stalled first phase
+  # read 0.000 in every kind at every 200th step to 1,200, a good one 0.180 of captions at 1,200
+  # (0.047 at 1,000; each kind rises at its own time), and training on from there costs
+  # ~400 s (docs/reproduction.md, session 27). A phase that passes trains on exactly as before.
+  pre.check_step = 0 if smoke else 1200
+  pre.check_below = 0.02
   # A second pretraining phase (0 = none): this many more steps from the first phase's params on
   # continue_documents (a kind named twice is drawn twice as often), with the warmup and decay
   # restarted. Three eighths of its documents say what differs between two photos of one place (no

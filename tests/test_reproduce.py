@@ -703,6 +703,10 @@ def test_table_names_the_base_the_seeds_started_from():
   assert ('The first phase was trained 2 times (`pretrain.restarts`): its held-out documents '
           'entirely right were caption 0.000; then caption 0.680. The base goes on from the last.'
           in tables.build_table(runs)[0])
+  # A first phase stopped at pretrain.check_step says where it was read.
+  runs[1]['base']['first_phase_checked_at'] = [4, 10]
+  assert ('were caption 0.000 (at step 4 of 10); then caption 0.680. The base'
+          in tables.build_table(runs)[0])
 
 
 def test_base_summary_reads_the_rule_a_base_ran_with(tmp_path):

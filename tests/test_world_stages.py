@@ -292,6 +292,37 @@ def test_stages_build_train_tokenize_end_to_end(tmp_path, monkeypatch, capsys):
   assert os.path.isfile(os.path.join(checked, 'restart_1', 'continued', 'metrics.jsonl'))
   assert not os.path.exists(os.path.join(checked, 'continued'))
   assert open(os.path.join(checked, 'restart_1', 'metrics.jsonl')).read() == restarted
+  # pretrain.check_step: a first phase with restarts left is also read part-way, and a weak
+  # reading there stops and restarts it; the last attempt trains to the end, read only there.
+  config.pretrain.update(restarts=1, restart_below=0.0, check_step=1, check_below=1.0,
+                         continue_steps=0)
+  early = os.path.join(workdir, 'pretrain_early')
+  world_stages.pretrain_stage(stages.stage_config(config, 'pretrain'), early)
+  assert ('entirely right at step 1 of 2, below pretrain.check_below=1.0: it stalled'
+          in capsys.readouterr().out)
+  m = json.loads(open(os.path.join(early, 'metrics.json')).read())
+  assert m['first_phase_restarts'] == 1 and m['first_phase_checked_at'] == [1, 2]
+  assert m['first_phase_check_readings'] == m['first_phase_readings'][:1]
+  assert os.listdir(os.path.join(early, 'checkpoints')) == ['1']  # stopped at the check
+  assert os.listdir(os.path.join(early, 'restart_1', 'checkpoints')) == ['2']
+  # A reading that passes the check goes on to the end: the losses of an unchecked first phase.
+  config.pretrain.check_below = 0.0
+  passed = os.path.join(workdir, 'pretrain_passed')
+  world_stages.pretrain_stage(stages.stage_config(config, 'pretrain'), passed)
+  m = json.loads(open(os.path.join(passed, 'metrics.json')).read())
+  assert m['first_phase_checked_at'] == [2] and len(m['first_phase_check_readings']) == 1
+
+  def loss_at_2(d):
+    return [r['loss'] for r in map(json.loads, open(os.path.join(d, 'metrics.jsonl')))
+            if r.get('step') == 2]
+
+  assert len(loss_at_2(passed)) == 1 and loss_at_2(passed) == loss_at_2(checked)[:1]
+  for key, bad in (('check_step', -1), ('check_below', 2.0)):
+    good, config.pretrain[key] = config.pretrain[key], bad
+    with pytest.raises(UserError, match=rf'pretrain.{key}={bad} must be'):
+      world_stages.pretrain_stage(stages.stage_config(config, 'pretrain'), passed)
+    config.pretrain[key] = good
+  config.pretrain.update(check_step=0, check_below=0.0)
   config.pretrain.update(restarts=0, continue_steps=2, continue_cycles=2)
   # The base's greedy text after the IDP prompt, at an action's length and longer (a difference
   # document: experiments/idp_errors.py --difference): one longer-cache sampler, made once.

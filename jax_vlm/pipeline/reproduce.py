@@ -338,7 +338,8 @@ def base_summary(workdir: str) -> dict:
     base = {k: v for k, v in json.load(f).items()
             if k in ('documents', 'steps', 'continue_documents', 'continue_steps',
                      'continue_cycles', 'region_changed_cells', 'held_out_reading',
-                     'first_phase_restarts', 'first_phase_readings')}
+                     'first_phase_restarts', 'first_phase_readings',
+                     'first_phase_checked_at')}
   ran_with = os.path.join(workdir, 'pretrain', stages.CONFIG_FILE)
   if 'region_changed_cells' not in base and os.path.isfile(ran_with):
     with open(ran_with) as f:

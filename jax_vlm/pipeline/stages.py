@@ -95,6 +95,7 @@ OMITTED_AT_DEFAULT = ((('data', 'train_examples'), 0), (('pretrain', 'text_loss_
                       (('pretrain', 'region_changed_cells'), 1),
                       (('pretrain', 'continue_cycles'), 1), (('data', 'augment_copies'), 0),
                       (('pretrain', 'restarts'), 0), (('pretrain', 'restart_below'), 0.0),
+                      (('pretrain', 'check_step'), 0), (('pretrain', 'check_below'), 0.0),
                       (('data', 'augment_transforms'), ['mirror', 'shift', 'colors']))
 # Sections only these stages read; other stages' fingerprints leave them out.
 READ_BY = {'world_eval': ('evaluate',), 'eval': ('evaluate',)}

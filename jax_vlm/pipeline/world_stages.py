@@ -412,7 +412,10 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   initialisation and document order (seed + RESTART_SEED_STRIDE x n), in `stage_dir/restart_<n>`,
   up to that many times; the later phases then go under that folder. Which side of the plateau
   a build lands on can turn on float rounding alone (docs/reproduction.md, session 24). Every
-  attempt's reading goes into metrics.json."""
+  attempt's reading goes into metrics.json. pretrain.check_step > 0: an attempt with restarts
+  left is also read after that step (Trainer.run(until=...): it pauses there and resumes exactly),
+  and one with no document kind at pretrain.check_below of its documents entirely right there is
+  stopped and restarted at once, without training the rest of its steps."""
   config = resolve_paths(config, _workdir(stage_dir))
   world = world_config_of(config)
   p = config.pretrain
@@ -431,6 +434,13 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
   require(isinstance(restart_below, (int, float)) and 0 <= restart_below <= 1,
           f'pretrain.restart_below={restart_below!r} must be a share from 0 to 1 (of held-out '
           'documents entirely right).')
+  check_step, check_below = p.get('check_step', 0), p.get('check_below', 0.0)
+  require(isinstance(check_step, int) and 0 <= check_step,
+          f'pretrain.check_step={check_step!r} must be a whole number of at least 0 (the step the '
+          'first phase is read at before it finishes; 0 = only when it finishes).')
+  require(isinstance(check_below, (int, float)) and 0 <= check_below <= 1,
+          f'pretrain.check_below={check_below!r} must be a share from 0 to 1 (of held-out '
+          'documents entirely right at pretrain.check_step).')
   region_changed = p.get('region_changed_cells', 1)
   require(isinstance(region_changed, int) and 1 <= region_changed <= pretrain.REGION_WIDTH,
           f'pretrain.region_changed_cells={region_changed!r} must be a whole number from 1 to '
@@ -455,7 +465,10 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
       encode_s[0] += time.perf_counter() - t
     return pools[paired]
 
-  def train(phase_kinds, train_config, workdir, stream):
+  def train(phase_kinds, train_config, workdir, stream, check=None):
+    """Trains a phase; a first phase with `check` is read at check_step (check(trainer) -> what
+    reads weakly or '', and the reading): a weak one stops it there, the result's 'weak' and
+    'reading' say why."""
     scenes, codes, captions = pool('difference' in phase_kinds)
     source = DocumentSource(
         scenes, codes, captions, vocab, kinds=phase_kinds, seq_len=int(p.max_seq_len),
@@ -463,7 +476,13 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
         local_batch_size=int(p.batch_size) // jax.process_count(), stream=stream, world=world,
         region_changed=region_changed)
     trainer = Trainer(train_config, workdir, batch_source=source)
-    result = trainer.run()
+    result = trainer.run(until=check_step if check else None)
+    if result['status'] == 'paused':
+      # Only a phase that stops at check_step itself is checked: one restored past it passed.
+      weak, reading = check(trainer) if result['step'] == check_step else ('', None)
+      if weak:
+        return trainer, dict(result, weak=weak, reading=reading)
+      result = trainer.run()
     if result['status'] != 'done':
       raise StageInterrupted(f'pretraining stopped at step {result["step"]} in {workdir}')
     return trainer, result
@@ -474,22 +493,43 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
 
   held_out_codes = []  # encoded once, on first use
 
-  def reading_of(trainer, measured):
+  def reading_of(trainer, measured, params=None):
     if not held_out_codes:
       held_out_codes.append(encode(held_out))
-    return document_accuracy(trainer.model, trainer.final_params, held_out, held_out_codes[0],
+    params = trainer.final_params if params is None else params
+    return document_accuracy(trainer.model, params, held_out, held_out_codes[0],
                              vocab, measured, seq_len=int(p.max_seq_len),
                              batch_size=int(p.batch_size), seed=int(config.seed), world=world,
                              region_changed=region_changed)
 
-  trainer, result = train(kinds, pretraining_config(config), stage_dir, 0)
+  first_kinds = tuple(dict.fromkeys(kinds))
+  num_steps = int(p.num_steps)
+  # The held-out reading each attempt was judged on and the step it was read at; and every
+  # reading at check_step, weak or not.
+  first_phase, checked_at, at_check = [], [], []
+
+  def check(trainer):  # weak only when no kind reaches check_below: some kinds rise late
+    reading = reading_of(trainer, first_kinds, trainer.final_state.params)
+    at_check.append(reading)
+    best = max(v['document_accuracy'] for v in reading.values())
+    return (weak_reading(reading, check_below) if best < check_below else ''), reading
+
+  def first_phase_attempt(train_config, workdir, last):
+    # A first phase with restarts left is read at check_step too, and stopped there if weak.
+    checking = restarts and not last and 0 < check_step < num_steps
+    return train(kinds, train_config, workdir, 0, check=check if checking else None)
+
+  trainer, result = first_phase_attempt(pretraining_config(config), stage_dir, restarts == 0)
   # The later phases live beside the first phase they start from: a restarted first phase gets
   # its own, and never resumes the ones trained from the phase it replaced.
-  phase_root, first_phase = stage_dir, []  # each attempt's held-out reading, when checked
-  first_kinds = tuple(dict.fromkeys(kinds))
+  phase_root = stage_dir
   for attempt in range(1, restarts + 2 if restarts else 1):
-    first_phase.append(reading_of(trainer, first_kinds))
-    weak = weak_reading(first_phase[-1], restart_below)
+    early = bool(result.get('weak'))
+    first_phase.append(result['reading'] if early else reading_of(trainer, first_kinds))
+    checked_at.append(check_step if early else num_steps)
+    weak, below, at = ((result['weak'], check_below, f' at step {check_step} of {num_steps}')
+                       if early else
+                       (weak_reading(first_phase[-1], restart_below), restart_below, ''))
     if not weak:
       break
     if attempt > restarts:
@@ -498,13 +538,13 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
             'what is trained from it will read scenes poorly', flush=True)
       break
     phase_root = os.path.join(stage_dir, f'restart_{attempt}')
-    print(f'pretrain: the first phase got {weak} of held-out documents entirely right, below '
-          f'pretrain.restart_below={restart_below}: it stalled on a plateau, so it is trained '
-          f'again from another initialisation ({attempt} of {restarts}) in {phase_root}',
-          flush=True)
+    key = 'pretrain.check_below' if at else 'pretrain.restart_below'
+    print(f'pretrain: the first phase got {weak} of held-out documents entirely right{at}, below '
+          f'{key}={below}: it stalled on a plateau, so it is trained again from another '
+          f'initialisation ({attempt} of {restarts}) in {phase_root}', flush=True)
     again = pretraining_config(config)
     again.seed = int(config.seed) + RESTART_SEED_STRIDE * attempt
-    trainer, result = train(kinds, again, phase_root, 0)
+    trainer, result = first_phase_attempt(again, phase_root, attempt == restarts)
   if continue_steps:
     previous = os.path.join(phase_root, 'phase1_params')
     checkpointing.save_params(previous, trainer.final_params, trainer.model_config)
@@ -530,6 +570,8 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
       encode_seconds=round(encode_s[0], 1), seconds=round(time.perf_counter() - start, 1),
       held_out_reading=reading,
       first_phase_restarts=max(len(first_phase) - 1, 0), first_phase_readings=first_phase,
+      first_phase_checked_at=checked_at, first_phase_check_step=check_step,
+      first_phase_check_readings=at_check,
       final_metrics={k: float(v) for k, v in (result.get('metrics') or {}).items()}))
   read = ', '.join(f'{k} {v["token_accuracy"]:.3f}/{v["document_accuracy"]:.3f}'
                    for k, v in reading.items())
