@@ -537,6 +537,12 @@ def test_smoke_reproduction_end_to_end(tmp_path, monkeypatch):
   assert js3['runs'][0]['stage_cpu_seconds'] == run['stage_cpu_seconds']
   assert js3['runs'][1]['stage_cpu_seconds']['train_dynamics'] > 0
   assert js3['cpu_seconds'] > 0  # the workers' CPU time is counted
+  # XLA programs are kept in WORKDIR/compile_cache (reproduce.compile_cache), which the command
+  # filled and seed 1's worker read; the setting ends with the call (the tests' own stays unset).
+  assert len(os.listdir(os.path.join(workdir, R.COMPILE_CACHE))) > 0
+  assert 'JAX_COMPILATION_CACHE_DIR' not in os.environ
+  import jax
+  assert not jax.config.jax_compilation_cache_dir
 
   with open(os.path.join(seed_dir, 'bootstrap_round2', 'stats.json')) as f:
     assert run['bootstrap'] == json.load(f)  # FDM's labels: the second round's

@@ -66,6 +66,7 @@ config's own stage_overrides win over them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -122,6 +123,10 @@ REPRODUCE_DEFAULTS = dict(
     idp_self_training_from='train_dynamics',
     jobs=0,  # seed runs at once, each in its own process on its own cores (0 = one per CPU core
     # when there are several runs; 1 = one after another in this process): see _run_in_workers
+    # XLA programs kept on disk in WORKDIR/compile_cache (jax's persistent compilation cache), so
+    # that a later stage, seed worker or rerun that compiles a program compiled before reads it
+    # instead (compile_cache); False = off. A cache set with JAX_COMPILATION_CACHE_DIR stands.
+    compile_cache=True,
 )
 
 
@@ -535,6 +540,34 @@ def _run_all(config: ml_collections.ConfigDict, jobs: list[dict], workers: int) 
                           for job in jobs], workers)
 
 
+COMPILE_CACHE = 'compile_cache'
+
+
+@contextlib.contextmanager
+def compile_cache(config: ml_collections.ConfigDict, workdir: str):
+  """With reproduce.compile_cache, jax's persistent compilation cache in WORKDIR/compile_cache
+  while the runs go: this process's (when it has compiled nothing yet: jax decides at its first
+  compile) and, through JAX_COMPILATION_CACHE_DIR, the worker processes'. A cached program is the
+  one XLA would compile again, so results are unchanged; programs that compile in under a second
+  are not kept (jax's default). A directory the user set stands; both settings are restored."""
+  user = jax.config.jax_compilation_cache_dir
+  if not reproduce_settings(config).compile_cache or user:
+    yield user or ''
+    return
+  path = os.path.join(workdir, COMPILE_CACHE)
+  before = os.environ.get('JAX_COMPILATION_CACHE_DIR')
+  jax.config.update('jax_compilation_cache_dir', path)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = path
+  try:
+    yield path
+  finally:
+    jax.config.update('jax_compilation_cache_dir', user)
+    if before is None:
+      os.environ.pop('JAX_COMPILATION_CACHE_DIR', None)
+    else:
+      os.environ['JAX_COMPILATION_CACHE_DIR'] = before
+
+
 def reproduce(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
               command: str = '', rerun: Sequence[str] = ()) -> tuple[str, dict]:
   """Runs every seed and writes DIR/reproduction.md + .json; returns (markdown, JSON)."""
@@ -555,7 +588,8 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[i
       label = f'seed {seed}' + (f' with {n} labelled examples' if n else '')
       jobs.append(dict(config=config, workdir=seed_dir, seed=int(seed), rerun=again,
                        train_examples=n, label=label))
-  summaries = _run_all(config, jobs, num_workers(config, len(jobs)))
+  with compile_cache(config, workdir):
+    summaries = _run_all(config, jobs, num_workers(config, len(jobs)))
   runs = summaries[:len(seeds)]
   md, js = build_table(runs, command)
   if sizes:

@@ -68,7 +68,8 @@ def _count_compile(event: str, duration: float, **kwargs) -> None:
 
 def compile_stats() -> tuple[int, float]:
   """XLA programs compiled by this process since the first stage started, and the seconds their
-  backend compiles took (jax.monitoring)."""
+  backend compiles took (jax.monitoring); a program read from jax's persistent compilation cache
+  counts too, with the seconds its read took."""
   if not _COMPILES['listening']:
     jax.monitoring.register_event_duration_secs_listener(_count_compile)
     _COMPILES['listening'] = True

@@ -428,7 +428,8 @@ def build_table(runs: Sequence[dict], command: str = '') -> tuple[str, dict]:
 
     md.append(f'| {r["seed"]} | {r["this_run"]["wall_seconds"]} | {r["this_run"]["cpu_seconds"]} | '
               + ' | '.join(cell(s) for s in stages) + ' |')
-  md += ['', 'Per stage: wall seconds / CPU seconds / XLA programs compiled (the seconds their '
-         'compiles took), from each stage\'s DONE marker (the run that finished it); a continued '
-         'run\'s wall time counts only what it ran. Shared stages run once, in the first seed.', '']
+  md += ['', 'Per stage: wall seconds / CPU seconds / XLA programs compiled or read from the '
+         'compile cache (the seconds that took), from each stage\'s DONE marker (the run that '
+         'finished it); a continued run\'s wall time counts only what it ran. Shared stages run '
+         'once, in the first seed.', '']
   return '\n'.join(md), {'claims': claims, 'runs': list(runs), 'command': command}
