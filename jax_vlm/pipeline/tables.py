@@ -261,11 +261,13 @@ def _base_section(runs: Sequence[dict]) -> list[str]:
         'Pretraining (`pretrain` stage): ' + '; '.join(phases) + '.', '']
   readings = base.get('first_phase_readings') or []
   if base.get('first_phase_restarts'):
-    steps = base.get('first_phase_checked_at') or []
-    at = [f' (at step {s} of {base.get("steps")})' if s != base.get('steps') else ''
-          for s in steps] + [''] * len(readings)
+    # The step each attempt was read at (pretrain.check_step); older bases: at the end.
+    total = base.get('steps')
+    steps = base.get('first_phase_checked_at') or [total] * len(readings)
     tries = '; then '.join(', '.join(f'{k} {_num(v.get("document_accuracy"))}'
-                                     for k, v in r.items()) + a for r, a in zip(readings, at))
+                                     for k, v in r.items())
+                           + (f' (at step {s} of {total})' if s != total else '')
+                           for r, s in zip(readings, steps))
     md += [f'The first phase was trained {len(readings)} times (`pretrain.restarts`): its '
            f'held-out documents entirely right were {tries}. The base goes on from the last.', '']
   reading = base.get('held_out_reading') or {}

@@ -570,8 +570,7 @@ def pretrain_stage(config: ml_collections.ConfigDict, stage_dir: str) -> None:
       encode_seconds=round(encode_s[0], 1), seconds=round(time.perf_counter() - start, 1),
       held_out_reading=reading,
       first_phase_restarts=max(len(first_phase) - 1, 0), first_phase_readings=first_phase,
-      first_phase_checked_at=checked_at, first_phase_check_step=check_step,
-      first_phase_check_readings=at_check,
+      first_phase_checked_at=checked_at, first_phase_check_readings=at_check,
       final_metrics={k: float(v) for k, v in (result.get('metrics') or {}).items()}))
   read = ', '.join(f'{k} {v["token_accuracy"]:.3f}/{v["document_accuracy"]:.3f}'
                    for k, v in reading.items())
